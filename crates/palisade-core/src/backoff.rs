@@ -268,7 +268,10 @@ mod tests {
         let delays = |b: Backoff| (0..3).map(|n| b.delay(n, None)).collect::<Vec<_>>();
         assert_eq!(delays(exact(Backoff::constant(s))), [s, s, s]);
         assert_eq!(delays(exact(Backoff::linear(s))), [1, 2, 3].map(Duration::from_secs));
-        assert_eq!(delays(exact(Backoff::exponential(s))), [1, 2, 4].map(Duration::from_secs));
+        assert_eq!(
+            delays(exact(Backoff::exponential(s))),
+            [1, 2, 4].map(Duration::from_secs)
+        );
         let capped = exact(Backoff::linear(s).max_delay(Duration::from_millis(2500)));
         assert_eq!(delays(capped), [MS(1000), MS(2000), MS(2500)]);
     }
@@ -310,7 +313,10 @@ mod tests {
             Just(Jitter::Full),
             Just(Jitter::Equal),
             Just(Jitter::Decorrelated),
-            (0.0f64..2.0, 0.0f64..2.0).prop_map(|(a, b)| Jitter::Proportional { low: a.min(b), high: a.max(b) }),
+            (0.0f64..2.0, 0.0f64..2.0).prop_map(|(a, b)| Jitter::Proportional {
+                low: a.min(b),
+                high: a.max(b)
+            }),
         ]
     }
 

@@ -386,11 +386,17 @@ mod tests {
     #[test]
     fn messages_name_the_peer_limit_or_duration() {
         let open = CircuitOpen::new(Some(PeerId::from("a:1")), Duration::ZERO);
-        assert_eq!(open.to_string(), "circuit open for peer a:1: probe slots are all in use");
+        assert_eq!(
+            open.to_string(),
+            "circuit open for peer a:1: probe slots are all in use"
+        );
         let full = BulkheadFull::new(3, 10, BulkheadRejection::QueueFull);
         assert_eq!(full.to_string(), "bulkhead full: 3 calls in flight and 10 queued");
         let waited = BulkheadFull::new(3, 10, BulkheadRejection::WaitTimedOut(Duration::from_millis(250)));
-        assert_eq!(waited.to_string(), "bulkhead full: waited 250ms in the queue for one of 3 slots");
+        assert_eq!(
+            waited.to_string(),
+            "bulkhead full: waited 250ms in the queue for one of 3 slots"
+        );
         let timed = TimedOut::new(TimeoutKind::Attempt, Duration::from_secs(2));
         assert_eq!(timed.to_string(), "attempt timeout of 2s elapsed");
         assert!(timed.is_retryable());

@@ -55,6 +55,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod backoff;
 pub mod classify;
 pub mod error;

@@ -47,10 +47,7 @@ impl Deadline {
     pub fn after(budget: Duration) -> Self {
         let now = Instant::now();
         const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-        Self(
-            now.checked_add(budget)
-                .unwrap_or_else(|| now + FAR.min(budget)),
-        )
+        Self(now.checked_add(budget).unwrap_or_else(|| now + FAR.min(budget)))
     }
 
     /// When the deadline falls.

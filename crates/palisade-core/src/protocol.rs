@@ -546,7 +546,10 @@ mod tests {
             let v = Classify::<_, ()>::classify_response(&http, &response(status, None));
             assert_eq!(now(v), Some(expected), "status {status}");
         }
-        assert_eq!(Classify::<http::Response<()>, &str>::classify_error(&http, &"reset"), Outcome::Failure);
+        assert_eq!(
+            Classify::<http::Response<()>, &str>::classify_error(&http, &"reset"),
+            Outcome::Failure
+        );
         let strict = Http::new()
             .with_failure_status(StatusCode::TOO_MANY_REQUESTS)
             .without_failure_status(StatusCode::NOT_IMPLEMENTED);
@@ -584,7 +587,10 @@ mod tests {
     #[test]
     fn default_grpc_failure_codes_match_the_design() {
         let grpc = Grpc::default();
-        let failing: Vec<_> = (0..=16).map(GrpcCode::from_i32).filter(|c| grpc.is_failure(*c)).collect();
+        let failing: Vec<_> = (0..=16)
+            .map(GrpcCode::from_i32)
+            .filter(|c| grpc.is_failure(*c))
+            .collect();
         assert_eq!(
             failing,
             vec![
@@ -606,7 +612,10 @@ mod tests {
             let v = HeaderValue::from_str(raw).unwrap();
             assert_eq!(GrpcCode::from_header(&v), GrpcCode::UNKNOWN, "{raw:?}");
         }
-        assert_eq!(GrpcCode::from_header(&HeaderValue::from_static("16")), GrpcCode::UNAUTHENTICATED);
+        assert_eq!(
+            GrpcCode::from_header(&HeaderValue::from_static("16")),
+            GrpcCode::UNAUTHENTICATED
+        );
         assert_eq!(GrpcCode::UNAVAILABLE.to_string(), "UNAVAILABLE");
     }
 

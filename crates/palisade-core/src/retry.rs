@@ -221,11 +221,23 @@ mod tests {
     fn default_retryability_of_the_known_kinds() {
         assert_eq!(check(CircuitOpen::new(None, Duration::ZERO)), Retryability::Retry);
         assert_eq!(check(NoAvailablePeers::new(1, 1, 0, 0)), Retryability::Retry);
-        assert_eq!(check(TimedOut::new(TimeoutKind::Attempt, Duration::ZERO)), Retryability::Retry);
-        assert_eq!(check(TimedOut::new(TimeoutKind::Total, Duration::ZERO)), Retryability::Never);
+        assert_eq!(
+            check(TimedOut::new(TimeoutKind::Attempt, Duration::ZERO)),
+            Retryability::Retry
+        );
+        assert_eq!(
+            check(TimedOut::new(TimeoutKind::Total, Duration::ZERO)),
+            Retryability::Never
+        );
         assert_eq!(check(DeadlineExceeded::before_send()), Retryability::Never);
-        assert_eq!(check(io::Error::from(io::ErrorKind::ConnectionRefused)), Retryability::Retry);
-        assert_eq!(check(io::Error::from(io::ErrorKind::PermissionDenied)), Retryability::Unknown);
+        assert_eq!(
+            check(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            Retryability::Retry
+        );
+        assert_eq!(
+            check(io::Error::from(io::ErrorKind::PermissionDenied)),
+            Retryability::Unknown
+        );
         // Found through the source chain, as hyper wraps io errors.
         let refused: BoxError = io::Error::from(io::ErrorKind::ConnectionReset).into();
         assert_eq!(check(Wrap(refused)), Retryability::Retry);
@@ -233,15 +245,27 @@ mod tests {
 
     #[test]
     fn the_mark_wins_over_the_kind() {
-        assert_eq!(check(Retryable::no(CircuitOpen::new(None, Duration::ZERO))), Retryability::Never);
-        assert_eq!(check(Retryable::yes(DeadlineExceeded::before_send())), Retryability::Retry);
+        assert_eq!(
+            check(Retryable::no(CircuitOpen::new(None, Duration::ZERO))),
+            Retryability::Never
+        );
+        assert_eq!(
+            check(Retryable::yes(DeadlineExceeded::before_send())),
+            Retryability::Retry
+        );
         let marked: BoxError = Retryable::no("business rule").into();
         assert_eq!(check(Wrap(marked)), Retryability::Never);
     }
 
     #[test]
     fn closures_are_predicates() {
-        let p = |_: &(), r: &Result<(), ()>| if r.is_err() { RetryDecision::Retry } else { RetryDecision::DoNotRetry };
+        let p = |_: &(), r: &Result<(), ()>| {
+            if r.is_err() {
+                RetryDecision::Retry
+            } else {
+                RetryDecision::DoNotRetry
+            }
+        };
         assert_eq!(p.decide(&(), &Err(())), RetryDecision::Retry);
         assert_eq!(p.decide(&(), &Ok(())), RetryDecision::DoNotRetry);
     }

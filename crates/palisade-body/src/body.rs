@@ -1,0 +1,168 @@
+//! [`CompletionBody`]: an `http_body::Body` that reports how it ended.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http_body::{Body, Frame, SizeHint};
+use palisade_core::error::BoxError;
+use pin_project_lite::pin_project;
+
+use crate::end::{BodyEnd, OnEnd};
+use crate::limits::{BodyLimits, Timers};
+
+pin_project! {
+    /// Wraps a body and calls its [`OnEnd`] hook exactly once, when the body
+    /// ends: at end of stream (with the trailers, if any), on an error, or
+    /// when it is dropped before its end.
+    ///
+    /// Frames, [`size_hint`](Body::size_hint) and
+    /// [`is_end_stream`](Body::is_end_stream) pass through unchanged and
+    /// uncopied. Errors are boxed into [`BoxError`] (the inner error is
+    /// still there to downcast), because the optional [`BodyLimits`] add
+    /// their own [`TimedOut`](palisade_core::error::TimedOut) error.
+    ///
+    /// The end is reported as early as it is known: a body that is already at
+    /// its end when wrapped is reported at once, and a data frame after which
+    /// the inner body says [`is_end_stream`](Body::is_end_stream) ends it,
+    /// because many readers stop polling there. After its end the adapter
+    /// yields no more frames.
+    pub struct CompletionBody<B, H>
+    where
+        H: OnEnd,
+    {
+        #[pin]
+        inner: B,
+        hook: Option<H>,
+        timers: Option<Box<Timers>>,
+        ended: bool,
+    }
+
+    impl<B, H> PinnedDrop for CompletionBody<B, H>
+    where
+        H: OnEnd,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(hook) = this.project().hook.take() {
+                hook.on_end(BodyEnd::Dropped);
+            }
+        }
+    }
+}
+
+impl<B: Body, H: OnEnd> CompletionBody<B, H> {
+    /// Wraps `inner`; `hook` hears how it ends.
+    pub fn new(inner: B, hook: H) -> Self {
+        Self::with_limits(inner, hook, BodyLimits::NONE)
+    }
+
+    /// Wraps `inner` and ends it with a typed
+    /// [`TimedOut`](palisade_core::error::TimedOut) error if it takes longer
+    /// than `limits` allow. The total limit counts from now.
+    pub fn with_limits(inner: B, hook: H, limits: BodyLimits) -> Self {
+        let mut body = Self {
+            ended: false,
+            timers: None,
+            hook: Some(hook),
+            inner,
+        };
+        if body.inner.is_end_stream() {
+            end_projected(&mut body.ended, &mut body.hook, &mut body.timers, BodyEnd::Eos(None));
+        } else {
+            body.timers = Timers::new(limits);
+        }
+        body
+    }
+}
+
+impl<B, H: OnEnd> CompletionBody<B, H> {
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Whether the end has been reported.
+    pub fn has_ended(&self) -> bool {
+        self.ended
+    }
+}
+
+fn end_projected<H: OnEnd>(ended: &mut bool, hook: &mut Option<H>, timers: &mut Option<Box<Timers>>, end: BodyEnd<'_>) {
+    *ended = true;
+    *timers = None;
+    if let Some(hook) = hook.take() {
+        hook.on_end(end);
+    }
+}
+
+impl<B, H> Body for CompletionBody<B, H>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+    H: OnEnd,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let mut inner = this.inner;
+        let polled = inner.as_mut().poll_frame(cx);
+        let frame = match polled {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some(timers) = this.timers.as_mut() {
+                    let expired = ready!(timers.poll_expired(cx));
+                    end_projected(this.ended, this.hook, this.timers, BodyEnd::Error(&expired));
+                    return Poll::Ready(Some(Err(expired.into())));
+                }
+                return Poll::Pending;
+            }
+        };
+        match frame {
+            None => {
+                end_projected(this.ended, this.hook, this.timers, BodyEnd::Eos(None));
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    end_projected(this.ended, this.hook, this.timers, BodyEnd::Eos(Some(trailers)));
+                } else if inner.is_end_stream() {
+                    end_projected(this.ended, this.hook, this.timers, BodyEnd::Eos(None));
+                } else if let Some(timers) = this.timers.as_mut() {
+                    timers.frame_arrived();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => {
+                let error: BoxError = error.into();
+                end_projected(this.ended, this.hook, this.timers, BodyEnd::Error(error.as_ref()));
+                Poll::Ready(Some(Err(error)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl<B: fmt::Debug, H: OnEnd> fmt::Debug for CompletionBody<B, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionBody")
+            .field("inner", &self.inner)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
