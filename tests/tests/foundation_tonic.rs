@@ -15,10 +15,13 @@ use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoRequest, StreamRequest};
 use tower::ServiceBuilder;
 
+/// The options and route one request carried, as a layer saw them.
+type Seen = (Option<CallOptions>, Option<String>);
+
 #[tokio::test]
 async fn tonic_moves_call_options_into_the_http_request() {
     let server = EchoServer::start("options").await.unwrap();
-    let seen: Arc<Mutex<Vec<(Option<CallOptions>, Option<String>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let record = seen.clone();
     let channel = ServiceBuilder::new()
         .map_request(move |request: http::Request<tonic::body::Body>| {

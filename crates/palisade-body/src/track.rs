@@ -10,8 +10,9 @@
 //! - an http response ([`Http`], [`Grpc`]): when its body ends. At end of
 //!   stream the verdict is the head's (or, for gRPC, the trailers'); a body
 //!   error is a failure (or what the end-of-stream classifier says); a body
-//!   dropped before its end settles nothing, which the guard's `Drop` treats
-//!   as [`Outcome::Ignored`];
+//!   dropped before its end settles a failure already known from the head (a
+//!   503 dropped unread is still a 503) and otherwise nothing, which the
+//!   guard's `Drop` treats as [`Outcome::Ignored`];
 //! - an error: at once, with the classifier's verdict on the error.
 
 use palisade_core::classify::{
@@ -66,7 +67,10 @@ impl<E: ClassifyEos, S: Settle> OnEnd for SettleOnEnd<E, S> {
             (BodyEnd::Eos(trailers), Verdict::AtEndOfStream(eos)) => eos.classify_eos(trailers),
             (BodyEnd::Error(_), Verdict::Now(_)) => Outcome::Failure,
             (BodyEnd::Error(error), Verdict::AtEndOfStream(eos)) => eos.classify_body_error(error),
-            // Unsettled: the guard's Drop releases it as ignored.
+            // A failure read from the head is final: a fallback or a caller that
+            // drops a 503 unread must not hide it from the breaker.
+            (BodyEnd::Dropped, Verdict::Now(Outcome::Failure)) => Outcome::Failure,
+            // Otherwise the outcome is unknown: the guard's Drop releases it as ignored.
             (BodyEnd::Dropped, _) => return,
         };
         self.settle.settle(outcome);

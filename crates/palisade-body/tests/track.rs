@@ -135,6 +135,25 @@ async fn a_body_dropped_before_its_end_settles_nothing() {
 }
 
 #[tokio::test]
+async fn a_failure_known_from_the_head_counts_even_if_the_body_is_dropped_unread() {
+    let (probe, log) = Probe::new();
+    let response = http::Response::builder()
+        .status(503)
+        .body(Full::new(Bytes::from_static(b"busy")))
+        .unwrap();
+    let response = track::<_, _, (), _>(&Http::default(), Ok(response), probe, BodyLimits::NONE).unwrap();
+    drop(response);
+    assert_eq!(*log.lock().unwrap(), ["failure"]);
+
+    // A success known from the head is not final: the body could still fail.
+    let (probe, log) = Probe::new();
+    let response = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+    let response = track::<_, _, (), _>(&Http::default(), Ok(response), probe, BodyLimits::NONE).unwrap();
+    drop(response);
+    assert_eq!(*log.lock().unwrap(), ["unsettled"]);
+}
+
+#[tokio::test]
 async fn a_trailers_only_grpc_response_settles_from_its_headers_at_once() {
     // A trailers-only response: the status is in the headers and the body is empty.
     // A reader (tonic) may never poll such a body, so the verdict must not wait for it.

@@ -40,7 +40,7 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::classify::{Classify, ClassifyEos, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict};
+use crate::classify::{Classify, ClassifyEos, ClassifyFn, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict};
 use crate::options::{CallOptions, CallOptionsExt};
 use crate::peer::AttemptRecord;
 
@@ -111,18 +111,25 @@ impl<Res, E> Classify<Res, E> for Plain {
 
 impl<Req> Inspect<Req> for Plain {}
 
+/// A closure classifier inspects nothing: requests get the layers' defaults.
+impl<F, Req> Inspect<Req> for ClassifyFn<F> {}
+
 /// http requests and responses: a 5xx status or an error (a transport error)
 /// is a failure; anything else, 4xx included, is a success. Which statuses
-/// count as failures can be changed.
+/// count as failures can be changed within 400..=599: statuses below 400 are
+/// never failures, and nonstandard statuses of 600 and above always are.
+///
+/// The set is 32 bytes and `Copy`, so a layer can keep it in each response
+/// future without a reference count.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Http {
-    // One bit per status code 100..=999 (bit index = code).
-    failures: [u64; 16],
+    // One bit per status code 400..=599 (bit index = code - 400).
+    failures: [u64; 4],
 }
 
 impl Default for Http {
     fn default() -> Self {
-        let mut http = Http { failures: [0; 16] };
+        let mut http = Http { failures: [0; 4] };
         for code in 500..600 {
             http.set(code, true);
         }
@@ -132,7 +139,7 @@ impl Default for Http {
 
 impl fmt::Debug for Http {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let codes: Vec<u16> = (100..1000).filter(|c| self.bit(*c)).collect();
+        let codes: Vec<u16> = (400..600).filter(|c| self.bit(*c)).collect();
         f.debug_struct("Http").field("failure_statuses", &codes).finish()
     }
 }
@@ -143,7 +150,8 @@ impl Http {
         Self::default()
     }
 
-    /// Also counts `status` as a failure (for example 429).
+    /// Also counts `status` as a failure (for example 429). Statuses outside
+    /// 400..=599 cannot be changed.
     pub fn with_failure_status(mut self, status: StatusCode) -> Self {
         self.set(status.as_u16(), true);
         self
@@ -161,17 +169,23 @@ impl Http {
     }
 
     fn bit(&self, code: u16) -> bool {
-        let code = usize::from(code);
-        code < 1024 && self.failures[code / 64] & (1 << (code % 64)) != 0
+        match code {
+            0..400 => false,
+            400..600 => {
+                let i = usize::from(code - 400);
+                self.failures[i / 64] & (1 << (i % 64)) != 0
+            }
+            _ => true,
+        }
     }
 
     fn set(&mut self, code: u16, on: bool) {
-        let code = usize::from(code);
-        if code < 1024 {
+        if (400..600).contains(&code) {
+            let i = usize::from(code - 400);
             if on {
-                self.failures[code / 64] |= 1 << (code % 64);
+                self.failures[i / 64] |= 1 << (i % 64);
             } else {
-                self.failures[code / 64] &= !(1 << (code % 64));
+                self.failures[i / 64] &= !(1 << (i % 64));
             }
         }
     }
@@ -296,8 +310,8 @@ impl GrpcCode {
         Self::NAMES.get(usize::from(self.0)).copied().unwrap_or("UNKNOWN")
     }
 
-    /// Parses a `grpc-status` header value. `None` for a missing value; a
-    /// value that is not a decimal number yields `UNKNOWN`.
+    /// Parses a `grpc-status` header value; a value that is not a decimal
+    /// number of 0 to 16 yields `UNKNOWN`.
     pub fn from_header(value: &HeaderValue) -> GrpcCode {
         let bytes = value.as_bytes();
         if bytes.is_empty() || bytes.len() > 3 || !bytes.iter().all(u8::is_ascii_digit) {
@@ -479,6 +493,7 @@ pub trait IsGrpc {
 }
 
 impl IsGrpc for Plain {}
+impl<F> IsGrpc for ClassifyFn<F> {}
 impl IsGrpc for Http {}
 impl IsGrpc for Grpc {
     const IS_GRPC: bool = true;
@@ -555,6 +570,9 @@ mod tests {
             .without_failure_status(StatusCode::NOT_IMPLEMENTED);
         assert!(strict.is_failure(StatusCode::TOO_MANY_REQUESTS));
         assert!(!strict.is_failure(StatusCode::NOT_IMPLEMENTED));
+        assert!(!strict.is_failure(StatusCode::OK) && !strict.is_failure(StatusCode::FOUND));
+        assert!(Http::default().is_failure(StatusCode::from_u16(650).unwrap()));
+        assert_eq!(std::mem::size_of::<Http>(), 32);
     }
 
     #[test]

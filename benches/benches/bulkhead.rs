@@ -1,0 +1,127 @@
+//! Bulkhead with free slots, next to tower's `ConcurrencyLimit` and
+//! tower-resilience's bulkhead: one thread, and two threads sharing one limit.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    missing_docs,
+    clippy::unwrap_used
+)]
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade_bulkhead::{BulkheadConfig, BulkheadLayer};
+use tower::{Layer, Service, ServiceExt};
+
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, x: u64) -> Self::Future {
+        ready(Ok(x))
+    }
+}
+
+const LIMIT: usize = 64;
+
+async fn drive<S>(mut svc: S, iters: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..iters {
+        svc.ready().await.unwrap();
+        black_box(svc.call(black_box(i)).await.unwrap());
+    }
+}
+
+fn palisade()
+-> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
+    let config = BulkheadConfig::builder().max_concurrent(LIMIT).build().unwrap();
+    BulkheadLayer::new(config).layer(Echo)
+}
+
+fn tower_limit() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + 'static {
+    tower::limit::ConcurrencyLimitLayer::new(LIMIT).layer(Echo)
+}
+
+fn resilience() -> impl Service<u64, Response = u64, Error: std::fmt::Debug, Future: Send> + Clone + Send + 'static {
+    tower_resilience::bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(LIMIT)
+        .build()
+        .unwrap()
+        .layer(Echo)
+}
+
+fn one_thread(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("bulkhead/free_slots");
+    macro_rules! bench {
+        ($name:literal, $make:expr) => {
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    let svc = $make;
+                    rt.block_on(async move {
+                        let start = Instant::now();
+                        drive(svc, iters).await;
+                        start.elapsed()
+                    })
+                })
+            });
+        };
+    }
+    bench!("bare", Echo);
+    bench!("palisade", palisade());
+    bench!("tower_concurrency_limit", tower_limit());
+    bench!("tower_resilience", resilience());
+    group.finish();
+}
+
+fn two_threads(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("bulkhead/contention_2_threads");
+    macro_rules! bench {
+        ($name:literal, $make:expr) => {
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    let svc = $make;
+                    rt.block_on(async move {
+                        let start = Instant::now();
+                        let a = tokio::spawn(drive(svc.clone(), iters / 2));
+                        let b = tokio::spawn(drive(svc, iters - iters / 2));
+                        a.await.unwrap();
+                        b.await.unwrap();
+                        start.elapsed()
+                    })
+                })
+            });
+        };
+    }
+    bench!("palisade", palisade());
+    bench!("tower_concurrency_limit", tower_limit());
+    bench!("tower_resilience", resilience());
+    group.finish();
+}
+
+criterion_group!(benches, one_thread, two_threads);
+criterion_main!(benches);

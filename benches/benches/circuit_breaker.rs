@@ -1,0 +1,162 @@
+//! A closed circuit breaker over a ready no-op service, next to
+//! tower-resilience's circuit breaker and failsafe's: one thread, and two
+//! threads sharing one breaker. Every breaker uses a consecutive-failures
+//! policy (3 failures), so the comparison is like for like.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    missing_docs,
+    clippy::unwrap_used
+)]
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use failsafe::CircuitBreaker as _;
+use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+use tower::{Layer, Service, ServiceExt};
+
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, x: u64) -> Self::Future {
+        ready(Ok(x))
+    }
+}
+
+async fn drive<S>(mut svc: S, iters: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..iters {
+        svc.ready().await.unwrap();
+        black_box(svc.call(black_box(i)).await.unwrap());
+    }
+}
+
+fn palisade()
+-> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
+    let config = CircuitBreakerConfig::builder().failure_threshold(3).build().unwrap();
+    CircuitBreakerLayer::new(config).layer(Echo)
+}
+
+fn resilience() -> impl Service<u64, Response = u64, Error: std::fmt::Debug, Future: Send> + Clone + Send + 'static {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .consecutive_failures(3)
+        .build()
+        .unwrap()
+        .layer(Echo)
+}
+
+type FailsafeMachine =
+    failsafe::StateMachine<failsafe::failure_policy::ConsecutiveFailures<failsafe::backoff::Exponential>, ()>;
+
+/// failsafe has no tower layer: its synchronous `call` wraps the ready inner call.
+#[derive(Clone)]
+struct Failsafe {
+    breaker: FailsafeMachine,
+    inner: Echo,
+}
+
+impl Service<u64> for Failsafe {
+    type Response = u64;
+    type Error = failsafe::Error<Infallible>;
+    type Future = Ready<Result<u64, Self::Error>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
+    }
+
+    #[inline]
+    fn call(&mut self, x: u64) -> Self::Future {
+        let inner = &mut self.inner;
+        ready(self.breaker.call(|| inner.call(x).into_inner()))
+    }
+}
+
+fn failsafe() -> Failsafe {
+    let backoff = failsafe::backoff::exponential(Duration::from_secs(10), Duration::from_secs(120));
+    let policy = failsafe::failure_policy::consecutive_failures(3, backoff);
+    Failsafe {
+        breaker: failsafe::Config::new().failure_policy(policy).build(),
+        inner: Echo,
+    }
+}
+
+fn one_thread(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("circuit_breaker/closed");
+    macro_rules! bench {
+        ($name:literal, $make:expr) => {
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    let svc = $make;
+                    rt.block_on(async move {
+                        let start = Instant::now();
+                        drive(svc, iters).await;
+                        start.elapsed()
+                    })
+                })
+            });
+        };
+    }
+    bench!("bare", Echo);
+    bench!("palisade", palisade());
+    bench!("tower_resilience", resilience());
+    bench!("failsafe", failsafe());
+    group.finish();
+}
+
+fn two_threads(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("circuit_breaker/closed_2_threads");
+    macro_rules! bench {
+        ($name:literal, $make:expr) => {
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    let svc = $make;
+                    rt.block_on(async move {
+                        let start = Instant::now();
+                        let a = tokio::spawn(drive(svc.clone(), iters / 2));
+                        let b = tokio::spawn(drive(svc, iters - iters / 2));
+                        a.await.unwrap();
+                        b.await.unwrap();
+                        start.elapsed()
+                    })
+                })
+            });
+        };
+    }
+    bench!("bare", Echo);
+    bench!("palisade", palisade());
+    bench!("tower_resilience", resilience());
+    bench!("failsafe", failsafe());
+    group.finish();
+}
+
+criterion_group!(benches, one_thread, two_threads);
+criterion_main!(benches);

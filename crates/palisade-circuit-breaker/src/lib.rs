@@ -1,0 +1,232 @@
+//! A circuit breaker for tower services: stop calling a peer that keeps
+//! failing, give it time, then probe it carefully before trusting it again.
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState};
+//! use palisade_core::BoxError;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), BoxError> {
+//! let layer = CircuitBreakerLayer::new(
+//!     CircuitBreakerConfig::builder()
+//!         .peer("10.0.0.7:50051")
+//!         .failure_threshold(3) // 3 failures in a row trip it...
+//!         .cooldown(Duration::from_secs(10)) // ...for 10 s, doubling per failed probe round
+//!         .build()?,
+//! );
+//! let handle = layer.handle();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|fail: bool| async move { if fail { Err::<&str, BoxError>("unavailable".into()) } else { Ok("pong") } });
+//!
+//! for _ in 0..3 {
+//!     let err = svc.ready().await?.call(true).await.unwrap_err();
+//!     assert_eq!(err.to_string(), "unavailable"); // inner errors pass through untouched
+//! }
+//! assert_eq!(handle.state(), CircuitState::Open);
+//!
+//! // Open: refused at once, without calling the inner service.
+//! let err = svc.ready().await?.call(false).await.unwrap_err();
+//! let open = err.downcast_ref::<CircuitOpen>().expect("refused by the breaker");
+//! assert_eq!(open.retry_in(), Duration::from_secs(10));
+//!
+//! // After the cooldown, probes decide: two successes close it.
+//! tokio::time::advance(Duration::from_secs(10)).await;
+//! assert_eq!(svc.ready().await?.call(false).await?, "pong");
+//! assert_eq!(handle.state(), CircuitState::HalfOpen);
+//! assert_eq!(svc.ready().await?.call(false).await?, "pong");
+//! assert_eq!(handle.state(), CircuitState::Closed);
+//! # Ok(()) }
+//! ```
+//!
+//! # Trip policies
+//!
+//! Two policies, usable alone or together (either trips):
+//!
+//! - **Consecutive** (the default): [`failure_threshold`] (3) failures in a
+//!   row, each less than [`failure_window`] (60 s) after the previous one. A
+//!   failure that comes `failure_window` or more after the previous one starts
+//!   the count again at 1; a success resets it to 0.
+//! - **Failure rate**: on when [`failure_rate_threshold`] is set. It trips when
+//!   failures / calls reaches the threshold once at least [`min_requests`] (20)
+//!   calls lie in a sliding [`rate_window`] (60 s) cut into [`rate_buckets`] (10)
+//!   time buckets. The rate is judged after every completed call, so a success
+//!   can complete a tripping window. The window slides bucket by bucket: a call
+//!   counts for at least `window - window / buckets` and less than `window`
+//!   after its outcome. With [`slow_call_duration`], calls that take longer
+//!   (success or not) count as slow, and a slow rate reaching
+//!   [`slow_call_rate_threshold`] (default 1.0) trips too. A call's duration
+//!   runs from admission to its outcome, which for a streamed response is the
+//!   end of its body.
+//!
+//! Ignored outcomes (a business error, a cancelled call, a body dropped
+//! unread) count toward nothing. The policies judge calls admitted while
+//! closed; half-open probes are judged by their outcome alone (a slow but
+//! successful probe is a success).
+//!
+//! # Open, half-open, closed
+//!
+//! An open breaker refuses every call with [`CircuitOpen`], which names the
+//! peer and how long until the next probe is allowed. When the cooldown has
+//! passed, the breaker becomes half-open *lazily*: when the next call arrives
+//! or when a balancer asks [`CheckAvailability::availability`]. No background
+//! task or timer is involved.
+//!
+//! Half-open admits at most [`half_open_max_probes`] (1) calls at a time;
+//! [`success_threshold`] (2) probe successes close it; one probe failure opens
+//! it again with the cooldown doubled, up to [`max_cooldown`] (120 s), with
+//! optional [`jitter`]. Closing resets the cooldown to its base. A probe slot
+//! comes back on every path: success, failure, ignored outcome, the caller
+//! dropping the future, the response body dropped unread, a panic in the
+//! inner service. A half-open breaker whose slots are all taken and whose
+//! last probe was admitted [`probe_timeout`] ago (default `max(cooldown,
+//! 10 s)`) takes the slots back, so a probe whose result never comes cannot
+//! wedge it; the late results of those probes are then ignored.
+//!
+//! Every transition starts a new *generation*. A call remembers the
+//! generation that admitted it, and its result moves nothing if the breaker
+//! has changed since: a slow call that started while closed and fails after
+//! the breaker opened is ignored, as is a probe of an earlier half-open round.
+//!
+//! # Classification and streaming
+//!
+//! The breaker is generic over a protocol `P` (default [`Plain`]: every `Err`
+//! is a failure). Choose [`Http`] or [`Grpc`] with
+//! [`CircuitBreakerLayer::protocol`], or refine any of them with
+//! [`ClassifyExt`] closures so that business errors do not count. For http
+//! responses the verdict waits for the end of the body through
+//! `palisade-body`: a `200` whose trailers carry `grpc-status: 14` is a
+//! failure, a body error mid-stream is a failure, a body dropped before its
+//! end is neither. The probe slot (if any) is held until then.
+//!
+//! # Standalone and per peer
+//!
+//! `poll_ready` only forwards the inner service's readiness: an open breaker
+//! never makes the service unready (tower treats a `poll_ready` error as
+//! terminal). It answers from `call`, at once, and the inner service is not
+//! called. Behind a balancer, the breaker implements [`CheckAvailability`]
+//! (on the service, the layer and the [`CircuitBreakerHandle`]), so an open
+//! peer is simply not picked.
+//!
+//! # Shared state
+//!
+//! Clones of a [`CircuitBreaker`] share one breaker, and so does every service
+//! one [`CircuitBreakerLayer`] value wraps: a framework that calls
+//! `Layer::layer` again and again still gets one breaker that trips. Per-peer
+//! state is explicit: [`CircuitBreakerLayer::for_peer`] makes a layer with a
+//! fresh breaker for one peer, with the same configuration.
+//!
+//! # Keyed breakers
+//!
+//! [`KeyedCircuitBreakerLayer`] keeps one breaker per request key: the route
+//! ([`ByRoute`]: gRPC method, or the *raw* http path, so for templated http
+//! routes such as `/users/{id}` pass a [`KeyFn`] closure that returns the
+//! template) or a closure ([`KeyFn`]), with per-key configuration. Requests
+//! without a key share one unkeyed breaker.
+//!
+//! The map is bounded by [`max_keys`](KeyedCircuitBreakerBuilder::max_keys)
+//! and only scanned when a new key arrives and it is full. Eviction never
+//! lifts protection: only breakers that nobody holds (no call in flight, no
+//! handle) and that are closed can go (or open ones idle for
+//! [`idle_timeout`](KeyedCircuitBreakerBuilder::idle_timeout) whose cooldown
+//! has passed), idle ones first, else the least recently used. When nothing
+//! can go, the new key shares the unkeyed breaker, and the map is not scanned
+//! again for a second.
+//!
+//! # Handle
+//!
+//! A [`CircuitBreakerHandle`] reads the state and a [`CircuitSnapshot`] of the
+//! counters, and controls the breaker: [`force_open`](CircuitBreakerHandle::force_open)
+//! (every call refused until a reset, with `retry_in`
+//! [`FORCED_OPEN_RETRY_IN`], one year, rather than `Duration::MAX`, so that
+//! adding it to an `Instant` cannot overflow),
+//! [`force_closed`](CircuitBreakerHandle::force_closed) (disabled: every call
+//! passes and nothing is counted) and [`reset`](CircuitBreakerHandle::reset).
+//!
+//! # Events and metrics
+//!
+//! Every transition emits a `tracing` event and reaches the configured
+//! [`Listener`]s with the peer (or key), `from`, `to`, a reason
+//! (`consecutive failures`, `failure rate`, `slow call rate`, `cooldown
+//! elapsed`, `probe failed`, `probes succeeded`, `forced open`, `forced
+//! closed`, `reset`) and the cooldown that starts. State names are `closed`,
+//! `open`, `half_open` and `disabled`; a forced-open breaker is reported `open`
+//! with the reason `forced open`. Each refused call emits a `rejected` event at
+//! `DEBUG`. Listeners are called after the breaker's lock is released (so they
+//! may call back into the breaker): two transitions made at nearly the same
+//! time on two threads may reach them in either order. The handle's
+//! [`snapshot`](CircuitBreakerHandle::snapshot) (with its `generation`) is the
+//! authority on the current state.
+//!
+//! With the `metrics` feature: the counters
+//! `palisade_circuit_breaker_transitions_total{peer,from,to}`,
+//! `palisade_circuit_breaker_rejected_total{peer}` and
+//! `palisade_circuit_breaker_failures_total{peer}` (failures the breaker
+//! counted: not the late results of an earlier state, nothing while forced
+//! closed), and the gauge `palisade_circuit_breaker_state{peer}` (0 closed, 1
+//! half-open, 2 open). The gauge is set under the breaker's lock, so it
+//! always ends at the last transition's state. The handles are registered
+//! once, when the breaker is built (a refused call or a failure then costs one
+//! handle call, no lookup or allocation): as usual with the `metrics` facade,
+//! install the recorder *before* building the breaker, or it will not see
+//! them. (Transitions made by the handle, being rare operator actions, are
+//! registered when they happen.)
+//!
+//! # Cost
+//!
+//! A closed breaker admits a call with one atomic load of a packed state word
+//! (generation and state) and allocates nothing per call. The call's guard is
+//! two words (the shared state and a packed ticket), so it moves through the
+//! response future in registers. A success takes no lock when there are no
+//! failures to forget and no rate policy; failures, rate-window updates and
+//! half-open accounting take a short `parking_lot::Mutex` critical section,
+//! never held across an `.await`. The one per-call shared-memory write is the
+//! reference count of the guard that follows the response to its end. With
+//! the slow-call policy, each call also reads the clock once at admission and
+//! once at its end; its ticket then keeps the start time in microseconds
+//! (durations are measured modulo about 12.7 days) and the low 23 bits of the
+//! generation.
+//!
+//! [`failure_threshold`]: CircuitBreakerConfigBuilder::failure_threshold
+//! [`failure_window`]: CircuitBreakerConfigBuilder::failure_window
+//! [`failure_rate_threshold`]: CircuitBreakerConfigBuilder::failure_rate_threshold
+//! [`min_requests`]: CircuitBreakerConfigBuilder::min_requests
+//! [`rate_window`]: CircuitBreakerConfigBuilder::rate_window
+//! [`rate_buckets`]: CircuitBreakerConfigBuilder::rate_buckets
+//! [`slow_call_duration`]: CircuitBreakerConfigBuilder::slow_call_duration
+//! [`slow_call_rate_threshold`]: CircuitBreakerConfigBuilder::slow_call_rate_threshold
+//! [`half_open_max_probes`]: CircuitBreakerConfigBuilder::half_open_max_probes
+//! [`success_threshold`]: CircuitBreakerConfigBuilder::success_threshold
+//! [`max_cooldown`]: CircuitBreakerConfigBuilder::max_cooldown
+//! [`jitter`]: CircuitBreakerConfigBuilder::jitter
+//! [`probe_timeout`]: CircuitBreakerConfigBuilder::probe_timeout
+//! [`Plain`]: palisade_core::protocol::Plain
+//! [`Http`]: palisade_core::protocol::Http
+//! [`Grpc`]: palisade_core::protocol::Grpc
+//! [`ClassifyExt`]: palisade_core::classify::ClassifyExt
+//! [`CheckAvailability`]: palisade_core::peer::CheckAvailability
+//! [`CheckAvailability::availability`]: palisade_core::peer::CheckAvailability::availability
+//! [`Listener`]: palisade_core::event::Listener
+
+mod config;
+pub mod error;
+mod future;
+mod keyed;
+mod layer;
+mod policy;
+mod service;
+mod shared;
+mod state;
+
+pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, ConsecutivePolicy, RatePolicy};
+pub use error::{CircuitOpen, ConfigError};
+pub use future::ResponseFuture;
+pub use keyed::{
+    ByRoute, KeyFn, KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
+    KeyedCircuitBreakerLayer,
+};
+pub use layer::CircuitBreakerLayer;
+pub use service::CircuitBreaker;
+pub use shared::{CallGuard, CircuitBreakerHandle};
+pub use state::{CircuitSnapshot, CircuitState, FORCED_OPEN_RETRY_IN};

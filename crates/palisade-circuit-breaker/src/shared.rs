@@ -1,0 +1,526 @@
+//! The state one breaker's services, handles and guards share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use palisade_body::Settle;
+use palisade_core::classify::Outcome;
+use palisade_core::error::CircuitOpen;
+use palisade_core::event::{Event, EventKind, LayerName};
+use palisade_core::peer::{Availability, CheckAvailability, PeerId};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::CircuitBreakerConfig;
+use crate::state::{CircuitSnapshot, CircuitState, Machine, Refusal, Ticket, Transition};
+
+const TAG_BITS: u32 = 3;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+
+// A call's ticket is one `u64`, so that a guard is two words (passed in
+// registers, moved without stalls):
+//
+// - bit 0: the call is a half-open probe;
+// - untimed breakers: bits 1.. hold the generation;
+// - timed breakers (slow-call policy): bits 1..24 hold the low 23 bits of the
+//   generation and bits 24..64 the call's start, in microseconds since the
+//   breaker was made, modulo 2^40 (about 12.7 days). A stale result is then
+//   mistaken for a current one only if a multiple of 2^23 transitions happened
+//   while it was in flight, and a call's duration is measured modulo 12.7 days.
+const PROBE_BIT: u64 = 1;
+const TIMED_GENERATION_MASK: u64 = (1 << 23) - 1;
+const START_SHIFT: u32 = 24;
+const START_MASK: u64 = (1 << 40) - 1;
+
+fn pack(generation: u64, state: CircuitState) -> u64 {
+    (generation << TAG_BITS) | state.tag()
+}
+
+/// The words read on every call, on a cache line of their own (away from the
+/// `Arc`'s reference counts).
+#[repr(align(64))]
+#[derive(Debug)]
+struct Hot {
+    /// `generation << 3 | state tag`: one load admits a call when closed.
+    word: AtomicU64,
+    /// A mirror of the consecutive failure count, so that a success on a
+    /// breaker with no failures to forget takes no lock.
+    consecutive: AtomicU32,
+    /// Whether outcomes other than failures can skip the lock when closed
+    /// (no rate policy, which must count every call).
+    fast_success: bool,
+    /// Whether calls are timed (the slow-call policy).
+    timed: bool,
+}
+
+/// One breaker's shared state.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    hot: Hot,
+    machine: Mutex<Machine>,
+    /// The origin of call start times (the slow-call policy).
+    origin: Instant,
+    config: CircuitBreakerConfig,
+    name: Option<PeerId>,
+    key: Option<Arc<str>>,
+    rejected: AtomicU64,
+    #[cfg(feature = "metrics")]
+    metrics: Metrics,
+}
+
+/// The breaker's metric handles, registered once when the breaker is built
+/// (with the recorder installed then), so that refusals and failures cost one
+/// handle call and no allocation or registry lookup.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Metrics {
+    /// The `peer` label.
+    peer: String,
+    rejected: metrics::Counter,
+    failures: metrics::Counter,
+    state: metrics::Gauge,
+    /// `transitions_total` for the transitions the breaker makes by itself,
+    /// indexed like [`Metrics::AUTOMATIC`].
+    transitions: [metrics::Counter; 4],
+}
+
+#[cfg(feature = "metrics")]
+impl Metrics {
+    /// The transitions a breaker makes by itself; the handle's (forced open,
+    /// forced closed, reset) are operator actions, registered when they happen.
+    const AUTOMATIC: [(CircuitState, CircuitState); 4] = [
+        (CircuitState::Closed, CircuitState::Open),
+        (CircuitState::Open, CircuitState::HalfOpen),
+        (CircuitState::HalfOpen, CircuitState::Open),
+        (CircuitState::HalfOpen, CircuitState::Closed),
+    ];
+
+    fn new(name: Option<&PeerId>) -> Self {
+        let peer = name.map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
+        let transitions = Self::AUTOMATIC.map(|(from, to)| Self::transition_counter(&peer, from, to));
+        Self {
+            rejected: metrics::counter!("palisade_circuit_breaker_rejected_total", "peer" => peer.clone()),
+            failures: metrics::counter!("palisade_circuit_breaker_failures_total", "peer" => peer.clone()),
+            state: metrics::gauge!("palisade_circuit_breaker_state", "peer" => peer.clone()),
+            transitions,
+            peer,
+        }
+    }
+
+    fn transition_counter(peer: &str, from: CircuitState, to: CircuitState) -> metrics::Counter {
+        metrics::counter!(
+            "palisade_circuit_breaker_transitions_total",
+            "peer" => peer.to_owned(),
+            "from" => event_state(from),
+            "to" => event_state(to)
+        )
+    }
+
+    fn transition(&self, t: &Transition) {
+        match Self::AUTOMATIC
+            .iter()
+            .position(|&(from, to)| (from, to) == (t.from, t.to))
+        {
+            Some(i) => self.transitions[i].increment(1),
+            None => Self::transition_counter(&self.peer, t.from, t.to).increment(1),
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(config: CircuitBreakerConfig, key: Option<Arc<str>>) -> Arc<Self> {
+        let machine = Machine::new(&config, Instant::now());
+        let name = match (&config.peer, &key) {
+            (Some(peer), Some(key)) => Some(PeerId::new(format!("{peer} {key}"))),
+            (Some(peer), None) => Some(peer.clone()),
+            (None, Some(key)) => Some(PeerId::new(key)),
+            (None, None) => None,
+        };
+        #[cfg(feature = "metrics")]
+        let metrics = Metrics::new(name.as_ref());
+        let shared = Arc::new(Self {
+            hot: Hot {
+                word: AtomicU64::new(pack(machine.generation(), machine.state())),
+                consecutive: AtomicU32::new(0),
+                fast_success: config.rate.is_none(),
+                timed: config.rate.is_some_and(|r| r.slow_call.is_some()),
+            },
+            machine: Mutex::new(machine),
+            origin: Instant::now(),
+            config,
+            name,
+            key,
+            rejected: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            metrics,
+        });
+        #[cfg(feature = "metrics")]
+        shared.metrics.state.set(CircuitState::Closed.gauge());
+        shared
+    }
+
+    pub(crate) fn config(&self) -> &CircuitBreakerConfig {
+        &self.config
+    }
+
+    pub(crate) fn name(&self) -> Option<&PeerId> {
+        self.name.as_ref()
+    }
+
+    /// Admits a call, or says why not. One atomic load when closed.
+    #[inline]
+    pub(crate) fn acquire(self: &Arc<Self>) -> Result<CallGuard, CircuitOpen> {
+        let word = self.hot.word.load(Ordering::Acquire);
+        let tag = word & TAG_MASK;
+        if tag == CircuitState::Closed.tag() || tag == CircuitState::Disabled.tag() {
+            let ticket = if self.hot.timed && tag == CircuitState::Closed.tag() {
+                self.pack_ticket(word >> TAG_BITS, false, Some(Instant::now()))
+            } else {
+                (word >> TAG_BITS) << 1
+            };
+            return Ok(CallGuard {
+                shared: Some(Arc::clone(self)),
+                ticket,
+            });
+        }
+        self.acquire_slow()
+    }
+
+    #[cold]
+    fn acquire_slow(self: &Arc<Self>) -> Result<CallGuard, CircuitOpen> {
+        let now = Instant::now();
+        let result = self.with_machine(|m, now| m.admit(&self.config, now), now);
+        match result {
+            Ok(ticket) => Ok(CallGuard {
+                shared: Some(Arc::clone(self)),
+                ticket: self.pack_ticket(ticket.generation, ticket.probe, Some(now)),
+            }),
+            Err(refusal) => Err(self.reject(refusal)),
+        }
+    }
+
+    /// Microseconds since `origin`.
+    fn micros(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Packs a ticket (see the layout above).
+    #[inline]
+    fn pack_ticket(&self, generation: u64, probe: bool, now: Option<Instant>) -> u64 {
+        match now {
+            Some(now) if self.hot.timed => {
+                ((self.micros(now) & START_MASK) << START_SHIFT)
+                    | ((generation & TIMED_GENERATION_MASK) << 1)
+                    | u64::from(probe)
+            }
+            _ => (generation << 1) | u64::from(probe),
+        }
+    }
+
+    /// Unpacks a ticket, and the call's duration when it was timed.
+    fn unpack_ticket(&self, ticket: u64, now: Instant) -> (Ticket, Option<Duration>) {
+        let probe = ticket & PROBE_BIT == PROBE_BIT;
+        if self.hot.timed {
+            let start = (ticket >> START_SHIFT) & START_MASK;
+            let elapsed = self.micros(now).wrapping_sub(start) & START_MASK;
+            let ticket = Ticket {
+                generation: (ticket >> 1) & TIMED_GENERATION_MASK,
+                generation_mask: TIMED_GENERATION_MASK,
+                probe,
+            };
+            (ticket, (!probe).then(|| Duration::from_micros(elapsed)))
+        } else {
+            let ticket = Ticket {
+                generation: ticket >> 1,
+                generation_mask: u64::MAX,
+                probe,
+            };
+            (ticket, None)
+        }
+    }
+
+    fn reject(&self, refusal: Refusal) -> CircuitOpen {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.config.listeners.emit(
+            &Event::new(
+                LayerName::CircuitBreaker,
+                EventKind::Rejected {
+                    reason: match refusal.reason {
+                        palisade_core::peer::Unavailable::ProbesBusy => "probe slots busy",
+                        _ => "circuit open",
+                    },
+                },
+            )
+            .peer(self.name.as_ref())
+            .key(self.key.as_deref()),
+        );
+        #[cfg(feature = "metrics")]
+        self.metrics.rejected.increment(1);
+        CircuitOpen::new(self.name.clone(), refusal.retry_in)
+    }
+
+    fn on_result(&self, ticket: u64, outcome: Outcome) {
+        let probe = ticket & PROBE_BIT == PROBE_BIT;
+        if !probe && self.hot.fast_success {
+            match outcome {
+                Outcome::Ignored => return,
+                // Nothing to forget: no lock. A failure racing with this
+                // success is simply ordered after it.
+                Outcome::Success if self.hot.consecutive.load(Ordering::Relaxed) == 0 => return,
+                _ => {}
+            }
+        } else if !probe && outcome == Outcome::Ignored {
+            return;
+        }
+        if !probe && self.hot.word.load(Ordering::Relaxed) & TAG_MASK == CircuitState::Disabled.tag() {
+            // Forced closed: nothing is counted (and a call admitted before
+            // the breaker was disabled belongs to an earlier generation).
+            return;
+        }
+        let now = Instant::now();
+        let (ticket, elapsed) = self.unpack_ticket(ticket, now);
+        let counted = self.with_machine(
+            |m, now| {
+                let recorded = m.record(&self.config, ticket, outcome, elapsed, now);
+                (recorded.counted, recorded.transition)
+            },
+            now,
+        );
+        // Only failures the breaker counted: not stale generations, not
+        // while disabled.
+        #[cfg(feature = "metrics")]
+        if counted && outcome == Outcome::Failure {
+            self.metrics.failures.increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = counted;
+    }
+
+    fn on_drop(&self, ticket: u64) {
+        if ticket & PROBE_BIT == PROBE_BIT {
+            self.on_result(ticket, Outcome::Ignored);
+        }
+    }
+
+    fn sync(&self, machine: &Machine) {
+        self.hot
+            .word
+            .store(pack(machine.generation(), machine.state()), Ordering::Release);
+        self.hot.consecutive.store(machine.consecutive(), Ordering::Relaxed);
+    }
+
+    fn emit(&self, t: Transition) {
+        self.config.listeners.emit(
+            &Event::new(
+                LayerName::CircuitBreaker,
+                EventKind::StateChange {
+                    from: event_state(t.from),
+                    to: event_state(t.to),
+                    reason: t.reason,
+                    cooldown: t.cooldown,
+                },
+            )
+            .peer(self.name.as_ref())
+            .key(self.key.as_deref()),
+        );
+        #[cfg(feature = "metrics")]
+        self.metrics.transition(&t);
+    }
+
+    /// Runs `f` on the machine under its lock, publishes the new state word,
+    /// and reports the transition `f` made, if any, once the lock is released.
+    ///
+    /// The state gauge is set *under* the lock, from the state the machine is
+    /// left in, so that the gauge always ends at the last transition's state.
+    /// Listeners (user code, which may call back into the breaker) are called
+    /// after the lock is released: two transitions made at nearly the same
+    /// time by two threads may reach them in either order.
+    fn with_machine<R>(&self, f: impl FnOnce(&mut Machine, Instant) -> (R, Option<Transition>), now: Instant) -> R {
+        let (r, t) = {
+            let mut machine = self.machine.lock();
+            let out = f(&mut machine, now);
+            self.sync(&machine);
+            #[cfg(feature = "metrics")]
+            if out.1.is_some() {
+                self.metrics.state.set(machine.state().gauge());
+            }
+            out
+        };
+        if let Some(t) = t {
+            self.emit(t);
+        }
+        r
+    }
+
+    pub(crate) fn availability(&self) -> Availability {
+        let word = self.hot.word.load(Ordering::Acquire);
+        let tag = word & TAG_MASK;
+        if tag == CircuitState::Closed.tag() || tag == CircuitState::Disabled.tag() {
+            return Availability::Available;
+        }
+        self.with_machine(|m, now| m.availability(&self.config, now), Instant::now())
+    }
+
+    /// Whether a keyed map may forget this breaker without lifting any
+    /// protection: closed, or (when `idle`) open with its cooldown passed.
+    pub(crate) fn evictable(&self, idle: bool) -> bool {
+        match self.state() {
+            CircuitState::Closed => true,
+            CircuitState::Open if idle => self.machine.lock().cooled_down(Instant::now()),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn state(&self) -> CircuitState {
+        CircuitState::from_tag(self.hot.word.load(Ordering::Acquire) & TAG_MASK)
+    }
+
+    pub(crate) fn snapshot(&self) -> CircuitSnapshot {
+        let now = Instant::now();
+        self.machine.lock().snapshot(now)
+    }
+
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn force_open(&self) {
+        self.with_machine(|m, _| ((), Some(m.force_open())), Instant::now());
+    }
+
+    pub(crate) fn force_closed(&self) {
+        self.with_machine(|m, _| ((), Some(m.force_closed())), Instant::now());
+    }
+
+    pub(crate) fn reset(&self) {
+        self.with_machine(|m, now| ((), Some(m.reset(now))), Instant::now());
+    }
+}
+
+/// The event name of a state: the core's conventions name an opened breaker `open`.
+fn event_state(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::ForcedOpen => "open",
+        other => other.as_str(),
+    }
+}
+
+/// Held by one admitted call until its outcome is known.
+///
+/// Settled (by [`palisade_body::track()`]) with the outcome, which it records
+/// against the generation the call was admitted under; dropped unsettled (the
+/// caller dropped the future or the body, or the inner service panicked) it
+/// records nothing and gives back its probe slot, if it holds one.
+#[derive(Debug)]
+pub struct CallGuard {
+    /// `None` once settled (or for a spent placeholder).
+    shared: Option<Arc<Shared>>,
+    /// The packed ticket: generation, probe bit, start time when timed.
+    ticket: u64,
+}
+
+impl CallGuard {
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.ticket & PROBE_BIT == PROBE_BIT
+    }
+
+    /// A guard that holds nothing, left behind when a future hands its guard on.
+    pub(crate) const SPENT: CallGuard = CallGuard {
+        shared: None,
+        ticket: 0,
+    };
+
+    /// Whether this guard holds nothing.
+    #[inline]
+    pub(crate) fn is_spent(&self) -> bool {
+        self.shared.is_none()
+    }
+}
+
+impl Settle for CallGuard {
+    #[inline]
+    fn settle(mut self, outcome: Outcome) {
+        if let Some(shared) = self.shared.take() {
+            shared.on_result(self.ticket, outcome);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.on_drop(self.ticket);
+        }
+    }
+}
+
+/// Reads and controls one breaker. Cheap to clone; every clone, and every
+/// service of the breaker, sees the same state.
+#[derive(Clone, Debug)]
+pub struct CircuitBreakerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl CircuitBreakerHandle {
+    /// The state as last decided. An open breaker whose cooldown has passed
+    /// stays `Open` here until a call arrives or
+    /// [`availability`](CheckAvailability::availability) is asked.
+    pub fn state(&self) -> CircuitState {
+        self.shared.state()
+    }
+
+    /// The state and the counters behind it.
+    pub fn snapshot(&self) -> CircuitSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// How many calls the breaker has refused.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected()
+    }
+
+    /// The peer (or key) the breaker guards.
+    pub fn peer(&self) -> Option<&PeerId> {
+        self.shared.name()
+    }
+
+    /// The breaker's configuration.
+    pub fn config(&self) -> &CircuitBreakerConfig {
+        self.shared.config()
+    }
+
+    /// Opens the breaker until [`reset`](Self::reset): every call is refused.
+    pub fn force_open(&self) {
+        self.shared.force_open();
+    }
+
+    /// Disables the breaker until [`reset`](Self::reset): every call passes
+    /// and no outcome is counted.
+    pub fn force_closed(&self) {
+        self.shared.force_closed();
+    }
+
+    /// Closes the breaker with fresh counters and the base cooldown. Results of
+    /// calls admitted before the reset are ignored.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// The time until the next probe, when open ([`FORCED_OPEN_RETRY_IN`](crate::FORCED_OPEN_RETRY_IN)
+    /// when forced open).
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self.snapshot() {
+            s if s.state == CircuitState::ForcedOpen => Some(crate::state::FORCED_OPEN_RETRY_IN),
+            s => s.retry_in,
+        }
+    }
+}
+
+impl CheckAvailability for CircuitBreakerHandle {
+    fn availability(&self) -> Availability {
+        self.shared.availability()
+    }
+}

@@ -1,0 +1,535 @@
+//! The breaker's state machine, free of atomics and of the service: every
+//! method takes the current time, so it is driven the same way by the
+//! service, the handle, the tests and the reference-model proptest.
+
+use std::fmt;
+use std::time::Duration;
+
+use palisade_core::classify::Outcome;
+use palisade_core::peer::{Availability, Unavailable};
+use tokio::time::Instant;
+
+use crate::config::{CircuitBreakerConfig, RatePolicy};
+use crate::policy::Window;
+
+/// The `retry_in` a forced-open breaker reports (in [`CircuitOpen`](crate::CircuitOpen)
+/// and [`Availability`]): one year. A forced-open breaker stays open until a
+/// reset, however long that is; this stands for "not by itself" while staying
+/// safe to add to an `Instant` (which `Duration::MAX` is not) and readable in
+/// messages.
+pub const FORCED_OPEN_RETRY_IN: Duration = Duration::from_secs(365 * 86_400);
+
+/// The state of a breaker, as a handle reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls are refused until the cooldown has passed.
+    Open,
+    /// A few probe calls pass; their outcomes decide whether to close or reopen.
+    HalfOpen,
+    /// Forced open by a handle: every call is refused until a reset.
+    ForcedOpen,
+    /// Forced closed by a handle: every call passes and nothing is counted until a reset.
+    Disabled,
+}
+
+impl CircuitState {
+    /// A short lowercase name, as used in events: `closed`, `open`, `half_open`,
+    /// `forced_open`, `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::ForcedOpen => "forced_open",
+            CircuitState::Disabled => "disabled",
+        }
+    }
+
+    /// The value of the `palisade_circuit_breaker_state` gauge: 0 closed (or
+    /// disabled), 1 half-open, 2 open (or forced open).
+    pub fn gauge(self) -> f64 {
+        match self {
+            CircuitState::Closed | CircuitState::Disabled => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open | CircuitState::ForcedOpen => 2.0,
+        }
+    }
+
+    pub(crate) fn tag(self) -> u64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Disabled => 1,
+            CircuitState::Open => 2,
+            CircuitState::HalfOpen => 3,
+            CircuitState::ForcedOpen => 4,
+        }
+    }
+
+    pub(crate) fn from_tag(tag: u64) -> Self {
+        match tag {
+            0 => CircuitState::Closed,
+            1 => CircuitState::Disabled,
+            2 => CircuitState::Open,
+            3 => CircuitState::HalfOpen,
+            _ => CircuitState::ForcedOpen,
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        in_flight: u32,
+        successes: u32,
+        last_admit: Instant,
+    },
+    ForcedOpen,
+    Disabled,
+}
+
+/// A call's admission: the generation it was admitted under, and whether it is a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// The generation, or its low bits (see `generation_mask`).
+    pub(crate) generation: u64,
+    /// Which bits of the generation the ticket kept: all of them, except in
+    /// the compact tickets of timed calls.
+    pub(crate) generation_mask: u64,
+    pub(crate) probe: bool,
+}
+
+/// Why a call was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) reason: Unavailable,
+    pub(crate) retry_in: Duration,
+}
+
+/// A state change, reported as an event once the lock is released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: CircuitState,
+    pub(crate) to: CircuitState,
+    pub(crate) reason: &'static str,
+    pub(crate) cooldown: Option<Duration>,
+}
+
+/// What recording an outcome did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// Whether the outcome was counted: the ticket is of the current
+    /// generation and the outcome is not ignored.
+    pub(crate) counted: bool,
+    /// The transition it caused, if any.
+    pub(crate) transition: Option<Transition>,
+}
+
+impl Recorded {
+    const NOTHING: Recorded = Recorded {
+        counted: false,
+        transition: None,
+    };
+
+    fn counted(transition: Option<Transition>) -> Self {
+        Recorded {
+            counted: true,
+            transition,
+        }
+    }
+}
+
+/// What a handle reads: the state and the counters behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CircuitSnapshot {
+    /// The state.
+    pub state: CircuitState,
+    /// Failures in the current consecutive run.
+    pub consecutive_failures: u32,
+    /// Calls in the failure-rate window (0 without that policy).
+    pub window_calls: u32,
+    /// Failures in the window.
+    pub window_failures: u32,
+    /// Slow calls in the window.
+    pub window_slow_calls: u32,
+    /// Probes in flight (half-open only).
+    pub probes_in_flight: u32,
+    /// Probe successes so far in this half-open round.
+    pub probe_successes: u32,
+    /// The cooldown running (open) or last used.
+    pub cooldown: Option<Duration>,
+    /// How long until the next probe is allowed, when open.
+    pub retry_in: Option<Duration>,
+    /// Failed half-open rounds since the breaker last closed.
+    pub failed_rounds: u32,
+    /// How many times the breaker has opened (trips and failed probes).
+    pub times_opened: u64,
+    /// The generation: bumped on every transition.
+    pub generation: u64,
+}
+
+/// The breaker's state machine.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    phase: Phase,
+    generation: u64,
+    consecutive: u32,
+    last_failure: Option<Instant>,
+    window: Option<Window>,
+    failed_rounds: u32,
+    cooldown: Option<Duration>,
+    times_opened: u64,
+}
+
+impl Machine {
+    pub(crate) fn new(config: &CircuitBreakerConfig, now: Instant) -> Self {
+        Self {
+            phase: Phase::Closed,
+            generation: 0,
+            consecutive: 0,
+            last_failure: None,
+            window: config.rate.as_ref().map(|r| Window::new(r, now)),
+            failed_rounds: 0,
+            cooldown: None,
+            times_opened: 0,
+        }
+    }
+
+    pub(crate) fn state(&self) -> CircuitState {
+        match self.phase {
+            Phase::Closed => CircuitState::Closed,
+            Phase::Open { .. } => CircuitState::Open,
+            Phase::HalfOpen { .. } => CircuitState::HalfOpen,
+            Phase::ForcedOpen => CircuitState::ForcedOpen,
+            Phase::Disabled => CircuitState::Disabled,
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn consecutive(&self) -> u32 {
+        self.consecutive
+    }
+
+    pub(crate) fn snapshot(&self, now: Instant) -> CircuitSnapshot {
+        let (calls, failures, slow) = self.window.as_ref().map_or((0, 0, 0), |w| w.totals(now));
+        let (probes_in_flight, probe_successes) = match self.phase {
+            Phase::HalfOpen {
+                in_flight, successes, ..
+            } => (in_flight, successes),
+            _ => (0, 0),
+        };
+        CircuitSnapshot {
+            state: self.state(),
+            consecutive_failures: self.consecutive,
+            window_calls: calls,
+            window_failures: failures,
+            window_slow_calls: slow,
+            probes_in_flight,
+            probe_successes,
+            cooldown: self.cooldown,
+            retry_in: match self.phase {
+                Phase::Open { until } => Some(until.saturating_duration_since(now)),
+                _ => None,
+            },
+            failed_rounds: self.failed_rounds,
+            times_opened: self.times_opened,
+            generation: self.generation,
+        }
+    }
+
+    /// Whether the breaker is open and its cooldown has passed.
+    pub(crate) fn cooled_down(&self, now: Instant) -> bool {
+        matches!(self.phase, Phase::Open { until } if now >= until)
+    }
+
+    fn set(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    fn transition(&mut self, phase: Phase, reason: &'static str) -> Transition {
+        let from = self.state();
+        self.set(phase);
+        let cooldown = match phase {
+            Phase::Open { .. } => self.cooldown,
+            _ => None,
+        };
+        Transition {
+            from,
+            to: self.state(),
+            reason,
+            cooldown,
+        }
+    }
+
+    fn open(&mut self, config: &CircuitBreakerConfig, now: Instant, reason: &'static str) -> Transition {
+        let previous = if self.failed_rounds == 0 { None } else { self.cooldown };
+        let cooldown = config.backoff.delay(self.failed_rounds, previous);
+        self.cooldown = Some(cooldown);
+        self.times_opened += 1;
+        self.consecutive = 0;
+        self.last_failure = None;
+        let until = now
+            .checked_add(cooldown)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
+        self.transition(Phase::Open { until }, reason)
+    }
+
+    fn close(&mut self, now: Instant, reason: &'static str) -> Transition {
+        self.failed_rounds = 0;
+        self.consecutive = 0;
+        self.last_failure = None;
+        if let Some(w) = &mut self.window {
+            w.clear(now);
+        }
+        self.transition(Phase::Closed, reason)
+    }
+
+    /// Moves an open breaker whose cooldown has passed to half-open, and
+    /// reclaims the probe slots of a half-open breaker whose probes are overdue.
+    fn advance(&mut self, config: &CircuitBreakerConfig, now: Instant) -> Option<Transition> {
+        match self.phase {
+            Phase::Open { until } if now >= until => Some(self.transition(
+                Phase::HalfOpen {
+                    in_flight: 0,
+                    successes: 0,
+                    last_admit: now,
+                },
+                "cooldown elapsed",
+            )),
+            Phase::HalfOpen {
+                in_flight,
+                successes,
+                last_admit,
+            } if in_flight >= config.half_open_max_probes
+                && now.saturating_duration_since(last_admit) >= config.probe_timeout =>
+            {
+                // The probes never reported: take the slots back under a new
+                // generation, so their late results are ignored.
+                tracing::debug!(
+                    target: "palisade",
+                    layer = "circuit_breaker",
+                    peer = %config.peer.as_ref().map_or("-", |p| p.as_str()),
+                    event = "probes_reclaimed",
+                    in_flight,
+                    "probe slots reclaimed after probe_timeout"
+                );
+                self.set(Phase::HalfOpen {
+                    in_flight: 0,
+                    successes,
+                    last_admit: now,
+                });
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Admits a call or refuses it; may move open to half-open first.
+    pub(crate) fn admit(
+        &mut self,
+        config: &CircuitBreakerConfig,
+        now: Instant,
+    ) -> (Result<Ticket, Refusal>, Option<Transition>) {
+        let transition = self.advance(config, now);
+        let result = match &mut self.phase {
+            Phase::Closed | Phase::Disabled => Ok(Ticket {
+                generation: self.generation,
+                generation_mask: u64::MAX,
+                probe: false,
+            }),
+            Phase::Open { until } => Err(Refusal {
+                reason: Unavailable::Open,
+                retry_in: until.saturating_duration_since(now),
+            }),
+            Phase::ForcedOpen => Err(Refusal {
+                reason: Unavailable::Open,
+                retry_in: FORCED_OPEN_RETRY_IN,
+            }),
+            Phase::HalfOpen {
+                in_flight, last_admit, ..
+            } => {
+                if *in_flight < config.half_open_max_probes {
+                    *in_flight += 1;
+                    *last_admit = now;
+                    Ok(Ticket {
+                        generation: self.generation,
+                        generation_mask: u64::MAX,
+                        probe: true,
+                    })
+                } else {
+                    Err(Refusal {
+                        reason: Unavailable::ProbesBusy,
+                        retry_in: Duration::ZERO,
+                    })
+                }
+            }
+        };
+        (result, transition)
+    }
+
+    /// Whether a call would be admitted now; may move open to half-open.
+    pub(crate) fn availability(
+        &mut self,
+        config: &CircuitBreakerConfig,
+        now: Instant,
+    ) -> (Availability, Option<Transition>) {
+        let transition = self.advance(config, now);
+        let availability = match self.phase {
+            Phase::Closed | Phase::Disabled => Availability::Available,
+            Phase::Open { until } => Availability::Unavailable {
+                reason: Unavailable::Open,
+                retry_in: until.saturating_duration_since(now),
+            },
+            Phase::ForcedOpen => Availability::Unavailable {
+                reason: Unavailable::Open,
+                retry_in: FORCED_OPEN_RETRY_IN,
+            },
+            Phase::HalfOpen { in_flight, .. } => {
+                if in_flight < config.half_open_max_probes {
+                    Availability::Probe
+                } else {
+                    Availability::Unavailable {
+                        reason: Unavailable::ProbesBusy,
+                        retry_in: Duration::ZERO,
+                    }
+                }
+            }
+        };
+        (availability, transition)
+    }
+
+    /// Records the outcome of a call admitted with `ticket`. `elapsed` is the
+    /// call's duration when the slow-call policy needs it. A ticket from an
+    /// earlier generation changes nothing.
+    pub(crate) fn record(
+        &mut self,
+        config: &CircuitBreakerConfig,
+        ticket: Ticket,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+        now: Instant,
+    ) -> Recorded {
+        if ticket.generation != self.generation & ticket.generation_mask {
+            return Recorded::NOTHING;
+        }
+        match &mut self.phase {
+            Phase::HalfOpen {
+                in_flight, successes, ..
+            } if ticket.probe => {
+                *in_flight = in_flight.saturating_sub(1);
+                match outcome {
+                    Outcome::Ignored => Recorded::NOTHING,
+                    Outcome::Success => {
+                        *successes += 1;
+                        Recorded::counted(if *successes >= config.success_threshold {
+                            Some(self.close(now, "probes succeeded"))
+                        } else {
+                            None
+                        })
+                    }
+                    Outcome::Failure => {
+                        self.failed_rounds = self.failed_rounds.saturating_add(1);
+                        Recorded::counted(Some(self.open(config, now, "probe failed")))
+                    }
+                }
+            }
+            Phase::Closed if !ticket.probe && outcome != Outcome::Ignored => {
+                Recorded::counted(self.record_closed(config, outcome, elapsed, now))
+            }
+            _ => Recorded::NOTHING,
+        }
+    }
+
+    fn record_closed(
+        &mut self,
+        config: &CircuitBreakerConfig,
+        outcome: Outcome,
+        elapsed: Option<Duration>,
+        now: Instant,
+    ) -> Option<Transition> {
+        let failed = match outcome {
+            Outcome::Ignored => return None,
+            Outcome::Success => {
+                self.consecutive = 0;
+                false
+            }
+            Outcome::Failure => true,
+        };
+        let mut trip = None;
+        if failed && let Some(policy) = &config.consecutive {
+            let continues = self
+                .last_failure
+                .is_some_and(|last| now.saturating_duration_since(last) < policy.failure_window);
+            self.consecutive = if continues {
+                self.consecutive.saturating_add(1)
+            } else {
+                1
+            };
+            self.last_failure = Some(now);
+            if self.consecutive >= policy.failure_threshold {
+                trip = Some("consecutive failures");
+            }
+        }
+        if let (Some(window), Some(policy)) = (&mut self.window, &config.rate) {
+            let slow = match (policy.slow_call, elapsed) {
+                (Some((limit, _)), Some(elapsed)) => elapsed > limit,
+                _ => false,
+            };
+            window.record(now, failed, slow);
+            if trip.is_none() {
+                trip = rate_trips(policy, window.totals(now));
+            }
+        }
+        trip.map(|reason| self.open(config, now, reason))
+    }
+
+    /// Forces the breaker open until a reset.
+    pub(crate) fn force_open(&mut self) -> Transition {
+        self.transition(Phase::ForcedOpen, "forced open")
+    }
+
+    /// Forces the breaker closed (disabled) until a reset.
+    pub(crate) fn force_closed(&mut self) -> Transition {
+        self.transition(Phase::Disabled, "forced closed")
+    }
+
+    /// Back to closed with fresh counters and the base cooldown.
+    pub(crate) fn reset(&mut self, now: Instant) -> Transition {
+        self.cooldown = None;
+        self.close(now, "reset")
+    }
+}
+
+fn rate_trips(policy: &RatePolicy, (calls, failures, slow): (u32, u32, u32)) -> Option<&'static str> {
+    if calls < policy.min_requests || calls == 0 {
+        return None;
+    }
+    let calls = f64::from(calls);
+    if let Some(threshold) = policy.failure_rate_threshold
+        && f64::from(failures) / calls >= threshold
+    {
+        return Some("failure rate");
+    }
+    if let Some((_, threshold)) = policy.slow_call
+        && f64::from(slow) / calls >= threshold
+    {
+        return Some("slow call rate");
+    }
+    None
+}

@@ -1,0 +1,167 @@
+//! http and gRPC responses are judged at the end of their body.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer};
+use palisade_core::error::{BoxError, CircuitOpen};
+use palisade_core::protocol::{Grpc, Http};
+use tower::{Layer, Service, ServiceExt};
+
+type Body = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>;
+
+fn body(frames: Vec<Result<Frame<Bytes>, std::io::Error>>) -> Body {
+    StreamBody::new(futures::stream::iter(frames))
+}
+
+fn trailers(status: &'static str) -> Frame<Bytes> {
+    let mut map = http::HeaderMap::new();
+    map.insert("grpc-status", http::HeaderValue::from_static(status));
+    Frame::trailers(map)
+}
+
+/// Answers `/status/<grpc-status>` with a 200, a data frame and those trailers;
+/// `/error` with a body that fails after one frame; `/http/<code>` with that status.
+fn grpc_server()
+-> impl Service<http::Request<()>, Response = http::Response<Body>, Error = Infallible, Future: Send> + Clone {
+    tower::service_fn(|req: http::Request<()>| async move {
+        let path = req.uri().path().to_owned();
+        let data = Ok(Frame::data(Bytes::from_static(b"msg")));
+        let response = if let Some(code) = path.strip_prefix("/status/") {
+            let code: &'static str = if code == "14" { "14" } else { "0" };
+            http::Response::new(body(vec![data, Ok(trailers(code))]))
+        } else if let Some(code) = path.strip_prefix("/http/") {
+            let mut r = http::Response::new(body(vec![]));
+            *r.status_mut() = http::StatusCode::from_u16(code.parse().unwrap()).unwrap();
+            r
+        } else {
+            http::Response::new(body(vec![data, Err(std::io::Error::other("reset mid-stream"))]))
+        };
+        Ok::<_, Infallible>(response)
+    })
+}
+
+fn req(path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://peer{path}")).body(()).unwrap()
+}
+
+fn config(threshold: u32) -> CircuitBreakerConfig {
+    CircuitBreakerConfig::builder()
+        .failure_threshold(threshold)
+        .success_threshold(1)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_200_with_grpc_status_14_trailers_fails_at_end_of_stream_not_at_headers() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+    let response = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        svc.handle().state(),
+        CircuitState::Closed,
+        "headers alone decide nothing"
+    );
+    let collected = response.into_body().collect().await.unwrap();
+    assert!(collected.trailers().is_some());
+    assert_eq!(svc.handle().state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_error_mid_stream_is_a_failure() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+    let response = svc.ready().await.unwrap().call(req("/error")).await.unwrap();
+    assert!(response.into_body().collect().await.is_err());
+    assert_eq!(svc.handle().state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_before_its_end_is_neither_and_frees_the_probe() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+    let handle = svc.handle();
+    let response = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
+    drop(response);
+    assert_eq!(handle.snapshot().consecutive_failures, 0);
+    // Trip, go half-open, and drop the probe's body half-read.
+    let r = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
+    r.into_body().collect().await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let probe = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
+    let mut body = probe.into_body();
+    assert!(body.frame().await.is_some());
+    let err = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "the probe slot is held until the body ends");
+    drop(body);
+    assert_eq!(handle.snapshot().probes_in_flight, 0);
+    let r = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
+    r.into_body().collect().await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_5xx_fail_and_4xx_do_not() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(2), Http::default());
+    let r = svc.ready().await.unwrap().call(req("/http/404")).await.unwrap();
+    r.into_body().collect().await.unwrap();
+    let r = svc.ready().await.unwrap().call(req("/http/503")).await.unwrap();
+    r.into_body().collect().await.unwrap();
+    assert_eq!(svc.handle().snapshot().consecutive_failures, 1);
+    let r = svc.ready().await.unwrap().call(req("/http/500")).await.unwrap();
+    r.into_body().collect().await.unwrap();
+    assert_eq!(svc.handle().state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_trip_per_route_with_overrides_and_stay_bounded() {
+    let layer = KeyedCircuitBreakerLayer::builder(config(2))
+        .key_config("/status/14", config(1))
+        .max_keys(2)
+        .idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .protocol(Grpc::default());
+    let handle = layer.handle();
+    let mut svc = layer.layer(grpc_server());
+    let mut other = layer.layer(grpc_server());
+    async fn run<S, B>(svc: &mut S, path: &str) -> Result<(), BoxError>
+    where
+        S: Service<http::Request<()>, Response = http::Response<B>, Error = BoxError>,
+        B: http_body::Body,
+        B::Error: Into<BoxError>,
+    {
+        let r = svc.ready().await?.call(req(path)).await?;
+        r.into_body().collect().await.map(|_| ()).map_err(Into::into)
+    }
+    // The override trips "/status/14" at its first failure; "/status/0" is unaffected.
+    run(&mut svc, "/status/14").await.unwrap();
+    let err = run(&mut other, "/status/14").await.unwrap_err();
+    let open = err.downcast_ref::<CircuitOpen>().expect("open for that route");
+    assert_eq!(open.peer().map(|p| p.as_str()), Some("/status/14"));
+    run(&mut svc, "/status/0").await.unwrap();
+    assert_eq!(handle.get("/status/14").unwrap().state(), CircuitState::Open);
+    assert_eq!(handle.get("/status/0").unwrap().state(), CircuitState::Closed);
+    assert_eq!(handle.len(), 2);
+
+    // A third key evicts the least recently used *closed* breaker: the open
+    // one is older but stays, so eviction does not lift its protection.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    run(&mut svc, "/status/0").await.unwrap();
+    run(&mut svc, "/http/404").await.unwrap();
+    assert_eq!(handle.len(), 2);
+    assert_eq!(handle.get("/status/14").unwrap().state(), CircuitState::Open);
+    assert!(handle.get("/status/0").is_none());
+    let err = run(&mut svc, "/status/14").await.unwrap_err();
+    assert!(err.is::<CircuitOpen>(), "still open: {err}");
+
+    // Idle keys go when a new key arrives and the map is full, the open one
+    // too once its cooldown has passed (its next call would be a probe).
+    tokio::time::advance(Duration::from_secs(61)).await;
+    run(&mut svc, "/http/500").await.unwrap();
+    assert_eq!(handle.keys(), vec!["/http/500".to_owned()]);
+}

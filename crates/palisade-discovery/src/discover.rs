@@ -1,0 +1,208 @@
+//! `RegistryDiscover`: a tower `Discover` over any [`Registry`].
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use palisade_core::event::{Event, EventKind, LayerName, Listener, Listeners};
+use palisade_core::peer::PeerId;
+use tower::discover::Change;
+
+use crate::peer::Weighted;
+use crate::registry::{Instance, Registry, RegistryState, RegistryStatus, WatchEvent, WatchStream};
+
+/// Makes the per-peer service for an instance: a client bound to its address
+/// wrapped in the per-peer stack (circuit breaker, per-attempt timeout).
+///
+/// Implemented by closures `FnMut(&Instance) -> S`.
+pub trait MakePeer {
+    /// The per-peer service.
+    type Service;
+
+    /// The service for `instance`.
+    fn make_peer(&mut self, instance: &Instance) -> Self::Service;
+}
+
+impl<F, S> MakePeer for F
+where
+    F: FnMut(&Instance) -> S,
+{
+    type Service = S;
+
+    fn make_peer(&mut self, instance: &Instance) -> S {
+        self(instance)
+    }
+}
+
+enum Pending {
+    Insert(Instance),
+    Remove(PeerId),
+}
+
+/// A [`Discover`](tower::discover::Discover) of the instances of one service
+/// in a [`Registry`]: a stream of `Change::Insert(PeerId, Weighted<S>)` and
+/// `Change::Remove(PeerId)`, keyed by the instance's address.
+///
+/// It works under [`PeerDiscovery`](crate::PeerDiscovery) and under tower's own
+/// balancer (wrap it in `tower::load::PendingRequestsDiscover` there).
+///
+/// - A resynchronisation (the registry's full set) is diffed against the
+///   known set: only real changes come out, so nothing is lost or duplicated.
+/// - A changed instance (new weight, zone) is inserted again, which replaces
+///   the peer's service.
+/// - When the registry goes down the stream says nothing more until it is
+///   back: the balancer keeps serving the last known set. Both edges are
+///   logged and emitted as `StateChange` events (`up` / `down`), and
+///   [`status`](Self::status) tells the state.
+/// - It never yields an error; when the registry's watch ends (the registry
+///   was dropped) the stream ends and the balancer keeps its set.
+pub struct RegistryDiscover<M> {
+    service: String,
+    watch: WatchStream,
+    make: M,
+    known: HashMap<PeerId, Instance>,
+    queue: VecDeque<Pending>,
+    status: RegistryStatus,
+    listeners: Listeners,
+}
+
+impl<M> fmt::Debug for RegistryDiscover<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryDiscover")
+            .field("service", &self.service)
+            .field("known", &self.known.len())
+            .field("state", &self.status.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: MakePeer> RegistryDiscover<M> {
+    /// Watches `service` in `registry`, making each peer's service with `make`.
+    pub fn new<R: Registry + ?Sized>(registry: &R, service: &str, make: M) -> Self {
+        Self::from_watch(service, registry.watch(service), make)
+    }
+
+    /// Follows an existing watch stream.
+    pub fn from_watch(service: &str, watch: WatchStream, make: M) -> Self {
+        Self {
+            service: service.to_owned(),
+            watch,
+            make,
+            known: HashMap::new(),
+            queue: VecDeque::new(),
+            status: RegistryStatus::default(),
+            listeners: Listeners::new(),
+        }
+    }
+
+    /// Adds a listener for the registry's up/down events.
+    pub fn with_listener(mut self, listener: std::sync::Arc<dyn Listener>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// A handle on the registry's state, for health reports
+    /// ([`PeerDiscoveryBuilder::registry_status`](crate::PeerDiscoveryBuilder::registry_status)).
+    pub fn status(&self) -> RegistryStatus {
+        self.status.clone()
+    }
+
+    /// The instances known now.
+    pub fn known(&self) -> impl Iterator<Item = &Instance> {
+        self.known.values()
+    }
+
+    fn transition(&self, to: RegistryState, reason: &'static str) {
+        let from = self.status.set(to);
+        if from == to {
+            return;
+        }
+        let event = Event::new(
+            LayerName::Discovery,
+            EventKind::StateChange {
+                from: from.as_str(),
+                to: to.as_str(),
+                reason,
+                cooldown: None,
+            },
+        )
+        .key(Some(&self.service));
+        self.listeners.emit(&event);
+    }
+
+    fn apply(&mut self, event: WatchEvent) {
+        match event {
+            WatchEvent::Reset(instances) => {
+                self.transition(RegistryState::Up, "registry answered");
+                let mut fresh: HashMap<PeerId, Instance> = HashMap::with_capacity(instances.len());
+                for instance in instances {
+                    if instance.service() != self.service {
+                        continue;
+                    }
+                    fresh.insert(instance.id(), instance);
+                }
+                for id in self.known.keys() {
+                    if !fresh.contains_key(id) {
+                        self.queue.push_back(Pending::Remove(id.clone()));
+                    }
+                }
+                for (id, instance) in &fresh {
+                    if self.known.get(id) != Some(instance) {
+                        self.queue.push_back(Pending::Insert(instance.clone()));
+                    }
+                }
+                self.known = fresh;
+            }
+            WatchEvent::Upsert(instance) => {
+                if instance.service() != self.service {
+                    return;
+                }
+                let id = instance.id();
+                if self.known.get(&id) != Some(&instance) {
+                    self.known.insert(id, instance.clone());
+                    self.queue.push_back(Pending::Insert(instance));
+                }
+            }
+            WatchEvent::Delete(id) => {
+                if self.known.remove(&id).is_some() {
+                    self.queue.push_back(Pending::Remove(id));
+                }
+            }
+            WatchEvent::Down { reason } => {
+                tracing::warn!(target: "palisade", layer = "discovery", service = %self.service, %reason, "registry unreachable; serving the last known set");
+                self.transition(RegistryState::Down, "registry unreachable");
+            }
+            WatchEvent::Up => self.transition(RegistryState::Up, "registry reachable again"),
+        }
+    }
+}
+
+impl<M: MakePeer + Unpin> Stream for RegistryDiscover<M> {
+    type Item = Result<Change<PeerId, Weighted<M::Service>>, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pending) = this.queue.pop_front() {
+                return Poll::Ready(Some(Ok(match pending {
+                    Pending::Insert(instance) => {
+                        let service = this.make.make_peer(&instance);
+                        Change::Insert(instance.id(), Weighted::new(service, instance.weight()))
+                    }
+                    Pending::Remove(id) => Change::Remove(id),
+                })));
+            }
+            match this.watch.as_mut().poll_next(cx) {
+                Poll::Ready(Some(event)) => this.apply(event),
+                Poll::Ready(None) => {
+                    this.transition(RegistryState::Closed, "watch ended");
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The errors this crate returns: the core kinds, re-exported, and the
+//! registry's own.
+
+pub use palisade_core::BoxError;
+pub use palisade_core::error::{ConfigError, NoAvailablePeers};
+
+pub use crate::registry::{InvalidInstance, Unsupported};

@@ -1,0 +1,566 @@
+//! The balancer's behaviour, over fake per-peer services.
+#![allow(clippy::disallowed_types)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use common::*;
+use palisade_core::error::NoAvailablePeers;
+use palisade_core::event::{Event, EventKind};
+use palisade_core::options::CallOptionsExt;
+use palisade_core::peer::{AttemptRecord, Availability, PeerId, Unavailable};
+use palisade_discovery::{PeerDiscovery, PeerDiscoveryLayer, Readiness};
+use tower::discover::Change;
+use tower_layer::Layer;
+
+type Balancer = PeerDiscovery<ChannelDiscover<Peer>>;
+
+fn balancer(ctls: &[Arc<Ctl>]) -> (tokio::sync::mpsc::UnboundedSender<Change<String, Peer>>, Balancer) {
+    let (tx, discover) = channel_discover();
+    for c in ctls {
+        tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
+    }
+    (tx, PeerDiscovery::new(discover))
+}
+
+#[test]
+fn spreads_calls_over_available_peers_only() {
+    let peers: Vec<_> = ["a", "b", "c"].iter().map(|n| Ctl::new(n)).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    peers[1].open(Duration::from_secs(5));
+    let mut seen = HashMap::new();
+    for _ in 0..300 {
+        let name = call_now(&mut lb, ()).unwrap();
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(peers[1].calls(), 0, "an open peer must get no call");
+    assert!(seen["a"] > 50 && seen["c"] > 50, "{seen:?}");
+    assert_eq!(lb.len(), 3, "the open peer stays known");
+}
+
+#[test]
+fn no_available_peers_fails_from_call_with_counts() {
+    let peers: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| Ctl::new(n)).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    peers[0].open(Duration::from_secs(5));
+    peers[1].open(Duration::from_secs(2));
+    peers[2].set(Availability::Unavailable {
+        reason: Unavailable::ProbesBusy,
+        retry_in: Duration::ZERO,
+    });
+    peers[3].set_ready(false);
+    let err = call_now(&mut lb, ()).unwrap_err();
+    let none = err.downcast_ref::<NoAvailablePeers>().expect("NoAvailablePeers");
+    assert_eq!(
+        (none.known(), none.open(), none.probing(), none.excluded()),
+        (4, 2, 1, 1),
+        "{none}"
+    );
+    assert_eq!(none.next_probe_in(), Some(Duration::from_secs(2)));
+    assert!(peers.iter().all(|p| p.calls() == 0));
+    // The breaker's cooldown passes: the peer answers Probe and gets the call.
+    peers[1].set(Availability::Probe);
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "b");
+}
+
+#[test]
+fn empty_set_fails_fast_and_poll_ready_never_fails() {
+    let (_tx, mut lb) = balancer(&[]);
+    let err = call_now(&mut lb, ()).unwrap_err();
+    let none = err.downcast_ref::<NoAvailablePeers>().unwrap();
+    assert_eq!(none.known(), 0);
+}
+
+#[test]
+fn a_peer_due_for_its_probe_is_picked_first() {
+    let peers: Vec<_> = (0..50).map(|i| Ctl::new(&format!("p{i}"))).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    // Warm up so that every peer is known.
+    call_now(&mut lb, ()).unwrap();
+    peers[7].set(Availability::Probe);
+    // Within a few calls the probe-ready peer is drawn and picked at once.
+    let mut picked = false;
+    for _ in 0..200 {
+        if call_now(&mut lb, ()).unwrap() == "p7" {
+            picked = true;
+            break;
+        }
+    }
+    assert!(picked, "the peer due for a probe never got it");
+}
+
+fn http_request(record: &AttemptRecord) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    *req.attempt_record_mut() = record.clone();
+    req
+}
+
+#[test]
+fn a_retry_avoids_the_peers_of_earlier_attempts_and_records_its_own() {
+    let peers: Vec<_> = ["a", "b", "c"].iter().map(|n| Ctl::new(n)).collect();
+    let (tx, discover) = channel_discover();
+    for c in &peers {
+        tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
+    }
+    let mut lb = PeerDiscoveryLayer::builder()
+        .protocol(HttpRequests)
+        .build()
+        .unwrap()
+        .layer(discover);
+    for _ in 0..200 {
+        let mut record = AttemptRecord::new();
+        record.record(PeerId::from("a"));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(tower_service::Service::<http::Request<()>>::poll_ready(&mut lb, &mut cx).is_ready());
+        let req = http_request(&record);
+        let mut fut = tower_service::Service::call(&mut lb, req);
+        let Poll::Ready(Ok(name)) = poll_once(&mut fut) else {
+            panic!("call failed")
+        };
+        assert_ne!(name, "a", "a retry landed on the peer that just failed");
+    }
+    assert_eq!(peers[0].calls(), 0);
+    // With only the excluded peer available, it is used rather than failing.
+    peers[1].open(Duration::from_secs(1));
+    peers[2].open(Duration::from_secs(1));
+    let mut record = AttemptRecord::new();
+    record.record(PeerId::from("a"));
+    let req = http_request(&record);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(tower_service::Service::<http::Request<()>>::poll_ready(&mut lb, &mut cx).is_ready());
+    let mut fut = tower_service::Service::call(&mut lb, req);
+    assert_eq!(poll_once(&mut fut).map(Result::unwrap), Poll::Ready("a".to_owned()));
+}
+
+#[test]
+fn the_chosen_peer_is_recorded_in_the_attempt_record() {
+    use std::task::{Context, Waker};
+    // A peer that hands back the record it saw.
+    #[derive(Clone)]
+    struct Echo;
+    impl tower_service::Service<http::Request<()>> for Echo {
+        type Response = Vec<PeerId>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Vec<PeerId>, std::convert::Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<()>) -> Self::Future {
+            std::future::ready(Ok(req.attempt_record().map(|r| r.peers().to_vec()).unwrap_or_default()))
+        }
+    }
+    let (tx, discover) = channel_discover();
+    tx.send(Change::Insert(
+        "only".to_owned(),
+        palisade_discovery::AlwaysAvailable::new(Echo),
+    ))
+    .unwrap();
+    let mut lb = PeerDiscoveryLayer::builder()
+        .protocol(HttpRequests)
+        .build()
+        .unwrap()
+        .layer(discover);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(tower_service::Service::<http::Request<()>>::poll_ready(&mut lb, &mut cx).is_ready());
+    let mut req = http::Request::new(());
+    req.attempt_record_mut();
+    let mut fut = tower_service::Service::call(&mut lb, req);
+    let Poll::Ready(Ok(seen)) = poll_once(&mut fut) else {
+        panic!()
+    };
+    assert_eq!(seen, vec![PeerId::from("only")]);
+}
+
+#[test]
+fn a_peer_that_is_not_ready_is_skipped_not_evicted() {
+    let peers: Vec<_> = ["a", "b"].iter().map(|n| Ctl::new(n)).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    peers[0].set_ready(false);
+    for _ in 0..50 {
+        assert_eq!(call_now(&mut lb, ()).unwrap(), "b");
+    }
+    let health = lb.health();
+    assert_eq!(health.peers.len(), 2);
+    assert_eq!(health.peer(&PeerId::from("a")).unwrap().readiness, Readiness::NotReady);
+    // It becomes ready: the next poll_ready re-polls it and it takes calls again.
+    peers[0].set_ready(true);
+    let mut a = 0;
+    for _ in 0..100 {
+        if call_now(&mut lb, ()).unwrap() == "a" {
+            a += 1;
+        }
+    }
+    assert!(a > 10, "a ready-again peer must come back, got {a} calls");
+}
+
+#[test]
+fn a_peer_whose_client_failed_stays_known_until_replaced() {
+    let peers: Vec<_> = ["a", "b"].iter().map(|n| Ctl::new(n)).collect();
+    let (tx, mut lb) = balancer(&peers);
+    peers[0].fail_ready.store(true, Ordering::SeqCst);
+    for _ in 0..30 {
+        assert_eq!(call_now(&mut lb, ()).unwrap(), "b");
+    }
+    let health = lb.health();
+    let a = health.peer(&PeerId::from("a")).unwrap();
+    assert_eq!(a.readiness, Readiness::Failed);
+    assert_eq!(a.last_error.as_deref(), Some("peer down"));
+    // Replaced by the discover with a fresh client: picked again.
+    let fresh = Ctl::new("a");
+    tx.send(Change::Insert("a".into(), Peer(fresh.clone()))).unwrap();
+    for _ in 0..100 {
+        call_now(&mut lb, ()).unwrap();
+    }
+    assert!(fresh.calls() > 10);
+    assert_eq!(lb.len(), 2);
+}
+
+#[test]
+fn removed_peers_finish_in_flight_calls_and_are_freed() {
+    let a = Ctl::new("a");
+    a.hold.store(true, Ordering::SeqCst);
+    let (tx, mut lb) = balancer(std::slice::from_ref(&a));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut cx).is_ready());
+    let mut fut = tower_service::Service::call(&mut lb, ());
+    assert!(poll_once(&mut fut).is_pending());
+    assert_eq!(lb.health().peers[0].in_flight, 1);
+    tx.send(Change::Remove("a".into())).unwrap();
+    assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut cx).is_ready());
+    assert_eq!(lb.len(), 0);
+    // Only the in-flight call still holds the peer's service state.
+    a.release_all();
+    assert_eq!(poll_once(&mut fut).map(Result::unwrap), Poll::Ready("a".to_owned()));
+    drop(fut);
+    // The fake's control block is now referenced only by this test.
+    assert_eq!(Arc::strong_count(&a), 1, "the removed peer's service leaked");
+}
+
+#[test]
+fn repeated_insert_replaces_without_leaking() {
+    let (tx, mut lb) = balancer(&[]);
+    let mut old = Vec::new();
+    for i in 0..20 {
+        let c = Ctl::new(&format!("gen{i}"));
+        tx.send(Change::Insert("k".into(), Peer(c.clone()))).unwrap();
+        old.push(c);
+    }
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "gen19");
+    assert_eq!(lb.len(), 1);
+    for c in &old[..19] {
+        assert_eq!(Arc::strong_count(c), 1, "a replaced service leaked");
+    }
+}
+
+#[test]
+fn the_less_loaded_of_two_wins() {
+    let a = Ctl::new("a");
+    let b = Ctl::new("b");
+    a.hold.store(true, Ordering::SeqCst);
+    let (_tx, mut lb) = balancer(&[a.clone(), b.clone()]);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut pending = Vec::new();
+    // Load "a" with held calls; "b" answers at once.
+    for _ in 0..100 {
+        assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut cx).is_ready());
+        let mut fut = tower_service::Service::call(&mut lb, ());
+        if poll_once(&mut fut).is_pending() {
+            pending.push(fut);
+        }
+    }
+    // With two peers every pick compares both: a held call on "a" sends all
+    // further calls to "b" until it ends.
+    assert_eq!(a.calls(), 1, "calls piled on the loaded peer");
+    assert_eq!(b.calls(), 99);
+    a.release_all();
+    drop(pending);
+    assert_eq!(lb.health().peer(&PeerId::from("a")).unwrap().in_flight, 0);
+}
+
+#[test]
+fn weights_are_honoured() {
+    let heavy = Ctl::weighted("heavy", 3);
+    let light = Ctl::weighted("light", 1);
+    let (_tx, mut lb) = balancer(&[heavy.clone(), light.clone()]);
+    for _ in 0..4000 {
+        call_now(&mut lb, ()).unwrap();
+    }
+    let share = heavy.calls() as f64 / 4000.0;
+    assert!((0.68..0.82).contains(&share), "heavy peer got {share}");
+}
+
+#[test]
+fn panic_threshold_routes_to_all_peers_below_it() {
+    let peers: Vec<_> = (0..4).map(|i| Ctl::new(&format!("p{i}"))).collect();
+    let (tx, discover) = channel_discover();
+    for c in &peers {
+        tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
+    }
+    let mut lb = PeerDiscoveryLayer::builder()
+        .panic_threshold(0.5)
+        .build()
+        .unwrap()
+        .layer(discover);
+    for p in &peers[..3] {
+        p.open(Duration::from_secs(5));
+    }
+    for _ in 0..400 {
+        call_now(&mut lb, ()).unwrap();
+    }
+    // 1 of 4 available is below 50%: open peers get some of the traffic.
+    let to_open: usize = peers[..3].iter().map(|p| p.calls()).sum();
+    assert!(to_open > 0, "panic mode never reached the open peers");
+    assert!(peers[3].calls() > to_open / 3);
+    let err = PeerDiscoveryLayer::builder().panic_threshold(1.5).build().unwrap_err();
+    assert_eq!(err.field(), "panic_threshold");
+}
+
+#[test]
+fn clones_and_the_health_report_share_one_set_and_events_are_emitted() {
+    let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = events.clone();
+    let (tx, discover) = channel_discover();
+    let a = Ctl::new("a");
+    tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
+    let lb = PeerDiscoveryLayer::builder()
+        .service_name("echo")
+        .listener(Arc::new(move |e: &Event<'_>| {
+            log.lock().push((e.kind.name(), e.peer.map(|p| p.to_string())));
+        }))
+        .build()
+        .unwrap()
+        .layer(discover);
+    let mut clone = lb.clone();
+    assert_eq!(call_now(&mut clone, ()).unwrap(), "a");
+    assert_eq!(lb.len(), 1, "a clone's discovery is seen by the original");
+    tx.send(Change::Remove("a".into())).unwrap();
+    let err = call_now(&mut clone, ()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("no available peers for echo: 0 known"),
+        "{err}"
+    );
+    let events = events.lock();
+    assert_eq!(
+        events[..2],
+        [
+            ("peer_added", Some("a".to_owned())),
+            ("peer_removed", Some("a".to_owned()))
+        ]
+    );
+    assert_eq!(events[2].0, "rejected");
+    assert!(matches!(EventKind::PeerAdded.name(), "peer_added"));
+}
+
+mod http_bodies {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use palisade_core::protocol::Grpc;
+    use std::task::{Context, Waker};
+    use tokio::sync::mpsc;
+
+    type Frames = mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, std::io::Error>>;
+    type Body = StreamBody<futures::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, std::io::Error>>>;
+
+    /// A peer whose responses stream their body from a channel the test holds.
+    #[derive(Clone)]
+    struct Streaming(Arc<parking_lot::Mutex<Vec<Frames>>>);
+
+    impl tower_service::Service<http::Request<()>> for Streaming {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.0.lock().push(tx);
+            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+            std::future::ready(Ok(http::Response::new(StreamBody::new(Box::pin(stream) as _))))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_chosen_peer_is_named_on_the_response_of_a_call_with_a_record() {
+        let (tx, discover) = channel_discover();
+        let bodies = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        tx.send(Change::Insert(
+            "a".into(),
+            palisade_discovery::AlwaysAvailable::new(Streaming(bodies)),
+        ))
+        .unwrap();
+        let mut lb = PeerDiscoveryLayer::builder().grpc().build().unwrap().layer(discover);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(tower_service::Service::<http::Request<()>>::poll_ready(&mut lb, &mut cx).is_ready());
+        let mut req = http::Request::new(());
+        req.attempt_record_mut();
+        let response = tower_service::Service::call(&mut lb, req).await.unwrap();
+        assert_eq!(response.extensions().get::<PeerId>(), Some(&PeerId::from("a")));
+        // Without a record (no retry layer above) nothing is added.
+        let response = tower_service::Service::call(&mut lb, http::Request::new(()))
+            .await
+            .unwrap();
+        assert!(response.extensions().get::<PeerId>().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_call_counts_as_in_flight_until_its_body_ends_or_is_dropped() {
+        let bodies = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (tx, discover) = channel_discover();
+        tx.send(Change::Insert(
+            "a".into(),
+            palisade_discovery::AlwaysAvailable::new(Streaming(bodies.clone())),
+        ))
+        .unwrap();
+        let mut lb = PeerDiscoveryLayer::builder().grpc().build().unwrap().layer(discover);
+        let in_flight = |lb: &PeerDiscovery<_, Grpc>| lb.health().peers[0].in_flight;
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(tower_service::Service::<http::Request<()>>::poll_ready(&mut lb, &mut cx).is_ready());
+        let response = tower_service::Service::call(&mut lb, http::Request::new(()))
+            .await
+            .unwrap();
+        // Headers arrived; the body has not ended: still in flight.
+        assert_eq!(in_flight(&lb), 1);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        {
+            let senders = bodies.lock();
+            senders[0]
+                .send(Ok(http_body::Frame::data(Bytes::from_static(b"x"))))
+                .unwrap();
+            senders[0].send(Ok(http_body::Frame::trailers(trailers))).unwrap();
+        }
+        bodies.lock().clear();
+        let collected = response.into_body().collect().await.unwrap();
+        assert!(collected.trailers().is_some());
+        assert_eq!(in_flight(&lb), 0);
+        assert_eq!(lb.health().peers[0].successes, 1);
+
+        // A body dropped half-read releases the count too (ignored outcome).
+        let response = tower_service::Service::call(&mut lb, http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(in_flight(&lb), 1);
+        drop(response);
+        assert_eq!(in_flight(&lb), 0);
+        // And a response future dropped before it completed (cancellation).
+        let (tx2, discover2) = channel_discover();
+        let held = Ctl::new("h");
+        held.hold.store(true, Ordering::SeqCst);
+        tx2.send(Change::Insert("h".into(), Peer(held.clone()))).unwrap();
+        let mut lb2 = PeerDiscovery::new(discover2);
+        assert!(tower_service::Service::<()>::poll_ready(&mut lb2, &mut cx).is_ready());
+        let fut = tower_service::Service::call(&mut lb2, ());
+        assert_eq!(lb2.health().peers[0].in_flight, 1);
+        drop(fut);
+        assert_eq!(lb2.health().peers[0].in_flight, 0);
+        assert_eq!(lb.health().peers[0].successes, 1);
+    }
+}
+
+mod peak_ewma {
+    use super::*;
+    use palisade_discovery::{AlwaysAvailable, LoadMetric};
+    use std::task::Context;
+
+    /// A peer that answers its name after `delay`.
+    #[derive(Clone)]
+    struct Slow(&'static str, Duration);
+
+    impl tower_service::Service<()> for Slow {
+        type Response = &'static str;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<&'static str, Self::Error>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, (): ()) -> Self::Future {
+            let (name, delay) = (self.0, self.1);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(name)
+            })
+        }
+    }
+
+    async fn share_of_fast(metric: LoadMetric) -> f64 {
+        use tower::{Service, ServiceExt};
+        let (tx, discover) = channel_discover();
+        tx.send(Change::Insert(
+            "slow".into(),
+            AlwaysAvailable::new(Slow("slow", Duration::from_millis(200))),
+        ))
+        .unwrap();
+        tx.send(Change::Insert(
+            "fast".into(),
+            AlwaysAvailable::new(Slow("fast", Duration::from_millis(2))),
+        ))
+        .unwrap();
+        let mut lb = PeerDiscoveryLayer::builder()
+            .load(metric)
+            .build()
+            .unwrap()
+            .layer(discover);
+        let mut fast = 0;
+        for _ in 0..200 {
+            if lb.ready().await.unwrap().call(()).await.unwrap() == "fast" {
+                fast += 1;
+            }
+        }
+        f64::from(fast) / 200.0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_sends_sequential_calls_to_the_faster_peer() {
+        let ewma = share_of_fast(LoadMetric::peak_ewma()).await;
+        assert!(ewma > 0.9, "peak-EWMA sent only {ewma} to the fast peer");
+        // Pending requests cannot tell them apart one call at a time.
+        let pending = share_of_fast(LoadMetric::PendingRequests).await;
+        assert!((0.3..0.7).contains(&pending), "{pending}");
+        let err = PeerDiscoveryLayer::builder()
+            .load(LoadMetric::PeakEwma {
+                default_rtt: Duration::from_millis(1),
+                decay: Duration::ZERO,
+            })
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "load");
+    }
+}
+
+#[test]
+fn availability_flips_are_emitted_as_state_changes() {
+    let changes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = changes.clone();
+    let (tx, discover) = channel_discover();
+    let a = Ctl::new("a");
+    tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
+    let mut lb = PeerDiscoveryLayer::builder()
+        .listener(Arc::new(move |e: &Event<'_>| {
+            if let EventKind::StateChange { from, to, .. } = e.kind {
+                log.lock().push((e.peer.map(|p| p.to_string()), from, to));
+            }
+        }))
+        .build()
+        .unwrap()
+        .layer(discover);
+    call_now(&mut lb, ()).unwrap();
+    a.open(Duration::from_secs(1));
+    assert!(call_now(&mut lb, ()).is_err());
+    a.set(Availability::Probe);
+    call_now(&mut lb, ()).unwrap();
+    let a_id = Some("a".to_owned());
+    assert_eq!(
+        *changes.lock(),
+        [
+            (a_id.clone(), "available", "unavailable"),
+            (a_id, "unavailable", "available")
+        ]
+    );
+}

@@ -1,0 +1,262 @@
+//! The builder of [`FallbackLayer`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use palisade_core::BoxError;
+use palisade_core::error::ConfigError;
+use palisade_core::event::{Listener, Listeners};
+use palisade_core::protocol::{Grpc, Http, Plain};
+
+use crate::extract::{KeepFn, KeepHead, KeepNothing};
+use crate::layer::{FallbackLayer, Shared};
+use crate::mark::{ByTrait, Unmarked, Wrap};
+use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen};
+use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
+
+/// Configures a [`FallbackLayer`]; [`build`](Self::build) validates it.
+///
+/// Defaults: every error triggers the fallback; no response does; nothing is
+/// kept of the request; protocol [`Plain`]; responses marked through
+/// [`MarkFallback`](crate::MarkFallback); no listeners. A source must be chosen.
+pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, P = Plain, M = ByTrait> {
+    source: Option<Src>,
+    extract: X,
+    errors: ErrorPolicy,
+    rule: R,
+    protocol: P,
+    mark: M,
+    listeners: Listeners,
+}
+
+impl<Src, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug for FallbackBuilder<Src, X, R, P, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackBuilder")
+            .field("source_set", &self.source.is_some())
+            .field("extract", &self.extract)
+            .field("errors", &self.errors)
+            .field("rule", &self.rule)
+            .field("protocol", &self.protocol)
+            .field("mark", &self.mark)
+            .field("listeners", &self.listeners)
+            .finish()
+    }
+}
+
+impl Default for FallbackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FallbackBuilder {
+    /// The defaults (see the type's docs).
+    pub fn new() -> Self {
+        Self {
+            source: None,
+            extract: KeepNothing,
+            errors: ErrorPolicy::any(),
+            rule: NoResponseRule,
+            protocol: Plain,
+            mark: ByTrait,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
+    fn map<Src2, X2, R2, P2, M2>(
+        self,
+        f: impl FnOnce(Option<Src>, X, R, P, M) -> (Option<Src2>, X2, R2, P2, M2),
+    ) -> FallbackBuilder<Src2, X2, R2, P2, M2> {
+        let (source, extract, rule, protocol, mark) = f(self.source, self.extract, self.rule, self.protocol, self.mark);
+        FallbackBuilder {
+            source,
+            extract,
+            errors: self.errors,
+            rule,
+            protocol,
+            mark,
+            listeners: self.listeners,
+        }
+    }
+
+    fn with_source<Src2>(self, source: Src2) -> FallbackBuilder<Src2, X, R, P, M> {
+        self.map(|_, x, r, p, m| (Some(source), x, r, p, m))
+    }
+
+    /// The layer with `source`, for the shortcuts of [`FallbackLayer`].
+    pub(crate) fn layer_with<Src2>(self, source: Src2) -> FallbackLayer<Src2, X, R, P, M> {
+        FallbackLayer {
+            shared: Arc::new(Shared {
+                source,
+                extract: self.extract,
+                errors: self.errors,
+                rule: self.rule,
+                protocol: self.protocol,
+                mark: self.mark,
+                listeners: self.listeners,
+            }),
+        }
+    }
+
+    /// Source: a clone of `value`.
+    pub fn value<T: Clone>(self, value: T) -> FallbackBuilder<Value<T>, X, R, P, M> {
+        self.with_source(Value(value))
+    }
+
+    /// Source: `f(&error, kept)`, which cannot fail.
+    pub fn from_fn<F, K, Res>(self, f: F) -> FallbackBuilder<FromFn<F, K, Res>, X, R, P, M>
+    where
+        F: Fn(&BoxError, K) -> Res,
+    {
+        self.with_source(FromFn::new(f))
+    }
+
+    /// Source: `f(&error, kept)`, which may fail (then the call fails with
+    /// [`FallbackFailed`](crate::error::FallbackFailed)).
+    pub fn try_from_fn<F, K, Res, E>(self, f: F) -> FallbackBuilder<TryFromFn<F, K, Res>, X, R, P, M>
+    where
+        F: Fn(&BoxError, K) -> Result<Res, E>,
+    {
+        self.with_source(TryFromFn::new(f))
+    }
+
+    /// Source: the future `f(&error, kept)`. `f` reads the error synchronously;
+    /// the future it returns must not borrow it.
+    pub fn from_async<F, K, Fut, Res, E>(self, f: F) -> FallbackBuilder<FromAsync<F, K, Res>, X, R, P, M>
+    where
+        F: Fn(&BoxError, K) -> Fut,
+        Fut: Future<Output = Result<Res, E>>,
+    {
+        self.with_source(FromAsync::new(f))
+    }
+
+    /// Source: another service (another backend, a cache), called with the
+    /// kept value as its request. Choose an extractor that produces that
+    /// request type ([`keep`](Self::keep), [`keep_head`](Self::keep_head)).
+    pub fn from_service<S>(self, service: S) -> FallbackBuilder<FromService<S>, X, R, P, M> {
+        self.with_source(FromService(service))
+    }
+
+    /// Keeps `f(&request)` before each call and hands it to the fallback.
+    /// Runs on every call: keep it cheap.
+    pub fn keep<F, Req, K>(self, f: F) -> FallbackBuilder<Src, KeepFn<F>, R, P, M>
+    where
+        F: Fn(&Req) -> K,
+    {
+        self.map(|s, _, r, p, m| (s, KeepFn(f), r, p, m))
+    }
+
+    /// Keeps the head of each `http::Request` ([`RequestHead`](crate::extract::RequestHead)).
+    pub fn keep_head(self) -> FallbackBuilder<Src, KeepHead, R, P, M> {
+        self.map(|s, _, r, p, m| (s, KeepHead, r, p, m))
+    }
+
+    /// Restricts the fallback to errors that are, or are caused by, a `T`
+    /// (for example [`CircuitOpen`](crate::error::CircuitOpen)). Several calls
+    /// accept any of the types. Other errors are returned untouched.
+    pub fn on_error<T: std::error::Error + 'static>(mut self) -> Self {
+        self.errors = self.errors.or_type::<T>();
+        self
+    }
+
+    /// Restricts the fallback to calls refused by a Palisade layer before
+    /// reaching a peer: [`CircuitOpen`](crate::error::CircuitOpen),
+    /// [`NoAvailablePeers`](crate::error::NoAvailablePeers) and
+    /// [`BulkheadFull`](crate::error::BulkheadFull) (added to any other rule).
+    pub fn on_refused(self) -> Self {
+        self.on_error::<crate::error::CircuitOpen>()
+            .on_error::<crate::error::NoAvailablePeers>()
+            .on_error::<crate::error::BulkheadFull>()
+    }
+
+    /// Restricts the fallback to timeouts: [`TimedOut`](crate::error::TimedOut)
+    /// and [`DeadlineExceeded`](crate::error::DeadlineExceeded) (added to any other rule).
+    pub fn on_timeout(self) -> Self {
+        self.on_error::<crate::error::TimedOut>()
+            .on_error::<crate::error::DeadlineExceeded>()
+    }
+
+    /// Restricts the fallback to errors for which `f` returns true (or that
+    /// match another rule).
+    pub fn on_error_where<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&BoxError) -> bool + Send + Sync + 'static,
+    {
+        self.errors = self.errors.or_where(f);
+        self
+    }
+
+    /// Also answers responses for which `f` returns true (the response is dropped).
+    pub fn on_response<F, Res>(self, f: F) -> FallbackBuilder<Src, X, Either<R, ResponseWhen<F>>, P, M>
+    where
+        F: Fn(&Res) -> bool,
+    {
+        self.map(|s, x, r, p, m| (s, x, Either(r, ResponseWhen(f)), p, m))
+    }
+
+    /// Also answers responses that the protocol classifies as failures from
+    /// their head: HTTP 5xx with [`http`](Self::http); with [`grpc`](Self::grpc)
+    /// a non-200 5xx or a trailers-only response whose `grpc-status` is a
+    /// failure code. A gRPC response whose status is in its trailers is handed
+    /// on (see the crate docs).
+    pub fn on_failed_response(self) -> FallbackBuilder<Src, X, Either<R, ClassifiedFailure>, P, M> {
+        self.map(|s, x, r, p, m| (s, x, Either(r, ClassifiedFailure), p, m))
+    }
+
+    /// Chooses the protocol: it finds per-call fallbacks in requests and
+    /// classifies responses for [`on_failed_response`](Self::on_failed_response).
+    pub fn protocol<P2>(self, protocol: P2) -> FallbackBuilder<Src, X, R, P2, M> {
+        self.map(|s, x, r, _, m| (s, x, r, protocol, m))
+    }
+
+    /// The [`Http`] protocol with its defaults (a hyper client).
+    pub fn http(self) -> FallbackBuilder<Src, X, R, Http, M> {
+        self.protocol(Http::default())
+    }
+
+    /// The [`Grpc`] protocol with its defaults (a tonic `Channel`).
+    pub fn grpc(self) -> FallbackBuilder<Src, X, R, Grpc, M> {
+        self.protocol(Grpc::default())
+    }
+
+    /// Answers [`Served<Res>`](crate::Served) instead of `Res`, saying whether
+    /// the fallback produced it. For response types without [`MarkFallback`](crate::MarkFallback).
+    pub fn served(self) -> FallbackBuilder<Src, X, R, P, Wrap> {
+        self.map(|s, x, r, p, _| (s, x, r, p, Wrap))
+    }
+
+    /// Leaves responses unmarked; listeners and metrics still see every fallback.
+    pub fn unmarked(self) -> FallbackBuilder<Src, X, R, P, Unmarked> {
+        self.map(|s, x, r, p, _| (s, x, r, p, Unmarked))
+    }
+
+    /// Adds a listener, told of every fallback ([`EventKind::Fallback`](palisade_core::event::EventKind::Fallback)).
+    pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Replaces the listeners.
+    pub fn listeners(mut self, listeners: Listeners) -> Self {
+        self.listeners = listeners;
+        self
+    }
+
+    /// Validates the configuration: the source must be set.
+    pub fn build(self) -> Result<FallbackLayer<Src, X, R, P, M>, ConfigError> {
+        let Some(source) = self.source else {
+            return Err(ConfigError::new(
+                "fallback",
+                "source",
+                "is not set: choose value, from_fn, try_from_fn, from_async or from_service",
+            ));
+        };
+        Ok(FallbackBuilder {
+            source: None::<Src>,
+            ..self
+        }
+        .layer_with(source))
+    }
+}

@@ -1,0 +1,146 @@
+//! The layer.
+
+use std::fmt;
+use std::sync::Arc;
+
+use palisade_core::BoxError;
+use palisade_core::event::{Event, EventKind, LayerName, Listeners};
+use palisade_core::protocol::Plain;
+use tower_layer::Layer;
+
+use crate::config::FallbackBuilder;
+use crate::extract::KeepNothing;
+use crate::mark::{ByTrait, FallbackReason};
+use crate::policy::{ErrorPolicy, NoResponseRule};
+use crate::service::Fallback;
+use crate::source::{FromAsync, FromFn, FromService, TryFromFn, Value};
+
+/// Answers failures of the inner service from a fallback source.
+///
+/// Type parameters: `Src` the [source](crate::source), `X` the
+/// [extractor](crate::extract), `R` the [response rule](crate::policy), `P`
+/// the [protocol](palisade_core::protocol), `M` the [marking](crate::mark).
+/// Build one with [`FallbackLayer::builder`] or a shortcut such as
+/// [`FallbackLayer::value`].
+///
+/// Every service built by one layer value (and every clone of those services)
+/// shares the layer's configuration, source and listeners.
+pub struct FallbackLayer<Src, X = KeepNothing, R = NoResponseRule, P = Plain, M = ByTrait> {
+    pub(crate) shared: Arc<Shared<Src, X, R, P, M>>,
+}
+
+pub(crate) struct Shared<Src, X, R, P, M> {
+    pub(crate) source: Src,
+    pub(crate) extract: X,
+    pub(crate) errors: ErrorPolicy,
+    pub(crate) rule: R,
+    pub(crate) protocol: P,
+    pub(crate) mark: M,
+    pub(crate) listeners: Listeners,
+}
+
+impl<Src, X, R, P, M> Shared<Src, X, R, P, M> {
+    /// Reports one fallback answer: tracing, listeners, metrics.
+    pub(crate) fn record(&self, reason: FallbackReason) {
+        self.listeners.emit(&Event::new(
+            LayerName::Fallback,
+            EventKind::Fallback {
+                reason: reason.as_str(),
+            },
+        ));
+        #[cfg(feature = "metrics")]
+        metrics::counter!("palisade_fallback_total", "reason" => reason.as_str()).increment(1);
+    }
+
+    /// Reports a fallback that failed.
+    pub(crate) fn record_failure(&self, reason: FallbackReason, error: &BoxError) {
+        tracing::debug!(
+            target: "palisade",
+            layer = LayerName::Fallback.as_str(),
+            event = "fallback_failed",
+            reason = reason.as_str(),
+            error = %error,
+            "fallback failed"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!("palisade_fallback_failed_total", "reason" => reason.as_str()).increment(1);
+    }
+}
+
+impl<Src, X, R, P, M> Clone for FallbackLayer<Src, X, R, P, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<Src: fmt::Debug, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug
+    for FallbackLayer<Src, X, R, P, M>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &*self.shared;
+        f.debug_struct("FallbackLayer")
+            .field("source", &s.source)
+            .field("extract", &s.extract)
+            .field("errors", &s.errors)
+            .field("rule", &s.rule)
+            .field("protocol", &s.protocol)
+            .field("mark", &s.mark)
+            .field("listeners", &s.listeners)
+            .finish()
+    }
+}
+
+impl FallbackLayer<crate::source::NoSource> {
+    /// A builder with the defaults: no source yet, every error triggers the
+    /// fallback, nothing is kept of the request, responses pass, protocol
+    /// [`Plain`], responses marked through [`MarkFallback`](crate::MarkFallback).
+    pub fn builder() -> FallbackBuilder {
+        FallbackBuilder::new()
+    }
+
+    /// Answers every error with a clone of `value`.
+    pub fn value<T: Clone>(value: T) -> FallbackLayer<Value<T>> {
+        FallbackBuilder::new().layer_with(Value(value))
+    }
+
+    /// Answers every error with `f(&error, ())`.
+    pub fn from_fn<F, Res>(f: F) -> FallbackLayer<FromFn<F, (), Res>>
+    where
+        F: Fn(&BoxError, ()) -> Res,
+    {
+        FallbackBuilder::new().layer_with(FromFn::new(f))
+    }
+
+    /// Answers every error with `f(&error, ())`, which may fail.
+    pub fn try_from_fn<F, Res, E>(f: F) -> FallbackLayer<TryFromFn<F, (), Res>>
+    where
+        F: Fn(&BoxError, ()) -> Result<Res, E>,
+    {
+        FallbackBuilder::new().layer_with(TryFromFn::new(f))
+    }
+
+    /// Answers every error with the future `f(&error, ())`.
+    pub fn from_async<F, Fut, Res, E>(f: F) -> FallbackLayer<FromAsync<F, (), Res>>
+    where
+        F: Fn(&BoxError, ()) -> Fut,
+        Fut: Future<Output = Result<Res, E>>,
+    {
+        FallbackBuilder::new().layer_with(FromAsync::new(f))
+    }
+
+    /// Answers every error by calling `service` with `()`; use the builder
+    /// with [`keep`](FallbackBuilder::keep) to send it a real request.
+    pub fn from_service<S>(service: S) -> FallbackLayer<FromService<S>> {
+        FallbackBuilder::new().layer_with(FromService(service))
+    }
+}
+
+impl<S, Src, X, R, P, M> Layer<S> for FallbackLayer<Src, X, R, P, M> {
+    type Service = Fallback<S, Src, X, R, P, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Fallback::new(inner, self.clone())
+    }
+}

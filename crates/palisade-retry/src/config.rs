@@ -1,0 +1,382 @@
+//! Configuration: [`RetryLayerBuilder`] and per-route overrides.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_core::backoff::{Backoff, Jitter};
+use palisade_core::error::ConfigError;
+use palisade_core::event::{Listener, Listeners};
+use palisade_core::protocol::{Grpc, Http, Plain};
+
+use crate::budget::{RetryBudget, Throttle};
+use crate::layer::RetryLayer;
+use crate::policy::{DefaultPredicate, Extend, Replace};
+use crate::replay::DEFAULT_REPLAY_CAP;
+
+const LAYER: &str = "retry";
+
+/// The largest replay buffer a layer may configure: 16 MiB.
+pub const MAX_REPLAY_CAP: usize = 16 * 1024 * 1024;
+
+/// The default backoff: exponential from 100 ms, factor 2, cap 2 s, full jitter.
+pub fn default_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100))
+        .factor(2.0)
+        .max_delay(Duration::from_secs(2))
+        .jitter(Jitter::Full)
+        .build()
+        .unwrap_or_else(|_| unreachable!("the default backoff is valid"))
+}
+
+/// Settings for one route (an http path or a gRPC method such as
+/// `/package.Service/Method`) that override the layer's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RouteRetry {
+    /// Retries after the first attempt on this route.
+    pub retries: Option<u32>,
+    /// The backoff on this route.
+    pub backoff: Option<Backoff>,
+}
+
+impl RouteRetry {
+    /// No override yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Retries on this route (0 disables retries there).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The backoff on this route.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+}
+
+/// The validated settings of a layer (without its protocol and predicate).
+pub(crate) struct Settings {
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) throttle: Option<Throttle>,
+    pub(crate) max_pushback: Duration,
+    pub(crate) replay_cap: usize,
+    pub(crate) routes: HashMap<Box<str>, RouteRetry>,
+    pub(crate) listeners: Listeners,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("budget", &self.budget)
+            .field("throttle", &self.throttle)
+            .field("max_pushback", &self.max_pushback)
+            .field("replay_cap", &self.replay_cap)
+            .field("routes", &self.routes)
+            .field("listeners", &self.listeners)
+            .finish()
+    }
+}
+
+/// What one layer value shares with every service it builds and their clones.
+#[derive(Debug)]
+pub(crate) struct Shared<P, R> {
+    pub(crate) protocol: P,
+    pub(crate) predicate: R,
+    pub(crate) settings: Settings,
+}
+
+/// Builds a [`RetryLayer`]. `P` is the protocol ([`Plain`], [`Http`],
+/// [`Grpc`]), `R` the predicate ([`DefaultPredicate`], [`Replace`], [`Extend`]).
+///
+/// | setting | default |
+/// |---|---|
+/// | [`retries`](Self::retries) | 1 |
+/// | [`backoff`](Self::backoff) | exponential from 100 ms, factor 2, cap 2 s, full jitter |
+/// | [`budget`](Self::budget) | 20 % of the request rate, floor 10 per second, TTL 10 s |
+/// | [`throttle`](Self::throttle) | none |
+/// | [`max_pushback`](Self::max_pushback) | 10 s |
+/// | [`replay_cap`](Self::replay_cap) | 64 KiB |
+pub struct RetryLayerBuilder<P = Plain, R = DefaultPredicate> {
+    protocol: P,
+    predicate: R,
+    retries: u32,
+    backoff: Backoff,
+    budget: BudgetChoice,
+    throttle: Option<(u32, f64)>,
+    max_pushback: Duration,
+    replay_cap: usize,
+    routes: Vec<(String, RouteRetry)>,
+    listeners: Listeners,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum BudgetChoice {
+    None,
+    Budget {
+        ratio: f64,
+        min_per_sec: u32,
+        ttl: Duration,
+    },
+}
+
+impl<P: fmt::Debug, R> fmt::Debug for RetryLayerBuilder<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayerBuilder")
+            .field("protocol", &self.protocol)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("budget", &self.budget)
+            .field("throttle", &self.throttle)
+            .field("max_pushback", &self.max_pushback)
+            .field("replay_cap", &self.replay_cap)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RetryLayerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryLayerBuilder {
+    /// The defaults, for `Req: Clone` requests.
+    pub fn new() -> Self {
+        Self {
+            protocol: Plain,
+            predicate: DefaultPredicate,
+            retries: 1,
+            backoff: default_backoff(),
+            budget: BudgetChoice::Budget {
+                ratio: 0.2,
+                min_per_sec: 10,
+                ttl: Duration::from_secs(10),
+            },
+            throttle: None,
+            max_pushback: Duration::from_secs(10),
+            replay_cap: DEFAULT_REPLAY_CAP,
+            routes: Vec::new(),
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<P, R> RetryLayerBuilder<P, R> {
+    /// Speaks `protocol`: [`Plain`] clones `Req: Clone` requests; [`Http`] and
+    /// [`Grpc`] replay `http::Request<B>` bodies and apply their default rules.
+    pub fn protocol<Q>(self, protocol: Q) -> RetryLayerBuilder<Q, R> {
+        RetryLayerBuilder {
+            protocol,
+            predicate: self.predicate,
+            retries: self.retries,
+            backoff: self.backoff,
+            budget: self.budget,
+            throttle: self.throttle,
+            max_pushback: self.max_pushback,
+            replay_cap: self.replay_cap,
+            routes: self.routes,
+            listeners: self.listeners,
+        }
+    }
+
+    /// `http::Request<B>` over hyper: replayable bodies, 502/503/504 retried
+    /// for idempotent requests, `Retry-After` honoured.
+    pub fn http(self) -> RetryLayerBuilder<Http, R> {
+        self.protocol(Http::default())
+    }
+
+    /// gRPC over a tonic `Channel`: replayable bodies, trailers-only
+    /// UNAVAILABLE retried, `grpc-retry-pushback-ms` honoured.
+    pub fn grpc(self) -> RetryLayerBuilder<Grpc, R> {
+        self.protocol(Grpc::default())
+    }
+
+    fn predicate_with<Q>(self, predicate: Q) -> RetryLayerBuilder<P, Q> {
+        RetryLayerBuilder {
+            protocol: self.protocol,
+            predicate,
+            retries: self.retries,
+            backoff: self.backoff,
+            budget: self.budget,
+            throttle: self.throttle,
+            max_pushback: self.max_pushback,
+            replay_cap: self.replay_cap,
+            routes: self.routes,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Replaces the default rules by `predicate` (a
+    /// [`RetryPredicate`](palisade_core::retry::RetryPredicate), such as a
+    /// closure `Fn(&View, &Result<Res, BoxError>) -> RetryDecision`; the view
+    /// is the request for [`Plain`] and the request's head
+    /// `http::Request<()>` for [`Http`] and [`Grpc`]).
+    pub fn predicate<F>(self, predicate: F) -> RetryLayerBuilder<P, Replace<F>> {
+        self.predicate_with(Replace(predicate))
+    }
+
+    /// Keeps the default rules and also retries what `predicate` accepts
+    /// (never an error marked not retryable or a passed deadline).
+    pub fn or_retry_if<F>(self, predicate: F) -> RetryLayerBuilder<P, Extend<F>> {
+        self.predicate_with(Extend(predicate))
+    }
+
+    /// Retries after the first attempt (default 1; 0 disables). A call's
+    /// [`CallOptions::retries`](palisade_core::options::CallOptions::retries)
+    /// and a route's override win.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The backoff between attempts (see [`palisade_core::backoff`]).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The retry budget: retries add at most `retry_ratio` (0.2 = 20 %) to
+    /// the request rate, at least `min_per_sec` per second, counted over `ttl`
+    /// (1 s to 60 s). See [`RetryBudget`].
+    pub fn budget(mut self, retry_ratio: f64, min_per_sec: u32, ttl: Duration) -> Self {
+        self.budget = BudgetChoice::Budget {
+            ratio: retry_ratio,
+            min_per_sec,
+            ttl,
+        };
+        self
+    }
+
+    /// No retry budget: only the retry count, the throttle and the deadline bound retries.
+    pub fn no_budget(mut self) -> Self {
+        self.budget = BudgetChoice::None;
+        self
+    }
+
+    /// gRPC-style throttling as well: a bucket of `max_tokens` that failures
+    /// drain and successes refill by `token_ratio`; see [`Throttle`].
+    pub fn throttle(mut self, max_tokens: u32, token_ratio: f64) -> Self {
+        self.throttle = Some((max_tokens, token_ratio));
+        self
+    }
+
+    /// The longest server pushback honoured (default 10 s); a longer one
+    /// skips the retry.
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.max_pushback = max;
+        self
+    }
+
+    /// The largest request body buffered for replay (default 64 KiB, at most
+    /// [`MAX_REPLAY_CAP`]); a larger body is sent once and not retried.
+    pub fn replay_cap(mut self, bytes: usize) -> Self {
+        self.replay_cap = bytes;
+        self
+    }
+
+    /// Overrides settings for one route (the http path or the gRPC method
+    /// `/package.Service/Method`, as [`Inspect::route`](palisade_core::protocol::Inspect::route) gives it).
+    pub fn route(mut self, route: impl Into<String>, settings: RouteRetry) -> Self {
+        self.routes.push((route.into(), settings));
+        self
+    }
+
+    /// Adds a listener for the layer's events (each retry, budget exhaustion).
+    pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
+        if self.max_pushback.is_zero() {
+            return Err(ConfigError::new(LAYER, "max_pushback", "must be more than zero"));
+        }
+        if self.replay_cap > MAX_REPLAY_CAP {
+            return Err(ConfigError::new(LAYER, "replay_cap", "must be at most 16 MiB"));
+        }
+        if self.retries > 100 {
+            return Err(ConfigError::new(LAYER, "retries", "must be at most 100"));
+        }
+        let budget = match self.budget {
+            BudgetChoice::None => None,
+            BudgetChoice::Budget {
+                ratio,
+                min_per_sec,
+                ttl,
+            } => Some(RetryBudget::new(ratio, min_per_sec, ttl)?),
+        };
+        let throttle = match self.throttle {
+            None => None,
+            Some((max, ratio)) => Some(Throttle::new(max, ratio)?),
+        };
+        let mut routes = HashMap::with_capacity(self.routes.len());
+        for (route, settings) in self.routes {
+            if settings.retries.is_some_and(|r| r > 100) {
+                return Err(ConfigError::new(LAYER, "route.retries", "must be at most 100"));
+            }
+            routes.insert(route.into_boxed_str(), settings);
+        }
+        Ok(RetryLayer::from_shared(Arc::new(Shared {
+            protocol: self.protocol,
+            predicate: self.predicate,
+            settings: Settings {
+                retries: self.retries,
+                backoff: self.backoff,
+                budget,
+                throttle,
+                max_pushback: self.max_pushback,
+                replay_cap: self.replay_cap,
+                routes,
+                listeners: self.listeners,
+            },
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_name_the_field() {
+        let field = |b: RetryLayerBuilder| b.build().unwrap_err().field();
+        assert_eq!(
+            field(RetryLayerBuilder::new().max_pushback(Duration::ZERO)),
+            "max_pushback"
+        );
+        assert_eq!(
+            field(RetryLayerBuilder::new().replay_cap(MAX_REPLAY_CAP + 1)),
+            "replay_cap"
+        );
+        assert_eq!(field(RetryLayerBuilder::new().retries(1000)), "retries");
+        assert_eq!(
+            field(RetryLayerBuilder::new().budget(-1.0, 1, Duration::from_secs(1))),
+            "budget.retry_ratio"
+        );
+        assert_eq!(field(RetryLayerBuilder::new().throttle(0, 0.1)), "throttle.max_tokens");
+        assert_eq!(
+            field(RetryLayerBuilder::new().route("/a", RouteRetry::new().retries(101))),
+            "route.retries"
+        );
+    }
+
+    #[test]
+    fn the_default_backoff_is_the_documented_one() {
+        let b = default_backoff();
+        assert_eq!(b.base(), Duration::from_millis(100));
+        assert_eq!(b.cap(), Duration::from_secs(2));
+        assert_eq!(b.jitter(), Jitter::Full);
+        assert_eq!(b.undithered(1), Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,97 @@
+//! [`RetryLayer`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use palisade_core::protocol::{Grpc, Http, Plain};
+use tower_layer::Layer;
+
+use crate::budget::{RetryBudget, Throttle};
+use crate::config::{RetryLayerBuilder, Shared};
+use crate::policy::DefaultPredicate;
+use crate::service::Retry;
+
+/// Wraps services in [`Retry`]. Every service one layer value builds, and
+/// every clone of them, shares one retry budget and throttle.
+///
+/// - [`RetryLayer::new`]: `Req: Clone` requests, cloned per attempt;
+/// - [`RetryLayer::http`]: `http::Request<B>` over hyper, bodies replayed;
+/// - [`RetryLayer::grpc`]: gRPC over a tonic `Channel`, bodies replayed;
+/// - [`RetryLayer::builder`]: every setting.
+pub struct RetryLayer<P = Plain, R = DefaultPredicate> {
+    shared: Arc<Shared<P, R>>,
+}
+
+impl<P, R> Clone for RetryLayer<P, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<P: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayer<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer").field("shared", &self.shared).finish()
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryLayer {
+    /// The defaults (see [`RetryLayerBuilder`]) for `Req: Clone` requests.
+    pub fn new() -> Self {
+        RetryLayerBuilder::new()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// The defaults for `http::Request<B>` over hyper.
+    pub fn http() -> RetryLayer<Http> {
+        RetryLayerBuilder::new()
+            .http()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// The defaults for gRPC over a tonic `Channel`.
+    pub fn grpc() -> RetryLayer<Grpc> {
+        RetryLayerBuilder::new()
+            .grpc()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// A builder with every setting at its default.
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder::new()
+    }
+}
+
+impl<P, R> RetryLayer<P, R> {
+    pub(crate) fn from_shared(shared: Arc<Shared<P, R>>) -> Self {
+        Self { shared }
+    }
+
+    /// The retry budget shared by the services this layer builds, if any.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.shared.settings.budget.as_ref()
+    }
+
+    /// The throttle shared by the services this layer builds, if any.
+    pub fn throttle(&self) -> Option<&Throttle> {
+        self.shared.settings.throttle.as_ref()
+    }
+}
+
+impl<S, P, R> Layer<S> for RetryLayer<P, R> {
+    type Service = Retry<S, P, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_shared(inner, self.shared.clone())
+    }
+}

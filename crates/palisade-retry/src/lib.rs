@@ -1,0 +1,148 @@
+//! A tower retry layer that keeps a client's calls succeeding while single
+//! peers fail: backoff with jitter, a retry budget, peer switching,
+//! replayable http request bodies and server pushback.
+//!
+//! # Example
+//!
+//! A service that fails twice, then answers. With two retries and a fixed
+//! backoff the caller sees the answer; the error of a call that runs out of
+//! attempts would be the last attempt's, untouched.
+//!
+//! ```
+//! use palisade_core::backoff::{Backoff, Jitter};
+//! use palisade_core::error::BoxError;
+//! use palisade_retry::RetryLayer;
+//! use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), BoxError> {
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let counter = calls.clone();
+//! let flaky = service_fn(move |name: &'static str| {
+//!     let n = counter.fetch_add(1, Ordering::Relaxed);
+//!     async move {
+//!         if n < 2 {
+//!             // Connection errors are retried by default.
+//!             Err::<String, BoxError>(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into())
+//!         } else {
+//!             Ok(format!("hello {name}"))
+//!         }
+//!     }
+//! });
+//!
+//! let layer = RetryLayer::builder()
+//!     .retries(2)
+//!     .backoff(Backoff::constant(Duration::from_millis(50)).jitter(Jitter::None).build()?)
+//!     .build()?;
+//! let mut client = ServiceBuilder::new().layer(layer).service(flaky);
+//!
+//! let reply = client.ready().await?.call("palisade").await?;
+//! assert_eq!(reply, "hello palisade");
+//! assert_eq!(calls.load(Ordering::Relaxed), 3);
+//! # Ok(()) }
+//! ```
+//!
+//! # Two request paths
+//!
+//! The layer's protocol (its `P` type parameter) chooses how a request is
+//! sent again:
+//!
+//! - [`RetryLayer::new`] ([`Plain`](palisade_core::protocol::Plain)): any
+//!   `Req: Clone`. Each attempt gets a clone, as with `tower::retry`; nothing
+//!   is buffered. Errors are retried by the default rules; responses are
+//!   never retried (use a [predicate](RetryLayerBuilder::or_retry_if) for that).
+//! - [`RetryLayer::http`] ([`Http`](palisade_core::protocol::Http)) and
+//!   [`RetryLayer::grpc`] ([`Grpc`](palisade_core::protocol::Grpc)): an
+//!   `http::Request<B>` with any `B: http_body::Body + Unpin`, no `Clone`
+//!   needed. The inner service receives `http::Request<ReplayBody<B>>`: the
+//!   body is buffered while the first attempt sends it (up to
+//!   [`replay_cap`](RetryLayerBuilder::replay_cap), 64 KiB by default) and
+//!   replayed for later attempts (see [`replay`]). A body that outgrows the
+//!   cap is sent once and the call is not retried. Per-call options
+//!   ([`CallOptions`](palisade_core::options::CallOptions) in the request's
+//!   extensions), per-route overrides and status-based rules work on this path.
+//!
+//! A tonic `Channel` takes `http::Request<tonic::body::Body>`; put a
+//! `map_request(|r: http::Request<ReplayBody<tonic::body::Body>>| r.map(tonic::body::Body::new))`
+//! between the layer and the channel.
+//!
+//! In both paths the inner service must be `Clone` (tower's pattern: the
+//! response future drives the later attempts on the service that `call` was
+//! made on, a clone stays behind).
+//!
+//! # What is retried
+//!
+//! See [`policy`] for the table. In short: connection errors,
+//! [`CircuitOpen`](error::CircuitOpen), [`NoAvailablePeers`](error::NoAvailablePeers)
+//! (after the backoff), an attempt's [`TimedOut`](error::TimedOut), errors
+//! marked [`Retryable::yes`](error::Retryable::yes), HTTP 502/503/504 for
+//! idempotent requests and gRPC `UNAVAILABLE`; never a
+//! [`DeadlineExceeded`](error::DeadlineExceeded) or a
+//! [`Retryable::no`](error::Retryable::no). Once response headers arrived the
+//! call is committed: an error later in the body, or a gRPC status that comes
+//! only in the trailers, is not retried. [`RetryLayerBuilder::predicate`]
+//! replaces these rules; [`RetryLayerBuilder::or_retry_if`] extends them.
+//!
+//! # How many, and when
+//!
+//! - `retries` (default 1) after the first attempt; a call's
+//!   [`CallOptions::set_retries`](palisade_core::options::CallOptions::set_retries)
+//!   and a [route override](RouteRetry) win; 0 disables.
+//! - Between attempts the [backoff](palisade_core::backoff) (default:
+//!   exponential from 100 ms, factor 2, cap 2 s, full jitter). A server's
+//!   `Retry-After` or `grpc-retry-pushback-ms` sets the next delay exactly
+//!   (see [`pushback`]); a negative or unparseable pushback stops the retries,
+//!   one beyond [`max_pushback`](RetryLayerBuilder::max_pushback) skips them.
+//! - The [retry budget](budget::RetryBudget), on by default: retries add at
+//!   most 20 % to the request rate of the last 10 s, plus a floor of 10 per
+//!   second. A spent budget returns the error at once (event
+//!   `BudgetExhausted`). Deposits cost one atomic increment and are credited
+//!   to the time window in batches, so the request path reads no clock. A
+//!   gRPC-style [throttle](budget::Throttle) is
+//!   available too. Both are shared by every clone of the services one
+//!   [`RetryLayer`] value builds.
+//! - Deadline: when the call carries a deadline
+//!   ([`CallOptions::set_deadline`](palisade_core::options::CallOptions::set_deadline)),
+//!   no backoff sleep and no attempt starts that the deadline would cut: the
+//!   call returns the last attempt's result instead.
+//!
+//! # Peer switching
+//!
+//! On the http path the layer puts an empty
+//! [`AttemptRecord`](palisade_core::peer::AttemptRecord) in the request's
+//! extensions before the first attempt and carries it to every later one; a
+//! balancer below records the peer of each attempt in it and avoids those
+//! peers on a retry. Because each attempt's request is a copy, the layer also
+//! learns an attempt's peer from a [`PeerId`](palisade_core::peer::PeerId) in
+//! the response's extensions or from a
+//! [`CircuitOpen`](error::CircuitOpen) error naming its peer, and adds it to
+//! the record it carries.
+//!
+//! # Observability
+//!
+//! Each retry emits [`EventKind::Retry`](palisade_core::event::EventKind::Retry)
+//! (attempt, delay, reason) and a spent budget
+//! [`EventKind::BudgetExhausted`](palisade_core::event::EventKind::BudgetExhausted),
+//! to `tracing` (target `palisade`, `layer = "retry"`) and to listeners. A call
+//! that took more than one attempt logs its attempt count; on the http path
+//! the final response carries [`Attempts`] in its extensions. With the
+//! `metrics` feature: counters `palisade_retry_retries_total` and
+//! `palisade_retry_budget_exhausted_total`.
+
+pub mod budget;
+mod config;
+pub mod error;
+mod future;
+mod layer;
+pub mod policy;
+pub mod pushback;
+pub mod replay;
+mod service;
+
+pub use config::{MAX_REPLAY_CAP, RetryLayerBuilder, RouteRetry, default_backoff};
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use policy::{Attempts, DefaultPredicate, Extend, Replace};
+pub use replay::ReplayBody;
+pub use service::Retry;

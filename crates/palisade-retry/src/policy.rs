@@ -1,0 +1,501 @@
+//! What is retried, and how a request becomes several attempts.
+//!
+//! Two traits connect the layer to a protocol (the `P` type parameter of
+//! [`RetryLayer`](crate::RetryLayer)):
+//!
+//! - [`RetryProtocol`] turns one request into attempts: [`Plain`] clones a
+//!   `Req: Clone` for each attempt (as `tower::retry` does); [`Http`] and
+//!   [`Grpc`] wrap an `http::Request<B>`'s body in a [`ReplayBody`] so it can
+//!   be sent again without `B: Clone`.
+//! - [`RetryOn`] holds the protocol's default retry rules, reads server
+//!   pushback and the peer an attempt used, and marks the final response with
+//!   [`Attempts`].
+//!
+//! A [`Predicate`] decides after each attempt: [`DefaultPredicate`] asks the
+//! protocol's rules, [`Replace`] asks only the user's
+//! [`RetryPredicate`], [`Extend`] asks the
+//! defaults first and the user's predicate when the defaults say no (but never
+//! for an error that must not be retried).
+//!
+//! # The default rules
+//!
+//! | result | retried |
+//! |---|---|
+//! | an error that [`error_retryability`] calls retryable: connection errors, [`CircuitOpen`], [`NoAvailablePeers`](palisade_core::error::NoAvailablePeers), an attempt's [`TimedOut`](palisade_core::error::TimedOut), a [`Retryable::yes`](palisade_core::retry::Retryable::yes) mark | yes |
+//! | [`DeadlineExceeded`](palisade_core::error::DeadlineExceeded), a [`Retryable::no`](palisade_core::retry::Retryable::no) mark, any other error | no |
+//! | [`Http`]: a 502, 503 or 504 response to an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, or [`CallOptions::idempotent`] true) | yes |
+//! | [`Grpc`]: a trailers-only response with `grpc-status: 14` (UNAVAILABLE), or a 502/503/504 (which gRPC maps to UNAVAILABLE) | yes |
+//! | [`Grpc`]: a response whose status is only in its trailers | no: the call is committed once headers arrived |
+//! | anything else | no |
+
+use palisade_core::BoxError;
+use palisade_core::error::CircuitOpen;
+use palisade_core::options::{CallOptions, CallOptionsExt};
+use palisade_core::peer::{AttemptRecord, PeerId};
+use palisade_core::protocol::{Grpc, GrpcCode, Http, Inspect, Plain};
+use palisade_core::retry::{RetryDecision, RetryPredicate, Retryability, error_retryability};
+
+use http::{Method, StatusCode};
+
+use crate::pushback::{self, Pushback};
+use crate::replay::ReplayBody;
+
+/// The number of attempts a call took, put in the extensions of the final
+/// http response by [`Http`] and [`Grpc`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Attempts(pub u32);
+
+/// How a protocol turns one request into attempts.
+pub trait RetryProtocol<Req>: Inspect<Req> {
+    /// The request the inner service receives on each attempt.
+    type Attempt;
+    /// What the layer keeps of the request to make later attempts.
+    type Kept;
+    /// What predicates see of the request.
+    type View;
+
+    /// The first attempt, and (when `may_retry`) what is kept for later ones.
+    /// `replay_cap` bounds a replay buffer.
+    fn first_attempt(&self, request: Req, replay_cap: usize, may_retry: bool) -> (Self::Attempt, Option<Self::Kept>);
+
+    /// What predicates see of a kept request.
+    fn view<'k>(&self, kept: &'k Self::Kept) -> &'k Self::View;
+
+    /// The next attempt, or `None` when the request cannot be sent again.
+    fn next_attempt(&self, kept: &Self::Kept) -> Option<Self::Attempt>;
+
+    /// Notes, for the next attempts, that an attempt used `peer`.
+    fn record_peer(&self, kept: &mut Self::Kept, peer: PeerId) {
+        let _ = (kept, peer);
+    }
+}
+
+/// A protocol's default retry rules and what it reads from results.
+pub trait RetryOn<View, Res> {
+    /// The default decision on one attempt's result.
+    fn decide(&self, view: &View, result: &Result<Res, BoxError>) -> RetryDecision {
+        let _ = view;
+        match result {
+            Ok(_) => RetryDecision::DoNotRetry,
+            Err(error) => decide_error(error),
+        }
+    }
+
+    /// The server's pushback, if the result carries one.
+    fn pushback(&self, result: &Result<Res, BoxError>) -> Option<Pushback> {
+        let _ = result;
+        None
+    }
+
+    /// The peer the attempt used, when the result names it.
+    fn peer(&self, result: &Result<Res, BoxError>) -> Option<PeerId> {
+        match result {
+            Ok(_) => None,
+            Err(error) => peer_of_error(error),
+        }
+    }
+
+    /// Marks the final response with the number of attempts.
+    fn finish(&self, response: &mut Res, attempts: u32) {
+        let _ = (response, attempts);
+    }
+}
+
+/// The default decision on an error: retry what [`error_retryability`] calls
+/// retryable, nothing else.
+pub fn decide_error(error: &BoxError) -> RetryDecision {
+    match error_retryability(error.as_ref()) {
+        Retryability::Retry => RetryDecision::Retry,
+        Retryability::Never | Retryability::Unknown => RetryDecision::DoNotRetry,
+    }
+}
+
+fn peer_of_error(error: &BoxError) -> Option<PeerId> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(err) = next {
+        if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+            return open.peer().cloned();
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// Whether a request may be sent twice: [`CallOptions::idempotent`] if set,
+/// else whether its method is GET, HEAD, OPTIONS, PUT or DELETE.
+pub fn is_idempotent(method: &Method, options: Option<&CallOptions>) -> bool {
+    if let Some(marked) = options.and_then(CallOptions::idempotent) {
+        return marked;
+    }
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+fn is_gateway_failure(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+// ---- Plain: Req: Clone, one clone per attempt ----
+
+impl<Req: Clone> RetryProtocol<Req> for Plain {
+    type Attempt = Req;
+    type Kept = Req;
+    type View = Req;
+
+    #[inline]
+    fn first_attempt(&self, request: Req, _: usize, may_retry: bool) -> (Req, Option<Req>) {
+        if may_retry {
+            (request.clone(), Some(request))
+        } else {
+            (request, None)
+        }
+    }
+
+    #[inline]
+    fn view<'k>(&self, kept: &'k Req) -> &'k Req {
+        kept
+    }
+
+    #[inline]
+    fn next_attempt(&self, kept: &Req) -> Option<Req> {
+        Some(kept.clone())
+    }
+}
+
+impl<View, Res> RetryOn<View, Res> for Plain {}
+
+// ---- Http and Grpc: replayable bodies ----
+
+/// What [`Http`] and [`Grpc`] keep of a request between attempts: its head
+/// (method, uri, headers, extensions) and a handle on its replay buffer.
+#[derive(Debug)]
+pub struct KeptRequest<B> {
+    head: http::Request<()>,
+    body: ReplayBody<B>,
+}
+
+impl<B> KeptRequest<B> {
+    /// The request's head, as predicates see it.
+    pub fn head(&self) -> &http::Request<()> {
+        &self.head
+    }
+}
+
+fn first_http_attempt<B: http_body::Body>(
+    request: http::Request<B>,
+    cap: usize,
+    may_retry: bool,
+) -> (http::Request<ReplayBody<B>>, Option<KeptRequest<B>>) {
+    if !may_retry {
+        return (request.map(ReplayBody::once), None);
+    }
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.attempt_record_mut();
+    let body = ReplayBody::new(body, cap);
+    let kept = body.replay().map(|replay| KeptRequest {
+        head: http::Request::from_parts(parts.clone(), ()),
+        body: replay,
+    });
+    (http::Request::from_parts(parts, body), kept)
+}
+
+fn next_http_attempt<B: http_body::Body>(kept: &KeptRequest<B>) -> Option<http::Request<ReplayBody<B>>> {
+    let body = kept.body.replay()?;
+    Some(kept.head.clone().map(|()| body))
+}
+
+fn record_http_peer<B>(kept: &mut KeptRequest<B>, peer: PeerId) {
+    let record: &mut AttemptRecord = kept.head.attempt_record_mut();
+    if record.last() != Some(&peer) {
+        record.record(peer);
+    }
+}
+
+macro_rules! replayable_protocol {
+    ($protocol:ty) => {
+        impl<B: http_body::Body> RetryProtocol<http::Request<B>> for $protocol {
+            type Attempt = http::Request<ReplayBody<B>>;
+            type Kept = KeptRequest<B>;
+            type View = http::Request<()>;
+
+            #[inline]
+            fn first_attempt(
+                &self,
+                request: http::Request<B>,
+                cap: usize,
+                may_retry: bool,
+            ) -> (Self::Attempt, Option<Self::Kept>) {
+                first_http_attempt(request, cap, may_retry)
+            }
+
+            #[inline]
+            fn view<'k>(&self, kept: &'k Self::Kept) -> &'k http::Request<()> {
+                &kept.head
+            }
+
+            #[inline]
+            fn next_attempt(&self, kept: &Self::Kept) -> Option<Self::Attempt> {
+                next_http_attempt(kept)
+            }
+
+            fn record_peer(&self, kept: &mut Self::Kept, peer: PeerId) {
+                record_http_peer(kept, peer)
+            }
+        }
+    };
+}
+
+replayable_protocol!(Http);
+replayable_protocol!(Grpc);
+
+impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Http {
+    fn decide(&self, view: &http::Request<()>, result: &Result<http::Response<RB>, BoxError>) -> RetryDecision {
+        match result {
+            Ok(response) if is_gateway_failure(response.status()) => {
+                if is_idempotent(view.method(), view.call_options()) {
+                    RetryDecision::Retry
+                } else {
+                    RetryDecision::DoNotRetry
+                }
+            }
+            Ok(_) => RetryDecision::DoNotRetry,
+            Err(error) => decide_error(error),
+        }
+    }
+
+    fn pushback(&self, result: &Result<http::Response<RB>, BoxError>) -> Option<Pushback> {
+        result.as_ref().ok().and_then(|r| pushback::from_headers(r.headers()))
+    }
+
+    fn peer(&self, result: &Result<http::Response<RB>, BoxError>) -> Option<PeerId> {
+        match result {
+            Ok(response) => response.extensions().get::<PeerId>().cloned(),
+            Err(error) => peer_of_error(error),
+        }
+    }
+
+    fn finish(&self, response: &mut http::Response<RB>, attempts: u32) {
+        response.extensions_mut().insert(Attempts(attempts));
+    }
+}
+
+impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Grpc {
+    fn decide(&self, _: &http::Request<()>, result: &Result<http::Response<RB>, BoxError>) -> RetryDecision {
+        match result {
+            Ok(response) if is_gateway_failure(response.status()) => RetryDecision::Retry,
+            Ok(response)
+                if response.status() == StatusCode::OK
+                    && GrpcCode::from_headers(response.headers()) == Some(GrpcCode::UNAVAILABLE) =>
+            {
+                RetryDecision::Retry
+            }
+            // Any other response is committed: a status only in the trailers
+            // comes too late to replay the call.
+            Ok(_) => RetryDecision::DoNotRetry,
+            Err(error) => decide_error(error),
+        }
+    }
+
+    fn pushback(&self, result: &Result<http::Response<RB>, BoxError>) -> Option<Pushback> {
+        result.as_ref().ok().and_then(|r| pushback::from_headers(r.headers()))
+    }
+
+    fn peer(&self, result: &Result<http::Response<RB>, BoxError>) -> Option<PeerId> {
+        match result {
+            Ok(response) => response.extensions().get::<PeerId>().cloned(),
+            Err(error) => peer_of_error(error),
+        }
+    }
+
+    fn finish(&self, response: &mut http::Response<RB>, attempts: u32) {
+        response.extensions_mut().insert(Attempts(attempts));
+    }
+}
+
+// ---- Predicates ----
+
+/// Decides, after each attempt, whether to retry. Implemented by
+/// [`DefaultPredicate`], [`Replace`] and [`Extend`].
+pub trait Predicate<P, View, Res> {
+    /// The decision on one attempt's result.
+    fn decide(&self, protocol: &P, view: &View, result: &Result<Res, BoxError>) -> RetryDecision;
+}
+
+/// The protocol's default rules (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultPredicate;
+
+impl<P, View, Res> Predicate<P, View, Res> for DefaultPredicate
+where
+    P: RetryOn<View, Res>,
+{
+    #[inline]
+    fn decide(&self, protocol: &P, view: &View, result: &Result<Res, BoxError>) -> RetryDecision {
+        protocol.decide(view, result)
+    }
+}
+
+/// Only the user's predicate decides.
+#[derive(Clone, Copy, Debug)]
+pub struct Replace<F>(pub F);
+
+impl<P, View, Res, F> Predicate<P, View, Res> for Replace<F>
+where
+    F: RetryPredicate<View, Res, BoxError>,
+{
+    #[inline]
+    fn decide(&self, _: &P, view: &View, result: &Result<Res, BoxError>) -> RetryDecision {
+        self.0.decide(view, result)
+    }
+}
+
+/// The default rules first; when they say no, the user's predicate, except for
+/// an error that must never be retried (a passed deadline, a
+/// [`Retryable::no`](palisade_core::retry::Retryable::no) mark).
+#[derive(Clone, Copy, Debug)]
+pub struct Extend<F>(pub F);
+
+impl<P, View, Res, F> Predicate<P, View, Res> for Extend<F>
+where
+    P: RetryOn<View, Res>,
+    F: RetryPredicate<View, Res, BoxError>,
+{
+    fn decide(&self, protocol: &P, view: &View, result: &Result<Res, BoxError>) -> RetryDecision {
+        match protocol.decide(view, result) {
+            RetryDecision::DoNotRetry => {
+                if let Err(error) = result
+                    && error_retryability(error.as_ref()) == Retryability::Never
+                {
+                    return RetryDecision::DoNotRetry;
+                }
+                self.0.decide(view, result)
+            }
+            retry => retry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_core::error::{DeadlineExceeded, NoAvailablePeers};
+    use palisade_core::retry::Retryable;
+    use std::time::Duration;
+
+    fn response(status: u16, grpc_status: Option<&str>) -> Result<http::Response<()>, BoxError> {
+        let mut builder = http::Response::builder().status(status);
+        if let Some(code) = grpc_status {
+            builder = builder.header("grpc-status", code);
+        }
+        Ok(builder.body(()).unwrap())
+    }
+
+    fn request(method: Method) -> http::Request<()> {
+        http::Request::builder().method(method).body(()).unwrap()
+    }
+
+    #[test]
+    fn http_retries_gateway_failures_of_idempotent_requests_only() {
+        let http = Http::default();
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE] {
+            for status in [502, 503, 504] {
+                assert_eq!(
+                    http.decide(&request(method.clone()), &response(status, None)),
+                    RetryDecision::Retry
+                );
+            }
+            assert_eq!(
+                http.decide(&request(method.clone()), &response(500, None)),
+                RetryDecision::DoNotRetry
+            );
+            assert_eq!(
+                http.decide(&request(method.clone()), &response(200, None)),
+                RetryDecision::DoNotRetry
+            );
+        }
+        let post = request(Method::POST);
+        assert_eq!(http.decide(&post, &response(503, None)), RetryDecision::DoNotRetry);
+        let mut marked = request(Method::POST);
+        marked.call_options_mut().set_idempotent(true);
+        assert_eq!(http.decide(&marked, &response(503, None)), RetryDecision::Retry);
+        let mut unmarked = request(Method::GET);
+        unmarked.call_options_mut().set_idempotent(false);
+        assert_eq!(http.decide(&unmarked, &response(503, None)), RetryDecision::DoNotRetry);
+    }
+
+    #[test]
+    fn grpc_retries_trailers_only_unavailable() {
+        let grpc = Grpc::default();
+        let post = request(Method::POST);
+        assert_eq!(grpc.decide(&post, &response(200, Some("14"))), RetryDecision::Retry);
+        assert_eq!(grpc.decide(&post, &response(503, None)), RetryDecision::Retry);
+        assert_eq!(
+            grpc.decide(&post, &response(200, Some("13"))),
+            RetryDecision::DoNotRetry
+        );
+        assert_eq!(grpc.decide(&post, &response(200, Some("4"))), RetryDecision::DoNotRetry);
+        // Status in trailers only: committed.
+        assert_eq!(grpc.decide(&post, &response(200, None)), RetryDecision::DoNotRetry);
+    }
+
+    #[test]
+    fn errors_follow_core_retryability() {
+        let err = |e: BoxError| -> Result<(), BoxError> { Err(e) };
+        let d = |r: &Result<(), BoxError>| RetryOn::<(), ()>::decide(&Plain, &(), r);
+        assert_eq!(d(&err(NoAvailablePeers::new(2, 2, 0, 0).into())), RetryDecision::Retry);
+        assert_eq!(
+            d(&err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())),
+            RetryDecision::Retry
+        );
+        assert_eq!(d(&err(Retryable::yes("x").into())), RetryDecision::Retry);
+        assert_eq!(
+            d(&err(Retryable::no(CircuitOpen::new(None, Duration::ZERO)).into())),
+            RetryDecision::DoNotRetry
+        );
+        assert_eq!(
+            d(&err(DeadlineExceeded::before_send().into())),
+            RetryDecision::DoNotRetry
+        );
+        assert_eq!(d(&err("business".into())), RetryDecision::DoNotRetry);
+        assert_eq!(d(&Ok(())), RetryDecision::DoNotRetry);
+    }
+
+    #[test]
+    fn extend_never_overrides_never() {
+        let always = |_: &(), _: &Result<(), BoxError>| RetryDecision::Retry;
+        let extend = Extend(always);
+        let d = |r: Result<(), BoxError>| extend.decide(&Plain, &(), &r);
+        assert_eq!(d(Err("business".into())), RetryDecision::Retry);
+        assert_eq!(d(Ok(())), RetryDecision::Retry);
+        assert_eq!(
+            d(Err(DeadlineExceeded::before_send().into())),
+            RetryDecision::DoNotRetry
+        );
+        assert_eq!(d(Err(Retryable::no("x").into())), RetryDecision::DoNotRetry);
+        let never = |_: &(), _: &Result<(), BoxError>| RetryDecision::DoNotRetry;
+        let replace = Replace(never);
+        let r: Result<(), BoxError> = Err(CircuitOpen::new(None, Duration::ZERO).into());
+        assert_eq!(replace.decide(&Plain, &(), &r), RetryDecision::DoNotRetry);
+    }
+
+    #[test]
+    fn peers_come_from_response_extensions_or_circuit_open() {
+        let mut res = http::Response::new(());
+        res.extensions_mut().insert(PeerId::from("a:1"));
+        assert_eq!(
+            RetryOn::<http::Request<()>, _>::peer(&Http::default(), &Ok(res)),
+            Some(PeerId::from("a:1"))
+        );
+        let err: Result<http::Response<()>, BoxError> =
+            Err(CircuitOpen::new(Some("b:2".into()), Duration::ZERO).into());
+        assert_eq!(
+            RetryOn::<http::Request<()>, _>::peer(&Grpc::default(), &err),
+            Some(PeerId::from("b:2"))
+        );
+    }
+}

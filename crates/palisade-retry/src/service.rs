@@ -1,0 +1,124 @@
+//! [`Retry`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use palisade_core::BoxError;
+use palisade_core::options::CallOptions;
+use tower_service::Service;
+
+use crate::config::Shared;
+use crate::future::ResponseFuture;
+use crate::policy::{Predicate, RetryOn, RetryProtocol};
+
+/// Retries failed calls to `S`; made by [`RetryLayer`](crate::RetryLayer).
+///
+/// `S` must be `Clone`: as in `tower::retry`, a call takes the service that
+/// was made ready and leaves a clone in its place, and the response future
+/// drives the later attempts on it. A call that may not be retried (0 retries)
+/// takes no clone.
+///
+/// The inner service receives the protocol's attempt type: `Req` itself for
+/// [`Plain`](palisade_core::protocol::Plain), and
+/// `http::Request<ReplayBody<B>>` for [`Http`](palisade_core::protocol::Http)
+/// and [`Grpc`](palisade_core::protocol::Grpc).
+pub struct Retry<S, P, R> {
+    inner: S,
+    shared: Arc<Shared<P, R>>,
+}
+
+impl<S, P, R> Retry<S, P, R> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P, R>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P, R> Clone for Retry<S, P, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug, R: fmt::Debug> fmt::Debug for Retry<S, P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, P, R, Req> Service<Req> for Retry<S, P, R>
+where
+    P: RetryProtocol<Req> + RetryOn<P::View, S::Response>,
+    R: Predicate<P, P::View, S::Response>,
+    S: Service<P::Attempt> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, P, R, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &*self.shared;
+        let settings = &shared.settings;
+        let protocol = &shared.protocol;
+        let options = protocol.call_options(&request);
+        let route = if settings.routes.is_empty() {
+            None
+        } else {
+            protocol.route(&request).and_then(|r| settings.routes.get(r))
+        };
+        let retries = options
+            .and_then(CallOptions::retries)
+            .or_else(|| route.and_then(|r| r.retries))
+            .unwrap_or(settings.retries);
+        let deadline = options.and_then(CallOptions::deadline).map(|d| d.instant());
+        let backoff = route.and_then(|r| r.backoff);
+        if let Some(budget) = &settings.budget {
+            budget.deposit();
+        }
+        let (attempt, kept) = protocol.first_attempt(request, settings.replay_cap, retries > 0);
+        if kept.is_some() {
+            // tower's pattern: the ready service goes with the call, a clone stays.
+            let clone = self.inner.clone();
+            let mut ready = std::mem::replace(&mut self.inner, clone);
+            let future = ready.call(attempt);
+            return ResponseFuture::new(
+                future,
+                Some(ready),
+                kept,
+                self.shared.clone(),
+                retries,
+                deadline,
+                backoff,
+            );
+        }
+        let future = self.inner.call(attempt);
+        ResponseFuture::new(future, None, None, self.shared.clone(), 0, deadline, backoff)
+    }
+}

@@ -1,0 +1,331 @@
+//! The builder of a [`TimeoutLayer`](crate::TimeoutLayer).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use palisade_body::BodyLimits;
+use palisade_core::error::{ConfigError, TimeoutKind};
+use palisade_core::event::{Listener, Listeners};
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain};
+
+use crate::layer::TimeoutLayer;
+
+const LAYER: &str = "timeout";
+
+/// The default timeout: 30 seconds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The configuration shared by every service one [`TimeoutLayer`] builds.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// The layer's timeout; `None` disables it.
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) kind: TimeoutKind,
+    /// Per-route overrides (`None`: no timeout on that route).
+    pub(crate) routes: HashMap<Box<str>, Option<Duration>>,
+    /// Write `grpc-timeout` on outgoing requests.
+    pub(crate) grpc_timeout: bool,
+    /// Write this header, in milliseconds, on outgoing requests.
+    pub(crate) header: Option<HeaderName>,
+    pub(crate) body: BodyLimits,
+    pub(crate) listeners: Listeners,
+}
+
+impl Config {
+    /// The limit for a call to `route` (looked up only when routes are
+    /// configured) before the per-call option.
+    #[inline]
+    pub(crate) fn limit_for<'r>(&self, route: impl FnOnce() -> Option<&'r str>) -> Option<Duration> {
+        if !self.routes.is_empty()
+            && let Some(route) = route()
+            && let Some(limit) = self.routes.get(route)
+        {
+            return *limit;
+        }
+        self.timeout
+    }
+
+    /// Whether anything is written on outgoing requests.
+    #[inline]
+    pub(crate) fn propagates(&self) -> bool {
+        self.grpc_timeout || self.header.is_some()
+    }
+}
+
+/// Builds a [`TimeoutLayer`] speaking protocol `P`; made by
+/// [`TimeoutLayer::builder`].
+///
+/// Defaults: a 30 s [`Attempt`](TimeoutKind::Attempt) timeout, no route
+/// overrides, no body limits, `grpc-timeout` written when the protocol is
+/// gRPC, no listeners.
+///
+/// ```
+/// use palisade_timeout::{TimeoutLayer, TimeoutKind};
+/// use std::time::Duration;
+///
+/// let layer = TimeoutLayer::builder()
+///     .grpc()
+///     .timeout(Some(Duration::from_secs(5)))
+///     .kind(TimeoutKind::Total)
+///     .route("/echo.Echo/Slow", Some(Duration::from_secs(20)))
+///     .body_idle_timeout(Duration::from_secs(10))
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+///
+/// let err = TimeoutLayer::builder().body_timeout(Duration::ZERO).build().unwrap_err();
+/// assert_eq!(err.field(), "body_timeout");
+/// ```
+pub struct TimeoutBuilder<P = Plain> {
+    protocol: P,
+    timeout: Option<Duration>,
+    kind: TimeoutKind,
+    routes: Vec<(String, Option<Duration>)>,
+    grpc_timeout: bool,
+    header: Option<HeaderName>,
+    body: BodyLimits,
+    listeners: Listeners,
+}
+
+impl Default for TimeoutBuilder<Plain> {
+    fn default() -> Self {
+        Self {
+            protocol: Plain,
+            timeout: Some(DEFAULT_TIMEOUT),
+            kind: TimeoutKind::Attempt,
+            routes: Vec::new(),
+            grpc_timeout: false,
+            header: None,
+            body: BodyLimits::NONE,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<P: fmt::Debug> fmt::Debug for TimeoutBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutBuilder")
+            .field("protocol", &self.protocol)
+            .field("timeout", &self.timeout)
+            .field("kind", &self.kind)
+            .field("routes", &self.routes)
+            .field("grpc_timeout", &self.grpc_timeout)
+            .field("header", &self.header)
+            .field("body", &self.body)
+            .field("listeners", &self.listeners)
+            .finish()
+    }
+}
+
+impl<P> TimeoutBuilder<P> {
+    /// Speaks `protocol`: where per-call options and the route are read, how
+    /// responses are wrapped for body limits. `grpc-timeout` is written when
+    /// `Q` is gRPC ([`IsGrpc::IS_GRPC`]); change it with
+    /// [`propagate_grpc_timeout`](Self::propagate_grpc_timeout) afterwards.
+    pub fn protocol<Q: IsGrpc>(self, protocol: Q) -> TimeoutBuilder<Q> {
+        TimeoutBuilder {
+            protocol,
+            timeout: self.timeout,
+            kind: self.kind,
+            routes: self.routes,
+            grpc_timeout: Q::IS_GRPC,
+            header: self.header,
+            body: self.body,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Speaks gRPC over http (a tonic `Channel`): per-call options, routes by
+    /// gRPC method, `grpc-timeout` on every outgoing request.
+    pub fn grpc(self) -> TimeoutBuilder<Grpc> {
+        self.protocol(Grpc::default())
+    }
+
+    /// Speaks http (a hyper client): per-call options, routes by path.
+    pub fn http(self) -> TimeoutBuilder<Http> {
+        self.protocol(Http::default())
+    }
+
+    /// The layer's timeout. `None` (or zero) disables it: only a per-call
+    /// timeout or a deadline then bounds a call. Default 30 s.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// Which limit this layer is, as [`TimedOut::kind`](crate::TimedOut::kind)
+    /// reports it: [`Attempt`](TimeoutKind::Attempt) (the default: inside
+    /// retry, per peer; retryable) or [`Total`](TimeoutKind::Total) (outside
+    /// retry; not retryable).
+    pub fn kind(mut self, kind: TimeoutKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Overrides the layer's timeout for calls to `route` (an http path or a
+    /// gRPC method `/package.Service/Method`, exactly as the protocol's
+    /// `Inspect::route` reports it). `None` disables the timeout on that
+    /// route. A per-call timeout still overrides it.
+    pub fn route(mut self, route: impl Into<String>, timeout: Option<Duration>) -> Self {
+        self.routes.push((route.into(), timeout.filter(|t| !t.is_zero())));
+        self
+    }
+
+    /// Whether outgoing requests carry `grpc-timeout` with the time left.
+    /// On by default for gRPC protocols, off otherwise.
+    pub fn propagate_grpc_timeout(mut self, on: bool) -> Self {
+        self.grpc_timeout = on;
+        self
+    }
+
+    /// Also writes the time left, in whole milliseconds rounded down, in
+    /// this header on outgoing requests (for hyper services; read it on the
+    /// server with [`DeadlineServerLayer::header`](crate::DeadlineServerLayer::header)).
+    pub fn propagate_header(mut self, header: HeaderName) -> Self {
+        self.header = Some(header);
+        self
+    }
+
+    /// Ends a response body that takes longer than `limit` in total (counted
+    /// from when the response headers arrived) with
+    /// [`TimedOut`](crate::TimedOut) of kind [`Body`](TimeoutKind::Body).
+    /// Only http responses (protocols [`Http`], [`Grpc`]) have bodies.
+    pub fn body_timeout(mut self, limit: Duration) -> Self {
+        self.body.total = Some(limit);
+        self
+    }
+
+    /// Ends a response body that goes longer than `limit` without a frame
+    /// with [`TimedOut`](crate::TimedOut) of kind [`BodyIdle`](TimeoutKind::BodyIdle).
+    pub fn body_idle_timeout(mut self, limit: Duration) -> Self {
+        self.body.idle = Some(limit);
+        self
+    }
+
+    /// Registers a listener for this layer's events (a timeout fired, a call
+    /// rejected because its deadline had passed). With listeners registered,
+    /// each call's response future holds a reference to them (one reference
+    /// count increment per call); without, it holds nothing.
+    pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
+        self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Validates the configuration and builds the layer.
+    ///
+    /// Fails with a [`ConfigError`] naming the field for a body `kind`, a zero body limit
+    /// (`body_timeout`, `body_idle_timeout`), an empty or duplicate `route`,
+    /// or a `propagate_header` of `grpc-timeout` (use
+    /// [`propagate_grpc_timeout`](Self::propagate_grpc_timeout)).
+    pub fn build(self) -> Result<TimeoutLayer<P>, ConfigError> {
+        if matches!(self.kind, TimeoutKind::Body | TimeoutKind::BodyIdle) {
+            return Err(ConfigError::new(
+                LAYER,
+                "kind",
+                "must be `Attempt`, `Total` or `Headers`; body limits are set with `body_timeout` and `body_idle_timeout`",
+            ));
+        }
+        if self.body.total.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(LAYER, "body_timeout", "must be greater than zero"));
+        }
+        if self.body.idle.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                LAYER,
+                "body_idle_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self
+            .header
+            .as_ref()
+            .is_some_and(|h| h.as_str() == crate::grpc_timeout::GRPC_TIMEOUT)
+        {
+            return Err(ConfigError::new(
+                LAYER,
+                "propagate_header",
+                "must not be `grpc-timeout`, whose format differs; use `propagate_grpc_timeout`",
+            ));
+        }
+        let mut routes = HashMap::with_capacity(self.routes.len());
+        for (route, timeout) in self.routes {
+            if route.is_empty() {
+                return Err(ConfigError::new(LAYER, "route", "must not be empty"));
+            }
+            if routes.insert(route.clone().into_boxed_str(), timeout).is_some() {
+                return Err(ConfigError::new(
+                    LAYER,
+                    "route",
+                    format!("`{route}` is configured twice"),
+                ));
+            }
+        }
+        let config = Config {
+            timeout: self.timeout,
+            kind: self.kind,
+            routes,
+            grpc_timeout: self.grpc_timeout,
+            header: self.header,
+            body: self.body,
+            listeners: self.listeners,
+        };
+        Ok(TimeoutLayer::from_parts(Arc::new(config), self.protocol))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_names_the_rejected_field() {
+        let field = |b: TimeoutBuilder| b.build().map(|_| ()).unwrap_err().field();
+        assert_eq!(
+            field(TimeoutBuilder::default().body_timeout(Duration::ZERO)),
+            "body_timeout"
+        );
+        assert_eq!(
+            field(TimeoutBuilder::default().body_idle_timeout(Duration::ZERO)),
+            "body_idle_timeout"
+        );
+        assert_eq!(field(TimeoutBuilder::default().route("", None)), "route");
+        assert_eq!(
+            field(
+                TimeoutBuilder::default()
+                    .route("/a", None)
+                    .route("/a", Some(Duration::from_secs(1)))
+            ),
+            "route"
+        );
+        assert_eq!(
+            field(TimeoutBuilder::default().propagate_header(HeaderName::from_static("grpc-timeout"))),
+            "propagate_header"
+        );
+        assert_eq!(field(TimeoutBuilder::default().kind(TimeoutKind::BodyIdle)), "kind");
+        assert!(TimeoutBuilder::default().kind(TimeoutKind::Headers).build().is_ok());
+        assert!(TimeoutBuilder::default().build().is_ok());
+    }
+
+    #[test]
+    fn zero_disables_and_routes_override() {
+        let layer = TimeoutBuilder::default()
+            .timeout(Some(Duration::ZERO))
+            .route("/slow", Some(Duration::from_secs(9)))
+            .route("/free", Some(Duration::ZERO))
+            .build()
+            .unwrap();
+        let config = layer.config();
+        assert_eq!(config.limit_for(|| None), None);
+        assert_eq!(config.limit_for(|| Some("/slow")), Some(Duration::from_secs(9)));
+        assert_eq!(config.limit_for(|| Some("/free")), None);
+        assert_eq!(config.limit_for(|| Some("/other")), None);
+        let default = TimeoutBuilder::default().build().unwrap();
+        assert_eq!(default.config().limit_for(|| Some("/x")), Some(DEFAULT_TIMEOUT));
+        assert_eq!(default.config().kind, TimeoutKind::Attempt);
+        assert!(!default.config().propagates());
+        assert!(TimeoutBuilder::default().grpc().build().unwrap().config().grpc_timeout);
+        assert!(!TimeoutBuilder::default().http().build().unwrap().config().grpc_timeout);
+    }
+}

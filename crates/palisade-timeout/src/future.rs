@@ -1,0 +1,256 @@
+//! [`ResponseFuture`]: the response future of [`Timeout`](crate::Timeout).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_body::{BodyLimits, TrackResponse};
+use palisade_core::error::{BoxError, DeadlineExceeded, TimedOut, TimeoutKind};
+use palisade_core::event::{Event, EventKind, LayerName, Listeners};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// Which limit the timer of a call stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// No timer: neither a timeout nor a deadline applies.
+    None,
+    /// The timeout of this kind and length.
+    Timeout(TimeoutKind, Duration),
+    /// The deadline, which left this much time when the call was sent.
+    Deadline(Duration),
+}
+
+impl Limit {
+    /// The time the call was given, if limited.
+    #[inline]
+    pub(crate) fn duration(self) -> Option<Duration> {
+        match self {
+            Limit::None => None,
+            Limit::Timeout(_, limit) | Limit::Deadline(limit) => Some(limit),
+        }
+    }
+}
+
+/// An inner error this close to the limit is the limit firing: tokio's timers
+/// have a resolution of one millisecond.
+const SIMULTANEOUS: Duration = Duration::from_millis(1);
+
+/// What the call wrote on its way down, which decides whether an inner error
+/// at the limit is this layer's limit firing (see [`ResponseFuture`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Wrote {
+    /// This call inserted a `grpc-timeout` header with its limit (a tonic
+    /// `Channel` enforces it and fails at the same moment as our timer).
+    pub(crate) grpc_timeout: bool,
+    /// This call wrote its own limit as the deadline in the request's
+    /// `CallOptions` (a timeout layer below fails with `DeadlineExceeded`
+    /// at the same moment as our timer).
+    pub(crate) deadline: bool,
+}
+
+/// Where the future stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// The inner call is running (or, with no inner future, refused before send).
+    Running,
+    /// The output was returned.
+    Done,
+}
+
+pin_project! {
+    /// The response future of [`Timeout`](crate::Timeout): the inner call,
+    /// raced against a timer that exists only when a limit applies. The
+    /// timer is armed (for the instant computed when the call was made) the
+    /// first time the inner future is pending, so a call that completes at
+    /// once never touches the timer wheel.
+    ///
+    /// When the timer fires first, the inner future is dropped at once (over
+    /// HTTP/2 that resets the stream, so the server's handler is cancelled)
+    /// and the call fails with [`TimedOut`] or, when the deadline was the
+    /// tighter limit, [`DeadlineExceeded`].
+    ///
+    /// Inner errors pass through untouched, with two narrow exceptions, both
+    /// only once the timer was armed (the inner call was pending at least
+    /// once) and the limit is due (within the timer's one millisecond
+    /// resolution), because the error then *is* this layer's limit enforced
+    /// one level down:
+    ///
+    /// - this call wrote `grpc-timeout` and the inner service failed (a tonic
+    ///   `Channel` enforces that header and fails with its own `Cancelled`
+    ///   status at the same moment);
+    /// - this call wrote its timeout as the deadline in the request's
+    ///   `CallOptions` and the inner service failed with [`DeadlineExceeded`]
+    ///   (a timeout layer below, bounded by that deadline).
+    ///
+    /// Either is reported as this layer's [`TimedOut`] / [`DeadlineExceeded`]
+    /// so that retry and breaker policies see which limit fired. Any other
+    /// error (http or plain services, errors before the timer was armed,
+    /// errors well before the limit) is returned as it came.
+    ///
+    /// A response is handed back with its body wrapped by the protocol (body
+    /// limits, see the builder). Polled again after it returned its output,
+    /// the future stays pending.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F, P> {
+        #[pin]
+        inner: Option<F>,
+        #[pin]
+        sleep: Option<Sleep>,
+        at: Option<Instant>,
+        limit: Limit,
+        wrote: Wrote,
+        state: State,
+        protocol: P,
+        body: BodyLimits,
+        listeners: Listeners,
+    }
+}
+
+impl<F, P> ResponseFuture<F, P> {
+    #[inline]
+    pub(crate) fn new(
+        inner: F,
+        at: Option<Instant>,
+        limit: Limit,
+        wrote: Wrote,
+        protocol: P,
+        body: BodyLimits,
+        listeners: Listeners,
+    ) -> Self {
+        Self {
+            inner: Some(inner),
+            sleep: None,
+            at,
+            limit,
+            wrote,
+            state: State::Running,
+            protocol,
+            body,
+            listeners,
+        }
+    }
+
+    /// A call refused before it was sent: its deadline had passed.
+    pub(crate) fn rejected(protocol: P) -> Self {
+        Self {
+            inner: None,
+            sleep: None,
+            at: None,
+            limit: Limit::None,
+            wrote: Wrote::default(),
+            state: State::Running,
+            protocol,
+            body: BodyLimits::NONE,
+            listeners: Listeners::new(),
+        }
+    }
+}
+
+impl<F, P, Res, E> Future for ResponseFuture<F, P>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    P: TrackResponse<Res, E, ()>,
+{
+    type Output = Result<P::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if *this.state == State::Done {
+            return Poll::Pending;
+        }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            *this.state = State::Done;
+            return Poll::Ready(Err(DeadlineExceeded::before_send().into()));
+        };
+        if let Poll::Ready(result) = inner.poll(cx) {
+            this.inner.set(None);
+            *this.state = State::Done;
+            let output = match result {
+                Ok(response) => {
+                    let verdict = this.protocol.classify_response(&response);
+                    Ok(this.protocol.track_response(response, verdict, (), *this.body))
+                }
+                Err(error) => {
+                    let error = error.into();
+                    // The layer below enforced this very limit (see the type's docs).
+                    let ours = this.sleep.is_some()
+                        && this.at.is_some_and(|at| at <= Instant::now() + SIMULTANEOUS)
+                        && (this.wrote.grpc_timeout || (this.wrote.deadline && error.is::<DeadlineExceeded>()));
+                    if ours {
+                        Err(expired(*this.limit, this.listeners))
+                    } else {
+                        Err(error)
+                    }
+                }
+            };
+            this.sleep.set(None);
+            return Poll::Ready(output);
+        }
+        let Some(at) = *this.at else {
+            return Poll::Pending;
+        };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(at)));
+        }
+        let Some(sleep) = this.sleep.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if sleep.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Cancel the inner call now, not whenever the caller drops this future.
+        this.inner.set(None);
+        this.sleep.set(None);
+        *this.state = State::Done;
+        Poll::Ready(Err(expired(*this.limit, this.listeners)))
+    }
+}
+
+#[cold]
+fn expired(limit: Limit, listeners: &Listeners) -> BoxError {
+    match limit {
+        Limit::Timeout(kind, timeout) => {
+            listeners.emit(&Event::new(
+                LayerName::Timeout,
+                EventKind::TimedOut {
+                    kind: kind.as_str(),
+                    limit: timeout,
+                },
+            ));
+            #[cfg(feature = "metrics")]
+            metrics::counter!("palisade_timeout_timed_out_total", "kind" => kind.as_str()).increment(1);
+            TimedOut::new(kind, timeout).into()
+        }
+        Limit::Deadline(budget) => {
+            listeners.emit(&Event::new(
+                LayerName::Timeout,
+                EventKind::TimedOut {
+                    kind: "deadline",
+                    limit: budget,
+                },
+            ));
+            #[cfg(feature = "metrics")]
+            metrics::counter!("palisade_timeout_deadline_exceeded_total", "sent" => "true").increment(1);
+            DeadlineExceeded::in_flight(budget).into()
+        }
+        // A timer is only created with a limit.
+        Limit::None => DeadlineExceeded::before_send().into(),
+    }
+}
+
+impl<F, P: fmt::Debug> fmt::Debug for ResponseFuture<F, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("limit", &self.limit)
+            .field("protocol", &self.protocol)
+            .field("at", &self.at)
+            .field("armed", &self.sleep.is_some())
+            .field("wrote", &self.wrote)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,225 @@
+//! [`Timeout`]: the service made by [`TimeoutLayer`](crate::TimeoutLayer).
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_body::TrackResponse;
+use palisade_core::error::{BoxError, TimeoutKind};
+use palisade_core::event::{Event, EventKind, LayerName};
+use palisade_core::options::{CallOptionsExt, Deadline};
+use palisade_core::protocol::Inspect;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::config::Config;
+use crate::context::current_deadline;
+use crate::future::{Limit, ResponseFuture, Wrote};
+use crate::grpc_timeout;
+
+/// Applies a timeout and the call's deadline to the calls of `S`. Made by
+/// [`TimeoutLayer`](crate::TimeoutLayer).
+///
+/// `poll_ready` is the inner service's: this layer reserves nothing and never
+/// fails readiness itself. A call refused because its deadline had already
+/// passed is answered by the response future with
+/// [`DeadlineExceeded`](crate::DeadlineExceeded) without calling the inner
+/// service; whatever the inner service reserved in its `poll_ready` stays
+/// reserved for the next call (or is released when the service is dropped),
+/// as tower's readiness contract has it. Clones share the layer's
+/// configuration.
+pub struct Timeout<S, P> {
+    inner: S,
+    config: Arc<Config>,
+    protocol: P,
+}
+
+impl<S, P> Timeout<S, P> {
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>, protocol: P) -> Self {
+        Self {
+            inner,
+            config,
+            protocol,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P: Clone> Clone for Timeout<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: Arc::clone(&self.config),
+            protocol: self.protocol.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Timeout<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeout")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl<S, P, Req> Service<Req> for Timeout<S, P>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    P: Inspect<Req> + TrackResponse<S::Response, S::Error, ()> + Clone,
+{
+    type Response = P::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, P>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Req) -> Self::Future {
+        let config = &*self.config;
+        let (per_call, deadline) = match self.protocol.call_options(&request) {
+            Some(options) => (options.timeout(), options.deadline()),
+            None => (None, None),
+        };
+        // Per-call option, else the route's override, else the layer's timeout.
+        let limit = match per_call {
+            Some(timeout) => (!timeout.is_zero()).then_some(timeout),
+            None => config.limit_for(|| self.protocol.route(&request)),
+        };
+        // The deadline of the request being handled bounds the call too (a
+        // child never outlives its parent); when it is the tighter one it is
+        // written into the call's options so that lower layers see it.
+        let deadline = match current_deadline() {
+            Some(inherited) if deadline.is_none_or(|own| inherited < own) => {
+                if let Some(extensions) = self.protocol.extensions_mut(&mut request) {
+                    extensions.call_options_mut().set_deadline(inherited);
+                }
+                Some(inherited)
+            }
+            _ => deadline,
+        };
+
+        // When the call must end, and which limit that is.
+        let (at, limit) = match deadline {
+            None => match limit {
+                None => (None, Limit::None),
+                Some(timeout) => (
+                    Some(far_add(Instant::now(), timeout)),
+                    Limit::Timeout(config.kind, timeout),
+                ),
+            },
+            Some(deadline) => {
+                let now = Instant::now();
+                let remaining = deadline.instant().saturating_duration_since(now);
+                if remaining.is_zero() {
+                    return self.reject();
+                }
+                match limit {
+                    Some(timeout) if timeout < remaining => (Some(now + timeout), Limit::Timeout(config.kind, timeout)),
+                    _ => (Some(deadline.instant()), Limit::Deadline(remaining)),
+                }
+            }
+        };
+
+        let mut wrote = Wrote::default();
+        // This layer's own limit is a deadline for everything below it (a
+        // per-attempt layer under a total one, retry's deadline checks):
+        // write it into the call's options, where the earlier one is kept.
+        // A per-attempt layer usually has only the connection below it, so it
+        // writes only into options that already exist: that costs no allocation.
+        let worth_writing = config.kind != TimeoutKind::Attempt || self.protocol.call_options(&request).is_some();
+        if let (Limit::Timeout(..), Some(at), true) = (limit, at, worth_writing)
+            && let Some(extensions) = self.protocol.extensions_mut(&mut request)
+        {
+            extensions.call_options_mut().set_deadline(Deadline::at(at));
+            wrote.deadline = true;
+        }
+        if config.propagates()
+            && let Some(left) = limit.duration()
+        {
+            wrote.grpc_timeout = self.propagate(&mut request, left);
+        }
+
+        ResponseFuture::new(
+            self.inner.call(request),
+            at,
+            limit,
+            wrote,
+            self.protocol.clone(),
+            config.body,
+            config.listeners.clone(),
+        )
+    }
+}
+
+impl<S, P> Timeout<S, P> {
+    /// Answers a call whose deadline has already passed, without calling the inner service.
+    #[cold]
+    fn reject<F>(&self) -> ResponseFuture<F, P>
+    where
+        P: Clone,
+    {
+        self.config.listeners.emit(&Event::new(
+            LayerName::Timeout,
+            EventKind::Rejected {
+                reason: "deadline exceeded before send",
+            },
+        ));
+        #[cfg(feature = "metrics")]
+        metrics::counter!("palisade_timeout_deadline_exceeded_total", "sent" => "false").increment(1);
+        ResponseFuture::rejected(self.protocol.clone())
+    }
+
+    /// Writes the time left on the outgoing request; whether `grpc-timeout`
+    /// was written (a shorter one already there is kept).
+    fn propagate<Req>(&self, request: &mut Req, left: Duration) -> bool
+    where
+        P: Inspect<Req>,
+    {
+        let Some(headers) = self.protocol.headers_mut(request) else {
+            return false;
+        };
+        let mut wrote = false;
+        if self.config.grpc_timeout {
+            // Keep a shorter timeout that the caller already set (tonic's `Request::set_timeout`).
+            let existing = headers
+                .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
+                .and_then(grpc_timeout::parse_header);
+            if existing.is_none_or(|existing| left < existing) {
+                headers.insert(grpc_timeout::GRPC_TIMEOUT_HEADER, grpc_timeout::format(left));
+                wrote = true;
+            }
+        }
+        if let Some(name) = &self.config.header {
+            headers.insert(name.clone(), grpc_timeout::format_millis(left));
+        }
+        wrote
+    }
+}
+
+/// `now + limit`, or a distant instant if that cannot be represented.
+#[inline]
+fn far_add(now: Instant, limit: Duration) -> Instant {
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}

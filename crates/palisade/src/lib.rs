@@ -1,0 +1,113 @@
+//! Palisade keeps a service client working while the peers behind it fail,
+//! slow down or vanish. This crate is the facade: it re-exports every
+//! Palisade layer behind a feature of the same name (all on by default) and
+//! documents how they stack.
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
+//! use palisade::bulkhead::{BulkheadConfig, BulkheadLayer};
+//! use palisade::timeout::TimeoutLayer;
+//! use palisade::BoxError;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::builder().failure_threshold(2).build()?);
+//! let state = breaker.handle();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(8).build()?))
+//!     .layer(breaker)
+//!     .layer(TimeoutLayer::new(Duration::from_millis(200)))
+//!     .service_fn(|slow: bool| async move {
+//!         if slow {
+//!             tokio::time::sleep(Duration::from_secs(5)).await;
+//!         }
+//!         Ok::<_, BoxError>("pong")
+//!     });
+//!
+//! assert_eq!(client.ready().await?.call(false).await?, "pong");
+//! // Two slow calls time out; timeouts count as failures and trip the breaker.
+//! for _ in 0..2 {
+//!     let err = client.ready().await?.call(true).await.unwrap_err();
+//!     assert!(err.is::<palisade::core::error::TimedOut>());
+//! }
+//! assert_eq!(state.state(), CircuitState::Open);
+//! let err = client.ready().await?.call(false).await.unwrap_err();
+//! assert!(err.is::<palisade::core::error::CircuitOpen>());
+//! # Ok(()) }
+//! ```
+//!
+//! # The client stack
+//!
+//! Outermost first:
+//!
+//! ```text
+//! FallbackLayer          turn a final failure into a response (optional)
+//! TimeoutLayer (total)   overall call deadline, covers all attempts and backoff
+//! RetryLayer             attempts, backoff, budget, peer switching
+//! BulkheadLayer          bounded concurrency + bounded queue for this client
+//! PeerDiscoveryLayer     pick an available peer from the registry's set
+//!   per peer:  CircuitBreakerLayer -> TimeoutLayer (per attempt) -> tonic/hyper connection
+//! ```
+//!
+//! Why this order:
+//!
+//! - The **breaker sits per peer**, so one bad instance is excluded while the
+//!   others serve; the balancer asks each peer's breaker whether it may be
+//!   picked ([`core::peer::CheckAvailability`]) instead of calling it.
+//! - The breaker sits **outside the per-attempt timeout**, so a timeout counts
+//!   as a failure of that peer.
+//! - **Retry sits above the balancer**, so a retry can go to another peer: the
+//!   balancer records each attempt's peer in the call's
+//!   [`AttemptRecord`](core::peer::AttemptRecord) and avoids it next time.
+//! - The **bulkhead sits above the balancer and below retry**: it bounds the
+//!   calls this client has in flight across all peers, and each retry takes
+//!   its own permit, so retries cannot exceed the bound.
+//! - The **total timeout sits above retry**, so it covers every attempt and
+//!   every backoff sleep; its deadline travels in the call's options and
+//!   bounds every timeout below it.
+//! - **Fallback sits outside everything**, including "no available peers".
+//!
+//! Over a single tonic `Channel` or hyper client (no discovery), drop the
+//! balancer line: the per-peer layers then wrap the one connection.
+//!
+//! # Protocols
+//!
+//! Every layer is generic over a protocol from [`core::protocol`]:
+//! [`Plain`](core::protocol::Plain) (the default) works with any service;
+//! choose [`Http`](core::protocol::Http) for a hyper client and
+//! [`Grpc`](core::protocol::Grpc) for a tonic `Channel`, so that per-call
+//! options, per-route settings and end-of-stream verdicts (a gRPC status in
+//! the trailers) work.
+//!
+//! # Features
+//!
+//! | feature | re-exports |
+//! |---|---|
+//! | `circuit-breaker` (default) | [`circuit_breaker`] |
+//! | `timeout` (default) | [`timeout`] |
+//! | `bulkhead` (default) | [`bulkhead`] |
+//! | `retry` (default) | [`retry`] |
+//! | `fallback` (default) | [`fallback`] |
+//! | `discovery` (default) | [`discovery`] |
+//! | `etcd` | the etcd registry of [`discovery`] |
+//! | `tonic` | per-call options on `tonic::Request` |
+//! | `metrics` | counters and gauges of every enabled layer through the `metrics` facade |
+
+pub use palisade_body as body;
+pub use palisade_core as core;
+pub use palisade_core::BoxError;
+
+#[cfg(feature = "bulkhead")]
+pub use palisade_bulkhead as bulkhead;
+#[cfg(feature = "circuit-breaker")]
+pub use palisade_circuit_breaker as circuit_breaker;
+#[cfg(feature = "discovery")]
+pub use palisade_discovery as discovery;
+#[cfg(feature = "fallback")]
+pub use palisade_fallback as fallback;
+#[cfg(feature = "retry")]
+pub use palisade_retry as retry;
+#[cfg(feature = "timeout")]
+pub use palisade_timeout as timeout;

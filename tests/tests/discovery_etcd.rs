@@ -1,0 +1,407 @@
+//! The etcd registry against a real `etcd` server started from the installed
+//! binary on 127.0.0.1 ephemeral ports, with a temporary data directory; the
+//! harness kills it when dropped. (`scripts/test` installs `etcd-server`.)
+//!
+//! etcd runs on real time, so these tests use real time, waiting on
+//! conditions with a bound (never on a fixed sleep).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_core::backoff::{Backoff, Jitter};
+use palisade_discovery::{
+    AlwaysAvailable, EtcdRegistry, Instance, PeerDiscovery, PeerDiscoveryLayer, Registry, RegistryDiscover,
+    RegistryState,
+};
+use tower::{Layer, Service, ServiceExt};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One member of an etcd cluster: a process, its ports and data directory.
+struct Member {
+    name: String,
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn spawn(&mut self, initial_cluster: &str) {
+        let client = self.endpoint();
+        let peer = self.peer_url();
+        let child = Command::new("etcd")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-token", "palisade-test"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An etcd cluster of one or more members on loopback, killed (and its data
+/// removed) when dropped.
+struct Etcd {
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+impl Etcd {
+    /// Starts a one-member etcd, or `None` when the binary is not installed.
+    async fn start() -> Option<Etcd> {
+        Self::cluster(1).await
+    }
+
+    /// Starts an `n`-member cluster, or `None` when etcd is not installed.
+    async fn cluster(n: usize) -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            eprintln!("etcd is not installed: skipping (scripts/test installs etcd-server)");
+            return None;
+        }
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("n{i}"),
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: std::env::temp_dir().join(format!("palisade-etcd-{}-{}-{i}", std::process::id(), free_port())),
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Etcd {
+            members,
+            initial_cluster,
+        };
+        for i in 0..n {
+            let cluster = etcd.initial_cluster.clone();
+            etcd.members[i].spawn(&cluster);
+        }
+        for i in 0..n {
+            etcd.wait_ready(i).await;
+        }
+        Some(etcd)
+    }
+
+    fn endpoint(&self) -> String {
+        self.members[0].endpoint()
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let endpoint = self.members[i].endpoint();
+        within(Duration::from_secs(30), async {
+            while !answers(&endpoint).await {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        self.kill_member(0);
+    }
+
+    fn kill_member(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    async fn restart(&mut self) {
+        self.restart_member(0).await;
+    }
+
+    async fn restart_member(&mut self, i: usize) {
+        self.members[i].kill();
+        let cluster = self.initial_cluster.clone();
+        self.members[i].spawn(&cluster);
+        self.wait_ready(i).await;
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+            let _ = std::fs::remove_dir_all(&m.dir);
+        }
+    }
+}
+
+/// Whether etcd answers: a registration round trip.
+async fn answers(endpoint: &str) -> bool {
+    let probe = registry(endpoint, Duration::from_secs(5));
+    match probe
+        .register(Instance::new("probe", format!("probe-{}:1", free_port())))
+        .await
+    {
+        Ok(registration) => registration.shutdown().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn registry(endpoint: &str, ttl: Duration) -> EtcdRegistry {
+    EtcdRegistry::builder([endpoint])
+        .prefix("/palisade-test/")
+        .lease_ttl(ttl)
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_secs(2))
+        .backoff(
+            Backoff::exponential(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(500))
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+async fn within<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("condition not reached in time")
+}
+
+/// A peer answering its address.
+#[derive(Clone)]
+struct Addr(String);
+
+impl Service<()> for Addr {
+    type Response = String;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<String, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(Ok(self.0.clone()))
+    }
+}
+
+type MakeFn = fn(&Instance) -> AlwaysAvailable<Addr>;
+type Balancer = PeerDiscovery<RegistryDiscover<MakeFn>>;
+
+fn make(instance: &Instance) -> AlwaysAvailable<Addr> {
+    AlwaysAvailable::new(Addr(instance.addr().to_owned()))
+}
+
+fn balancer(registry: &EtcdRegistry) -> Balancer {
+    let discover = RegistryDiscover::new(registry, "echo", make as MakeFn);
+    PeerDiscoveryLayer::builder()
+        .registry_status(discover.status())
+        .build()
+        .unwrap()
+        .layer(discover)
+}
+
+async fn peers(lb: &mut Balancer) -> BTreeSet<String> {
+    lb.ready().await.unwrap();
+    lb.health().peers.iter().map(|p| p.peer.to_string()).collect()
+}
+
+async fn wait_for_peers(lb: &mut Balancer, expected: &[&str]) {
+    let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    within(Duration::from_secs(20), async {
+        while peers(lb).await != expected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_watch_and_lease_expiry_after_a_provider_is_killed() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let registry = registry(&etcd.endpoint(), Duration::from_secs(3));
+    let mut lb = balancer(&registry);
+    let a = registry
+        .register(Instance::new("echo", "10.0.0.1:80").with_weight(2))
+        .await
+        .unwrap();
+    let b = registry.register(Instance::new("echo", "10.0.0.2:80")).await.unwrap();
+    wait_for_peers(&mut lb, &["10.0.0.1:80", "10.0.0.2:80"]).await;
+    assert_eq!(lb.health().registry, Some(RegistryState::Up));
+    assert_eq!(lb.health().peer(&"10.0.0.1:80".into()).unwrap().weight, 2);
+    // The lease is kept alive past its TTL.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(peers(&mut lb).await.len(), 2);
+
+    // Graceful shutdown removes at once.
+    b.shutdown().await.unwrap();
+    wait_for_peers(&mut lb, &["10.0.0.1:80"]).await;
+
+    // A provider killed: no more keep-alives, etcd expires the lease.
+    a.abandon();
+    wait_for_peers(&mut lb, &[]).await;
+    assert_eq!(lb.health().registry, Some(RegistryState::Up));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_values_are_skipped_and_a_dropped_handle_deregisters() {
+    let Some(etcd) = Etcd::start().await else { return };
+    let consumer = EtcdRegistry::builder([etcd.endpoint()])
+        .prefix("/palisade-test/")
+        .max_value_len(300)
+        .build()
+        .unwrap();
+    let mut lb = balancer(&consumer);
+    let provider = registry(&etcd.endpoint(), Duration::from_secs(5));
+    // Oversized for the consumer: skipped with a warning.
+    let big = provider
+        .register(Instance::new("echo", "10.0.0.4:80").with_metadata("blob", "x".repeat(400)))
+        .await
+        .unwrap();
+    // A key under the watched prefix whose value names another address
+    // (written by a registry whose prefix points into ours): skipped.
+    let rogue = EtcdRegistry::builder([etcd.endpoint()])
+        .prefix("/palisade-test/echo/")
+        .build()
+        .unwrap();
+    let mismatched = rogue.register(Instance::new("x", "1.2.3.4:5")).await.unwrap();
+    let good = provider.register(Instance::new("echo", "10.0.0.3:80")).await.unwrap();
+    wait_for_peers(&mut lb, &["10.0.0.3:80"]).await;
+    // Dropping the handle revokes the lease: the peer leaves.
+    drop(good);
+    wait_for_peers(&mut lb, &[]).await;
+    drop((big, mismatched));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_known_set_serves_while_etcd_is_down_and_resyncs_when_it_returns() {
+    let Some(mut etcd) = Etcd::start().await else { return };
+    let registry = registry(&etcd.endpoint(), Duration::from_secs(10));
+    let mut lb = balancer(&registry);
+    let _a = registry.register(Instance::new("echo", "10.0.0.1:80")).await.unwrap();
+    let b = registry.register(Instance::new("echo", "10.0.0.2:80")).await.unwrap();
+    wait_for_peers(&mut lb, &["10.0.0.1:80", "10.0.0.2:80"]).await;
+
+    etcd.kill();
+    within(Duration::from_secs(20), async {
+        while lb.health().registry != Some(RegistryState::Down) {
+            lb.ready().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Calls keep working from the last known set.
+    for _ in 0..50 {
+        let answer = lb.ready().await.unwrap().call(()).await.unwrap();
+        assert!(answer == "10.0.0.1:80" || answer == "10.0.0.2:80");
+    }
+    assert_eq!(peers(&mut lb).await.len(), 2);
+    // While etcd is down, provider b goes away (its revoke cannot reach etcd,
+    // its lease expires after the TTL once etcd is back).
+    b.abandon();
+
+    etcd.restart().await;
+    // A new provider registers after the restart; the consumer resynchronises.
+    let _c = within(Duration::from_secs(20), async {
+        loop {
+            match registry.register(Instance::new("echo", "10.0.0.3:80")).await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    within(Duration::from_secs(20), async {
+        while !peers(&mut lb).await.contains("10.0.0.3:80") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(lb.health().registry, Some(RegistryState::Up));
+    assert!(
+        peers(&mut lb).await.contains("10.0.0.1:80"),
+        "a live registration was lost in the reconnect"
+    );
+    // b's lease expires (etcd restarted its TTL): the set converges.
+    within(Duration::from_secs(30), async {
+        while peers(&mut lb).await.contains("10.0.0.2:80") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        peers(&mut lb).await,
+        BTreeSet::from(["10.0.0.1:80".to_owned(), "10.0.0.3:80".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_member_the_client_uses_fails_no_call_and_the_set_resyncs_when_it_returns() {
+    let Some(mut cluster) = Etcd::cluster(3).await else {
+        return;
+    };
+    // The consumer talks to member 0 only; providers to members 1 and 2.
+    let consumer = registry(&cluster.members[0].endpoint(), Duration::from_secs(10));
+    let provider = registry(&cluster.members[1].endpoint(), Duration::from_secs(10));
+    let other = registry(&cluster.members[2].endpoint(), Duration::from_secs(10));
+    let mut lb = balancer(&consumer);
+    let _a = provider.register(Instance::new("echo", "10.0.0.1:80")).await.unwrap();
+    let b = other.register(Instance::new("echo", "10.0.0.2:80")).await.unwrap();
+    wait_for_peers(&mut lb, &["10.0.0.1:80", "10.0.0.2:80"]).await;
+
+    cluster.kill_member(0);
+    // The fleet changes while the consumer cannot see it (the cluster keeps
+    // its quorum with two members; the first write waits out an election if
+    // the killed member led).
+    let _c = within(Duration::from_secs(30), async {
+        loop {
+            match provider.register(Instance::new("echo", "10.0.0.3:80")).await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    b.shutdown().await.unwrap();
+    within(Duration::from_secs(20), async {
+        while lb.health().registry != Some(RegistryState::Down) {
+            lb.ready().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // No call fails because of the registry: the last known set serves.
+    for _ in 0..100 {
+        let answer = lb.ready().await.unwrap().call(()).await.unwrap();
+        assert!(answer == "10.0.0.1:80" || answer == "10.0.0.2:80", "{answer}");
+    }
+
+    // The member returns: the consumer reconnects and resynchronises.
+    cluster.restart_member(0).await;
+    wait_for_peers(&mut lb, &["10.0.0.1:80", "10.0.0.3:80"]).await;
+    assert_eq!(lb.health().registry, Some(RegistryState::Up));
+}
