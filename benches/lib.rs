@@ -1,4 +1,48 @@
 //! Criterion benchmarks of Palisade live in `benches/benches/`; run them with
-//! `cargo bench -p palisade-benches`. This library holds shared helpers.
+//! `cargo bench -p palisade-benches`. This library holds what they share: a
+//! ready no-op service and the loop that drives a service.
 
-#![allow(missing_docs)]
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::task::{Context, Poll};
+
+use tower::{Service, ServiceExt};
+
+/// A service that is always ready and answers its request at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, x: u64) -> Self::Future {
+        ready(Ok(x))
+    }
+}
+
+/// Calls `svc` `iters` times, each after waiting for readiness.
+///
+/// # Panics
+///
+/// If the service fails: a benchmark of a failing service measures nothing.
+pub async fn drive<S>(svc: &mut S, iters: u64)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..iters {
+        #[allow(clippy::unwrap_used)]
+        svc.ready().await.unwrap();
+        #[allow(clippy::unwrap_used)]
+        black_box(svc.call(black_box(i)).await.unwrap());
+    }
+}

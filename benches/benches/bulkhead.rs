@@ -8,32 +8,12 @@
 )]
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use palisade_benches::Echo;
 use palisade_bulkhead::{BulkheadConfig, BulkheadLayer};
-use tower::{Layer, Service, ServiceExt};
-
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    #[inline]
-    fn call(&mut self, x: u64) -> Self::Future {
-        ready(Ok(x))
-    }
-}
+use tower::{Layer, Service};
 
 const LIMIT: usize = 64;
 
@@ -42,10 +22,7 @@ where
     S: Service<u64, Response = u64>,
     S::Error: std::fmt::Debug,
 {
-    for i in 0..iters {
-        svc.ready().await.unwrap();
-        black_box(svc.call(black_box(i)).await.unwrap());
-    }
+    palisade_benches::drive(&mut svc, iters).await;
 }
 
 fn palisade()

@@ -11,43 +11,21 @@
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::hint::black_box;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
+use palisade_benches::Echo;
 use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-use tower::{Layer, Service, ServiceExt};
-
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    #[inline]
-    fn call(&mut self, x: u64) -> Self::Future {
-        ready(Ok(x))
-    }
-}
+use tower::{Layer, Service};
 
 async fn drive<S>(mut svc: S, iters: u64)
 where
     S: Service<u64, Response = u64>,
     S::Error: std::fmt::Debug,
 {
-    for i in 0..iters {
-        svc.ready().await.unwrap();
-        black_box(svc.call(black_box(i)).await.unwrap());
-    }
+    palisade_benches::drive(&mut svc, iters).await;
 }
 
 fn palisade()

@@ -11,35 +11,16 @@
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::hint::black_box;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use palisade_benches::Echo;
 use palisade_discovery::{AlwaysAvailable, PeerDiscovery};
+use tower::Service;
 use tower::balance::p2c::Balance;
 use tower::discover::{Change, ServiceList};
 use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
-use tower::{Service, ServiceExt};
-
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    #[inline]
-    fn call(&mut self, x: u64) -> Self::Future {
-        ready(Ok(x))
-    }
-}
 
 async fn drive<S>(svc: &mut S, iters: u64) -> Duration
 where
@@ -47,10 +28,7 @@ where
     S::Error: std::fmt::Debug,
 {
     let start = Instant::now();
-    for i in 0..iters {
-        svc.ready().await.unwrap();
-        black_box(svc.call(black_box(i)).await.unwrap());
-    }
+    palisade_benches::drive(svc, iters).await;
     start.elapsed()
 }
 

@@ -117,7 +117,7 @@ async fn attempt(client: &mut EchoClient<Balancer>, record: &AttemptRecord) -> R
 /// A call with one retry, driven by hand as the retry layer would: the second
 /// attempt carries the record of the first. Returns the servers of both attempts.
 async fn call_with_retry(fleet: &Fleet, client: &mut EchoClient<Balancer>) -> (Option<String>, String) {
-    let mut record = AttemptRecord::new();
+    let record = AttemptRecord::new();
     match attempt(client, &record).await {
         Ok(server) => (None, server),
         Err((code, server)) => {

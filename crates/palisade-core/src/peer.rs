@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 /// The identity of one peer (one instance of a service): usually its address.
 ///
 /// Cloning is cheap (a reference count), so a `PeerId` can be recorded per
@@ -63,9 +65,16 @@ impl From<SocketAddr> for PeerId {
 /// available. The record travels in [`http::Extensions`] (see
 /// [`CallOptionsExt`](crate::options::CallOptionsExt)), so a balancer finds it
 /// on any attempt of an http or tonic call.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A record is a handle to the record of one call: clones share it. Each
+/// attempt of a retried call is a copy of the request, and the copy's
+/// extensions hold a clone of the handle, so what the balancer records on an
+/// attempt that then fails (a refused connection, a timeout) is seen by the
+/// retry layer and carried to the next attempt. Use
+/// [`AttemptRecord::from_peers`] for an independent record.
+#[derive(Clone, Default)]
 pub struct AttemptRecord {
-    peers: Vec<PeerId>,
+    peers: Arc<Mutex<Vec<PeerId>>>,
 }
 
 impl AttemptRecord {
@@ -74,36 +83,67 @@ impl AttemptRecord {
         Self::default()
     }
 
-    /// Records that the current attempt went to `peer`.
-    pub fn record(&mut self, peer: PeerId) {
-        self.peers.push(peer);
+    /// A new record holding `peers`, shared with nobody.
+    pub fn from_peers(peers: impl IntoIterator<Item = PeerId>) -> Self {
+        Self {
+            peers: Arc::new(Mutex::new(peers.into_iter().collect())),
+        }
+    }
+
+    /// Records that the current attempt went to `peer`. A peer already last in
+    /// the record is not recorded twice (the balancer and the retry layer may
+    /// both name it).
+    pub fn record(&self, peer: PeerId) {
+        let mut peers = self.peers.lock();
+        if peers.last() != Some(&peer) {
+            peers.push(peer);
+        }
     }
 
     /// Whether an earlier attempt of this call used `peer`.
     pub fn contains(&self, peer: &PeerId) -> bool {
-        self.peers.iter().any(|p| p == peer)
+        self.peers.lock().iter().any(|p| p == peer)
     }
 
     /// The peers used so far, oldest first.
-    pub fn peers(&self) -> &[PeerId] {
-        &self.peers
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.peers.lock().clone()
     }
 
     /// How many attempts recorded a peer.
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.peers.lock().len()
     }
 
     /// Whether no attempt has recorded a peer yet.
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.peers.lock().is_empty()
     }
 
     /// The peer the latest attempt used.
-    pub fn last(&self) -> Option<&PeerId> {
-        self.peers.last()
+    pub fn last(&self) -> Option<PeerId> {
+        self.peers.lock().last().cloned()
+    }
+
+    /// Whether `self` and `other` are handles to the same record.
+    pub fn same_record(&self, other: &AttemptRecord) -> bool {
+        Arc::ptr_eq(&self.peers, &other.peers)
     }
 }
+
+impl fmt::Debug for AttemptRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AttemptRecord").field(&*self.peers.lock()).finish()
+    }
+}
+
+impl PartialEq for AttemptRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_record(other) || *self.peers.lock() == *other.peers.lock()
+    }
+}
+
+impl Eq for AttemptRecord {}
 
 /// Whether a peer may be picked now, as its per-peer middleware sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,15 +211,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn clones_of_a_record_share_it() {
+        let record = AttemptRecord::new();
+        let attempt_copy = record.clone();
+        attempt_copy.record(PeerId::from("a:1"));
+        attempt_copy.record(PeerId::from("a:1"));
+        assert_eq!(record.peers(), [PeerId::from("a:1")], "seen through the original, once");
+        assert!(record.same_record(&attempt_copy));
+        let independent = AttemptRecord::from_peers(record.peers());
+        independent.record(PeerId::from("b:1"));
+        assert_eq!(record.len(), 1);
+        assert!(!independent.same_record(&record));
+    }
+
+    #[test]
     fn attempt_record_remembers_peers_in_order() {
-        let mut record = AttemptRecord::new();
+        let record = AttemptRecord::new();
         assert!(record.is_empty());
         record.record(PeerId::from("a:1"));
         record.record("127.0.0.1:80".parse::<SocketAddr>().unwrap().into());
         assert_eq!(record.len(), 2);
         assert!(record.contains(&PeerId::from("127.0.0.1:80")));
         assert!(!record.contains(&PeerId::from("b:1")));
-        assert_eq!(record.last().map(PeerId::as_str), Some("127.0.0.1:80"));
+        assert_eq!(record.last(), Some(PeerId::from("127.0.0.1:80")));
     }
 
     #[test]

@@ -113,7 +113,7 @@ fn a_retry_avoids_the_peers_of_earlier_attempts_and_records_its_own() {
         .unwrap()
         .layer(discover);
     for _ in 0..200 {
-        let mut record = AttemptRecord::new();
+        let record = AttemptRecord::new();
         record.record(PeerId::from("a"));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(tower_service::Service::<http::Request<()>>::poll_ready(&mut lb, &mut cx).is_ready());
@@ -128,7 +128,7 @@ fn a_retry_avoids_the_peers_of_earlier_attempts_and_records_its_own() {
     // With only the excluded peer available, it is used rather than failing.
     peers[1].open(Duration::from_secs(1));
     peers[2].open(Duration::from_secs(1));
-    let mut record = AttemptRecord::new();
+    let record = AttemptRecord::new();
     record.record(PeerId::from("a"));
     let req = http_request(&record);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

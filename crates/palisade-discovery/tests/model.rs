@@ -140,7 +140,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 Op::Call(used) => {
-                    let mut record = AttemptRecord::new();
+                    let record = AttemptRecord::new();
                     for u in &used {
                         record.record(PeerId::new(u.to_string()));
                     }

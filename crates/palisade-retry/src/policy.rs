@@ -211,7 +211,7 @@ fn next_http_attempt<B: http_body::Body>(kept: &KeptRequest<B>) -> Option<http::
 
 fn record_http_peer<B>(kept: &mut KeptRequest<B>, peer: PeerId) {
     let record: &mut AttemptRecord = kept.head.attempt_record_mut();
-    if record.last() != Some(&peer) {
+    if record.last().as_ref() != Some(&peer) {
         record.record(peer);
     }
 }

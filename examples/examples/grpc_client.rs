@@ -1,0 +1,129 @@
+//! The Palisade client stack around one tonic `Channel`.
+//!
+//! Outermost first: a total timeout, retries under a budget, a bulkhead, a
+//! circuit breaker and a per-attempt timeout, all speaking gRPC (`Grpc`): per
+//! call options, `grpc-timeout` propagation and verdicts from the trailers.
+//! A test-kit echo server on loopback fails the first two calls with
+//! `UNAVAILABLE`; the retries absorb them. Then it hangs: the per-attempt
+//! timeout fires, the breaker counts the timeouts and opens, and the next
+//! call is refused at once with `CircuitOpen` without reaching the server.
+//!
+//! Run: `cargo run -p palisade-examples --example grpc_client`
+
+use std::time::Duration;
+
+use palisade::BoxError;
+use palisade::bulkhead::{BulkheadConfig, BulkheadLayer};
+use palisade::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+use palisade::core::backoff::{Backoff, Jitter};
+use palisade::core::error::{CircuitOpen, TimedOut};
+use palisade::core::protocol::Grpc;
+use palisade::retry::RetryLayer;
+use palisade::timeout::{TimeoutKind, TimeoutLayer};
+use palisade_testkit::EchoServer;
+use palisade_testkit::echo::EchoRequest;
+use palisade_testkit::echo::echo_client::EchoClient;
+use tower::ServiceBuilder;
+
+/// Finds a Palisade error behind a tonic status (tonic keeps it as the source).
+fn cause<E: std::error::Error + 'static>(status: &tonic::Status) -> Option<&E> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let server = EchoServer::start("backend").await?;
+
+    let breaker = CircuitBreakerLayer::new(
+        CircuitBreakerConfig::builder()
+            .peer(server.addr().to_string())
+            .failure_threshold(3)
+            .cooldown(Duration::from_secs(5))
+            .build()?,
+    )
+    .protocol(Grpc::default());
+    let breaker_state = breaker.handle();
+
+    let stack = ServiceBuilder::new()
+        // The whole call, every attempt and backoff included.
+        .layer(
+            TimeoutLayer::builder()
+                .grpc()
+                .kind(TimeoutKind::Total)
+                .timeout(Some(Duration::from_secs(2)))
+                .build()?,
+        )
+        .layer(
+            RetryLayer::builder()
+                .grpc()
+                .retries(2)
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(20))
+                        .jitter(Jitter::Full)
+                        .build()?,
+                )
+                .build()?,
+        )
+        // The retry layer sends a replayable body; tonic's channel takes its own body type.
+        .map_request(
+            |request: http::Request<palisade::retry::ReplayBody<tonic::body::Body>>| {
+                request.map(tonic::body::Body::new)
+            },
+        )
+        .layer(
+            BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build()?)
+                .protocol(Grpc::default()),
+        )
+        .layer(breaker)
+        // One attempt.
+        .layer(
+            TimeoutLayer::builder()
+                .grpc()
+                .timeout(Some(Duration::from_millis(300)))
+                .build()?,
+        )
+        .service(server.channel());
+    let mut client = EchoClient::new(stack);
+    let hello = || EchoRequest {
+        message: "hello".into(),
+        payload: b"payload".to_vec().into(),
+    };
+
+    // Two UNAVAILABLE answers, absorbed by the retries.
+    server.faults().fail_next(2, tonic::Code::Unavailable);
+    let reply = client.unary(hello()).await?.into_inner();
+    println!(
+        "1. answered by {:?} after the server failed twice ({} requests reached it)",
+        reply.server,
+        server.stats().requests()
+    );
+
+    // The server hangs: attempts time out and each timeout is a breaker failure.
+    server.faults().set_hang(true);
+    let status = client.unary(hello()).await.unwrap_err();
+    let timed_out = cause::<TimedOut>(&status).map(ToString::to_string);
+    println!(
+        "2. the hanging server: {}",
+        timed_out.unwrap_or_else(|| status.to_string())
+    );
+    println!("   breaker is now {:?}", breaker_state.state());
+
+    // Open: refused at once, the server sees nothing.
+    let before = server.stats().requests();
+    let status = client.unary(hello()).await.unwrap_err();
+    let refused = cause::<CircuitOpen>(&status).map(ToString::to_string);
+    println!(
+        "3. refused without a request ({} new requests): {}",
+        server.stats().requests() - before,
+        refused.unwrap_or_else(|| status.to_string())
+    );
+    server.faults().set_hang(false);
+    Ok(())
+}
