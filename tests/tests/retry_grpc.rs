@@ -189,3 +189,28 @@ async fn a_per_call_option_disables_retries() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(b.stats().requests(), 0);
 }
+
+/// Peer `a` is stopped: its attempt fails with a refused connection (an
+/// error, no response naming the peer). The balancer's entry in the attempt
+/// record (a handle shared by every attempt's copy of the request) is enough
+/// for the retry to go to `b`.
+#[tokio::test]
+async fn a_refused_peer_recorded_by_the_balancer_is_avoided_on_the_retry() {
+    let (a, b) = servers().await;
+    a.refuse_connections().await;
+    let mut client = client(&a, &b);
+    let request = EchoRequest {
+        message: "refused".into(),
+        payload: vec![3u8; 64].into(),
+    };
+    let reply = tokio::time::timeout(LIMIT, client.unary(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    let reply = reply.into_inner();
+    assert_eq!(reply.server, "b");
+    assert_eq!(a.stats().requests(), 0);
+    assert_eq!(b.stats().requests(), 1);
+    assert_eq!(b.stats().last_payload().as_deref(), Some(&[3u8; 64][..]));
+}

@@ -209,6 +209,8 @@
 //! [`CheckAvailability::availability`]: palisade_core::peer::CheckAvailability::availability
 //! [`Listener`]: palisade_core::event::Listener
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 mod config;
 pub mod error;
 mod future;

@@ -129,13 +129,24 @@ impl RetryBudget {
     }
 
     fn add(&self, amount: i64) {
-        let generation = self.generation();
+        self.add_at(self.generation(), amount);
+    }
+
+    fn add_at(&self, generation: u32, amount: i64) {
         let bucket = &self.buckets[generation as usize % BUCKETS];
         let mut current = bucket.load(Ordering::Relaxed);
         loop {
             let (gen_now, value) = unpack(current);
-            let base = if gen_now == generation { value } else { 0 };
-            let next = pack(generation, base.saturating_add(amount));
+            let next = if gen_now == generation {
+                pack(generation, value.saturating_add(amount))
+            } else if (gen_now.wrapping_sub(generation) as i32) > 0 {
+                // A thread stalled since it read the clock: the bucket already
+                // moved on to a newer generation. Add to that one rather than
+                // wiping its amounts with a stale reset.
+                pack(gen_now, value.saturating_add(amount))
+            } else {
+                pack(generation, amount)
+            };
             match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(seen) => current = seen,
@@ -295,6 +306,19 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_add_does_not_reset_a_newer_bucket() {
+        let budget = RetryBudget::new(1.0, 0, Duration::from_secs(10)).unwrap();
+        let newer = BUCKETS as u32;
+        budget.add_at(newer, 3 * UNIT);
+        // Same bucket, one window older: a thread that read the clock long ago.
+        budget.add_at(0, UNIT);
+        assert_eq!(unpack(budget.buckets[0].load(Ordering::Relaxed)), (newer, 4 * UNIT));
+        // An older generation in the bucket is reset, as before.
+        budget.add_at(2 * newer, UNIT);
+        assert_eq!(unpack(budget.buckets[0].load(Ordering::Relaxed)), (2 * newer, UNIT));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn floor_allows_min_per_sec_times_ttl() {

@@ -20,6 +20,12 @@ const LAYER: &str = "retry";
 /// The largest replay buffer a layer may configure: 16 MiB.
 pub const MAX_REPLAY_CAP: usize = 16 * 1024 * 1024;
 
+/// The most retries a call may make: the builder rejects more, a route
+/// override too, and a call's own
+/// [`CallOptions::retries`](palisade_core::options::CallOptions::retries) is
+/// clamped to it.
+pub const MAX_RETRIES: u32 = 100;
+
 /// The default backoff: exponential from 100 ms, factor 2, cap 2 s, full jitter.
 pub fn default_backoff() -> Backoff {
     Backoff::exponential(Duration::from_millis(100))
@@ -233,7 +239,8 @@ impl<P, R> RetryLayerBuilder<P, R> {
 
     /// Retries after the first attempt (default 1; 0 disables). A call's
     /// [`CallOptions::retries`](palisade_core::options::CallOptions::retries)
-    /// and a route's override win.
+    /// and a route's override win. At most [`MAX_RETRIES`] (a call's option
+    /// above it is clamped).
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
@@ -305,7 +312,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
         if self.replay_cap > MAX_REPLAY_CAP {
             return Err(ConfigError::new(LAYER, "replay_cap", "must be at most 16 MiB"));
         }
-        if self.retries > 100 {
+        if self.retries > MAX_RETRIES {
             return Err(ConfigError::new(LAYER, "retries", "must be at most 100"));
         }
         let budget = match self.budget {
@@ -322,7 +329,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
         };
         let mut routes = HashMap::with_capacity(self.routes.len());
         for (route, settings) in self.routes {
-            if settings.retries.is_some_and(|r| r > 100) {
+            if settings.retries.is_some_and(|r| r > MAX_RETRIES) {
                 return Err(ConfigError::new(LAYER, "route.retries", "must be at most 100"));
             }
             routes.insert(route.into_boxed_str(), settings);

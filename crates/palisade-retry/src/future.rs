@@ -22,6 +22,7 @@ use crate::pushback::Pushback;
 pin_project! {
     /// The response future of [`Retry`](crate::Retry): the current attempt,
     /// the backoff sleep, or waiting for the service to be ready again.
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, P, R, Req>
     where
         P: RetryProtocol<Req>,
@@ -46,7 +47,9 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        // The backoff sleep; or, when `until_deadline`, the call's deadline
+        // while the service is not ready for the next attempt.
+        Waiting { #[pin] sleep: Sleep, until_deadline: bool },
         Ready,
     }
 }
@@ -127,7 +130,9 @@ where
                     if let Some(throttle) = &settings.throttle {
                         if retryable {
                             throttle.on_failure();
-                        } else if result.is_ok() {
+                        } else if protocol.is_success(&result) {
+                            // Only a real success refills: not an HTTP 500 or a
+                            // trailers-only gRPC error that is not retried.
                             throttle.on_success();
                         }
                     }
@@ -163,23 +168,21 @@ where
                     if let Some(peer) = &peer {
                         protocol.record_peer(kept, peer.clone());
                     }
-                    let Some(next) = protocol.next_attempt(kept) else {
-                        tracing::debug!(
-                            target: "palisade",
-                            layer = "retry",
-                            event = "not_replayable",
-                            attempt = *this.attempts,
-                            reason = "request body not replayable",
-                            "not retrying"
-                        );
+                    if !protocol.can_retry(kept) {
+                        not_replayable(*this.attempts);
                         return Poll::Ready(finish::<P::View, _, _>(protocol, result, *this.attempts));
-                    };
+                    }
+                    // The budget and the throttle before building the attempt.
                     if settings.throttle.as_ref().is_some_and(|t| !t.allows_retry())
                         || settings.budget.as_ref().is_some_and(|b| !b.withdraw())
                     {
                         emit_budget_exhausted(&settings.listeners);
                         return Poll::Ready(finish::<P::View, _, _>(protocol, result, *this.attempts));
                     }
+                    let Some(next) = protocol.next_attempt(kept) else {
+                        not_replayable(*this.attempts);
+                        return Poll::Ready(finish::<P::View, _, _>(protocol, result, *this.attempts));
+                    };
                     settings.listeners.emit(
                         &Event::new(
                             LayerName::Retry,
@@ -205,37 +208,102 @@ where
                     } else {
                         this.state.set(State::Waiting {
                             sleep: tokio::time::sleep(delay),
+                            until_deadline: false,
                         });
                     }
+                    continue;
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
-                    this.state.set(State::Ready);
-                }
-                StateProj::Ready => {
-                    let deadline_passed = this.deadline.is_some_and(|d| Instant::now() >= d);
-                    if !deadline_passed
-                        && this.next.is_some()
-                        && let Some(service) = this.service.as_mut()
-                    {
-                        if let Err(error) = ready!(service.poll_ready(cx)) {
-                            return Poll::Ready(Err(error.into()));
+                StateProj::Waiting {
+                    mut sleep,
+                    until_deadline,
+                } => {
+                    if *until_deadline {
+                        if sleep.poll(cx).is_ready() {
+                            // The deadline passed while the service was not
+                            // ready: the last attempt's result stands.
+                            return Poll::Ready(this.finish_last());
                         }
-                        if let Some(next) = this.next.take() {
-                            *this.last = None;
-                            *this.attempts += 1;
-                            let future = service.call(next);
-                            this.state.set(State::Calling { future });
-                            continue;
+                    } else {
+                        ready!(sleep.as_mut().poll(cx));
+                        match *this.deadline {
+                            // Reuse the sleep to wake at the deadline should
+                            // the service not be ready in time.
+                            Some(deadline) => {
+                                sleep.as_mut().reset(deadline);
+                                *until_deadline = true;
+                                if sleep.poll(cx).is_ready() {
+                                    return Poll::Ready(this.finish_last());
+                                }
+                            }
+                            None => this.state.set(State::Ready),
                         }
                     }
-                    // The deadline passed during the backoff: the last attempt's result stands.
-                    let last = this.last.take().unwrap_or_else(|| Err("retry state lost".into()));
-                    return Poll::Ready(finish::<P::View, _, _>(&this.shared.protocol, last, *this.attempts));
                 }
+                StateProj::Ready => {}
+            }
+            // Between attempts: wait for the service, then send the next one.
+            let deadline_passed = this.deadline.is_some_and(|d| Instant::now() >= d);
+            let shared = &**this.shared;
+            // The replay buffer may have been lost since the retry was
+            // decided (the previous attempt's body outgrew the cap or
+            // failed): then the last result stands.
+            let can_retry = this.kept.as_ref().is_some_and(|k| shared.protocol.can_retry(k));
+            if deadline_passed || !can_retry || this.next.is_none() {
+                if !can_retry {
+                    not_replayable(*this.attempts);
+                }
+                return Poll::Ready(this.finish_last());
+            }
+            let Some(service) = this.service.as_mut() else {
+                return Poll::Ready(this.finish_last());
+            };
+            match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {
+                    let armed = matches!(this.state.as_ref().get_ref(), State::Waiting { .. });
+                    if let (false, Some(deadline)) = (armed, *this.deadline) {
+                        // Nothing else would wake this call at its deadline.
+                        this.state.set(State::Waiting {
+                            sleep: tokio::time::sleep_until(deadline),
+                            until_deadline: true,
+                        });
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+            if let Some(next) = this.next.take() {
+                *this.last = None;
+                *this.attempts += 1;
+                let future = service.call(next);
+                this.state.set(State::Calling { future });
             }
         }
     }
+}
+
+impl<S, P, R, Req> ResponseFutureProj<'_, S, P, R, Req>
+where
+    P: RetryProtocol<Req> + RetryOn<P::View, S::Response>,
+    S: Service<P::Attempt>,
+{
+    /// The last attempt's result, untouched, as the call's.
+    fn finish_last(&mut self) -> Result<S::Response, BoxError> {
+        let last = self.last.take().unwrap_or_else(|| Err("retry state lost".into()));
+        finish::<P::View, _, _>(&self.shared.protocol, last, *self.attempts)
+    }
+}
+
+fn not_replayable(attempt: u32) {
+    tracing::debug!(
+        target: "palisade",
+        layer = "retry",
+        event = "not_replayable",
+        attempt,
+        reason = "request body not replayable",
+        "not retrying"
+    );
 }
 
 /// Marks the final response and reports the number of attempts.

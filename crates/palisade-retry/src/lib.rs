@@ -54,12 +54,14 @@
 //!   never retried (use a [predicate](RetryLayerBuilder::or_retry_if) for that).
 //! - [`RetryLayer::http`] ([`Http`](palisade_core::protocol::Http)) and
 //!   [`RetryLayer::grpc`] ([`Grpc`](palisade_core::protocol::Grpc)): an
-//!   `http::Request<B>` with any `B: http_body::Body + Unpin`, no `Clone`
-//!   needed. The inner service receives `http::Request<ReplayBody<B>>`: the
+//!   `http::Request<B>` with any `B: http_body::Body + Unpin` (its error
+//!   `Into<BoxError>`), no `Clone` needed. The inner service receives `http::Request<ReplayBody<B>>`: the
 //!   body is buffered while the first attempt sends it (up to
 //!   [`replay_cap`](RetryLayerBuilder::replay_cap), 64 KiB by default) and
 //!   replayed for later attempts (see [`replay`]). A body that outgrows the
-//!   cap is sent once and the call is not retried. Per-call options
+//!   cap is sent once and the call is not retried; a replay made before the
+//!   body outgrew the cap (or before its read failed) yields a
+//!   [`BodyNotReplayable`] error rather than a cut-short body. Per-call options
 //!   ([`CallOptions`](palisade_core::options::CallOptions) in the request's
 //!   extensions), per-route overrides and status-based rules work on this path.
 //!
@@ -104,8 +106,9 @@
 //!   [`RetryLayer`] value builds.
 //! - Deadline: when the call carries a deadline
 //!   ([`CallOptions::set_deadline`](palisade_core::options::CallOptions::set_deadline)),
-//!   no backoff sleep and no attempt starts that the deadline would cut: the
-//!   call returns the last attempt's result instead.
+//!   no backoff sleep and no attempt starts that the deadline would cut, and
+//!   a service that stays unready past the deadline does not hold the call:
+//!   the call returns the last attempt's result instead.
 //!
 //! # Peer switching
 //!
@@ -113,7 +116,9 @@
 //! [`AttemptRecord`](palisade_core::peer::AttemptRecord) in the request's
 //! extensions before the first attempt and carries it to every later one; a
 //! balancer below records the peer of each attempt in it and avoids those
-//! peers on a retry. Because each attempt's request is a copy, the layer also
+//! peers on a retry. The record is a shared handle and each attempt's copy of
+//! the request holds a clone of it, so a peer recorded by an attempt that then
+//! failed with an error (a refused connection) is avoided too. The layer also
 //! learns an attempt's peer from a [`PeerId`](palisade_core::peer::PeerId) in
 //! the response's extensions or from a
 //! [`CircuitOpen`](error::CircuitOpen) error naming its peer, and adds it to
@@ -126,9 +131,13 @@
 //! [`EventKind::BudgetExhausted`](palisade_core::event::EventKind::BudgetExhausted),
 //! to `tracing` (target `palisade`, `layer = "retry"`) and to listeners. A call
 //! that took more than one attempt logs its attempt count; on the http path
-//! the final response carries [`Attempts`] in its extensions. With the
+//! the final response of such a call carries [`Attempts`] in its extensions
+//! (a response without it took one attempt: the success path does not touch
+//! the extensions). With the
 //! `metrics` feature: counters `palisade_retry_retries_total` and
 //! `palisade_retry_budget_exhausted_total`.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod budget;
 mod config;
@@ -140,9 +149,9 @@ pub mod pushback;
 pub mod replay;
 mod service;
 
-pub use config::{MAX_REPLAY_CAP, RetryLayerBuilder, RouteRetry, default_backoff};
+pub use config::{MAX_REPLAY_CAP, MAX_RETRIES, RetryLayerBuilder, RouteRetry, default_backoff};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{Attempts, DefaultPredicate, Extend, Replace};
-pub use replay::ReplayBody;
+pub use replay::{BodyNotReplayable, ReplayBody};
 pub use service::Retry;

@@ -41,7 +41,10 @@ use crate::pushback::{self, Pushback};
 use crate::replay::ReplayBody;
 
 /// The number of attempts a call took, put in the extensions of the final
-/// http response by [`Http`] and [`Grpc`].
+/// http response by [`Http`] and [`Grpc`] when the call was retried (more
+/// than one attempt). A response without it took one attempt: the layer does
+/// not touch the extensions on the success path, which would cost an
+/// allocation per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Attempts(pub u32);
 
@@ -63,6 +66,14 @@ pub trait RetryProtocol<Req>: Inspect<Req> {
 
     /// The next attempt, or `None` when the request cannot be sent again.
     fn next_attempt(&self, kept: &Self::Kept) -> Option<Self::Attempt>;
+
+    /// Whether the request can still be sent again (a replay buffer can be
+    /// lost while an earlier attempt's body is still being sent). Checked
+    /// before the budget is spent and again just before each later attempt.
+    fn can_retry(&self, kept: &Self::Kept) -> bool {
+        let _ = kept;
+        true
+    }
 
     /// Notes, for the next attempts, that an attempt used `peer`.
     fn record_peer(&self, kept: &mut Self::Kept, peer: PeerId) {
@@ -93,6 +104,13 @@ pub trait RetryOn<View, Res> {
             Ok(_) => None,
             Err(error) => peer_of_error(error),
         }
+    }
+
+    /// Whether the result is a success, for the
+    /// [throttle](crate::budget::Throttle) (only successes refill it). The
+    /// default: any `Ok`.
+    fn is_success(&self, result: &Result<Res, BoxError>) -> bool {
+        result.is_ok()
     }
 
     /// Marks the final response with the number of attempts.
@@ -210,10 +228,11 @@ fn next_http_attempt<B: http_body::Body>(kept: &KeptRequest<B>) -> Option<http::
 }
 
 fn record_http_peer<B>(kept: &mut KeptRequest<B>, peer: PeerId) {
+    // The record is a shared handle: every attempt's copy of the head holds a
+    // clone of it, so a balancer's entries are already here; a peer equal to
+    // the last one is not recorded twice.
     let record: &mut AttemptRecord = kept.head.attempt_record_mut();
-    if record.last().as_ref() != Some(&peer) {
-        record.record(peer);
-    }
+    record.record(peer);
 }
 
 macro_rules! replayable_protocol {
@@ -245,6 +264,11 @@ macro_rules! replayable_protocol {
 
             fn record_peer(&self, kept: &mut Self::Kept, peer: PeerId) {
                 record_http_peer(kept, peer)
+            }
+
+            #[inline]
+            fn can_retry(&self, kept: &Self::Kept) -> bool {
+                kept.body.is_replayable()
             }
         }
     };
@@ -279,7 +303,20 @@ impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Http {
         }
     }
 
+    /// A response below 500.
+    fn is_success(&self, result: &Result<http::Response<RB>, BoxError>) -> bool {
+        result.as_ref().is_ok_and(|r| !r.status().is_server_error())
+    }
+
     fn finish(&self, response: &mut http::Response<RB>, attempts: u32) {
+        mark_attempts(response, attempts);
+    }
+}
+
+/// Only a retried call's response is marked: the success path stays free of
+/// the extensions map's allocation. No [`Attempts`] means one attempt.
+fn mark_attempts<RB>(response: &mut http::Response<RB>, attempts: u32) {
+    if attempts > 1 {
         response.extensions_mut().insert(Attempts(attempts));
     }
 }
@@ -312,8 +349,16 @@ impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Grpc {
         }
     }
 
+    /// A non-5xx response whose headers carry no `grpc-status` (it comes in
+    /// the trailers) or `grpc-status: 0`; a trailers-only error is a failure.
+    fn is_success(&self, result: &Result<http::Response<RB>, BoxError>) -> bool {
+        result.as_ref().is_ok_and(|r| {
+            !r.status().is_server_error() && GrpcCode::from_headers(r.headers()).is_none_or(|code| code == GrpcCode::OK)
+        })
+    }
+
     fn finish(&self, response: &mut http::Response<RB>, attempts: u32) {
-        response.extensions_mut().insert(Attempts(attempts));
+        mark_attempts(response, attempts);
     }
 }
 

@@ -15,6 +15,13 @@
 //! as it is, and a debug event says why. A body whose read failed cannot be
 //! replayed either.
 //!
+//! A replay is made when a retry is decided, which can be before the previous
+//! attempt's body is gone (an http/2 connection keeps sending a request body
+//! until the server resets the stream). If that body then outgrows the cap or
+//! its read fails, the replay can no longer send the whole body: it yields a
+//! [`BodyNotReplayable`] error instead of data, so the server never takes a
+//! cut-short or empty body for a complete one.
+//!
 //! Only one attempt reads at a time: the attempt that holds the state returns
 //! it when its body is dropped. A replay polled while an earlier attempt's
 //! body is still alive (still owned by a connection) waits until it is
@@ -29,6 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
+use palisade_core::BoxError;
+
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -37,8 +46,38 @@ use parking_lot::Mutex;
 /// The default cap of a replay buffer: 64 KiB.
 pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 
+/// The error a replayed body yields when the body it replays can no longer be
+/// sent whole: an earlier attempt's body outgrew the replay cap, or its read
+/// failed, after this replay was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyNotReplayable {
+    read_failed: bool,
+}
+
+impl BodyNotReplayable {
+    /// Whether the original body's read failed (else it outgrew the cap).
+    pub fn read_failed(&self) -> bool {
+        self.read_failed
+    }
+}
+
+impl fmt::Display for BodyNotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.read_failed {
+            f.write_str("request body cannot be replayed: reading it failed")
+        } else {
+            f.write_str("request body cannot be replayed: it outgrew the replay cap")
+        }
+    }
+}
+
+impl std::error::Error for BodyNotReplayable {}
+
 /// An http request body that can be sent again for a retry. See the
 /// [module docs](self).
+///
+/// Its error is a [`BoxError`]: the original body's error, untouched (downcast
+/// it), or [`BodyNotReplayable`] from a replay that cannot send the whole body.
 pub struct ReplayBody<B> {
     kind: Kind<B>,
 }
@@ -63,17 +102,24 @@ struct Replay<B> {
     hint: SizeHint,
     /// Whether the original body was empty at the start.
     empty: bool,
+    /// Whether this attempt held the state when the buffer was lost (its read
+    /// outgrew the cap or failed, or the body was over the cap from the
+    /// start): it has sent every byte so far and may go on. Any other
+    /// attempt that finds the buffer lost yields [`BodyNotReplayable`].
+    lost_here: bool,
 }
 
 struct Shared<B> {
     /// Set once the buffer is gone: the body cannot be replayed.
     capped: AtomicBool,
+    /// Set when the buffer was lost because the original body's read failed.
+    failed: AtomicBool,
     slot: Mutex<Slot<B>>,
 }
 
 struct Slot<B> {
     state: Option<State<B>>,
-    waiting: Option<Waker>,
+    waiting: Vec<Waker>,
 }
 
 struct State<B> {
@@ -113,9 +159,10 @@ impl<B: Body> ReplayBody<B> {
             kind: Kind::Replay(Replay {
                 shared: Arc::new(Shared {
                     capped: AtomicBool::new(capped),
+                    failed: AtomicBool::new(false),
                     slot: Mutex::new(Slot {
                         state: None,
-                        waiting: None,
+                        waiting: Vec::new(),
                     }),
                 }),
                 state: Some(state),
@@ -124,6 +171,7 @@ impl<B: Body> ReplayBody<B> {
                 sent: 0,
                 hint,
                 empty,
+                lost_here: capped,
             }),
         }
     }
@@ -147,6 +195,7 @@ impl<B: Body> ReplayBody<B> {
                         sent: 0,
                         hint: r.hint,
                         empty: r.empty,
+                        lost_here: false,
                     }),
                 })
             }
@@ -167,14 +216,26 @@ impl<B> Replay<B> {
         !self.shared.capped.load(Ordering::Acquire)
     }
 
+    /// Whether this attempt can no longer send the whole body.
+    fn is_cut(&self) -> bool {
+        !self.lost_here && self.shared.capped.load(Ordering::Acquire)
+    }
+
+    fn not_replayable(&self) -> BoxError {
+        BodyNotReplayable {
+            read_failed: self.shared.failed.load(Ordering::Acquire),
+        }
+        .into()
+    }
+
     fn release(&mut self) {
         if let Some(state) = self.state.take() {
-            let waker = {
+            let waiting = {
                 let mut slot = self.shared.slot.lock();
                 slot.state = Some(state);
-                slot.waiting.take()
+                std::mem::take(&mut slot.waiting)
             };
-            if let Some(waker) = waker {
+            for waker in waiting {
                 waker.wake();
             }
         }
@@ -190,28 +251,48 @@ impl<B> Drop for Replay<B> {
 impl<B> Body for ReplayBody<B>
 where
     B: Body + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let replay = match &mut this.kind {
             Kind::Passthrough(body) => {
-                return Pin::new(body)
-                    .poll_frame(cx)
-                    .map(|f| f.map(|f| f.map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))));
+                return Pin::new(body).poll_frame(cx).map(|f| {
+                    f.map(|f| {
+                        f.map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+                            .map_err(Into::into)
+                    })
+                });
             }
             Kind::Replay(replay) => replay,
         };
+        if replay.is_cut() {
+            // An earlier attempt lost the buffer after this replay was made:
+            // never send a cut-short body as if it were whole.
+            return Poll::Ready(Some(Err(replay.not_replayable())));
+        }
         if replay.state.is_none() {
-            let mut slot = replay.shared.slot.lock();
-            match slot.state.take() {
-                Some(state) => replay.state = Some(state),
-                None => {
-                    slot.waiting = Some(cx.waker().clone());
-                    return Poll::Pending;
+            {
+                let mut slot = replay.shared.slot.lock();
+                match slot.state.take() {
+                    Some(state) => replay.state = Some(state),
+                    None => {
+                        // Several replays may wait (an old attempt's body still
+                        // owned by its connection): keep every waker, not only
+                        // the latest, and do not wake one another in turn.
+                        if !slot.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                            slot.waiting.push(cx.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
                 }
+            }
+            // The state may have been lost by the attempt that just released it.
+            if replay.is_cut() {
+                return Poll::Ready(Some(Err(replay.not_replayable())));
             }
         }
         let Some(state) = replay.state.as_mut() else {
@@ -234,10 +315,12 @@ where
                 }
                 Poll::Ready(Some(Err(error))) => {
                     // What was sent is not the whole body: never replay it.
+                    replay.lost_here = true;
+                    replay.shared.failed.store(true, Ordering::Release);
                     replay.shared.capped.store(true, Ordering::Release);
                     state.frames = Vec::new();
                     state.body = None;
-                    Poll::Ready(Some(Err(error)))
+                    Poll::Ready(Some(Err(error.into())))
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(mut data) => {
@@ -253,6 +336,7 @@ where
                                     reason = "request body outgrew the replay cap",
                                     "the call will not be retried"
                                 );
+                                replay.lost_here = true;
                                 replay.shared.capped.store(true, Ordering::Release);
                                 state.frames = Vec::new();
                             } else {
@@ -292,6 +376,8 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Passthrough(body) => body.is_end_stream(),
+            // A replay that can only yield its error has not ended.
+            Kind::Replay(replay) if replay.is_cut() => false,
             Kind::Replay(replay) => match &replay.state {
                 // An empty body is empty for every attempt.
                 None => replay.empty,
@@ -394,6 +480,93 @@ mod tests {
         );
         assert!(!handle.is_replayable());
         assert!(handle.replay().is_none());
+        // The replay made before the cap was passed cannot send the body.
+        assert!(!handle.is_end_stream());
+        let err = handle.collect().await.unwrap_err();
+        let err = err.downcast_ref::<BodyNotReplayable>().expect("BodyNotReplayable");
+        assert!(!err.read_failed());
+    }
+
+    /// The reviewer's trace: the replay is made when the retry is decided, the
+    /// previous attempt's body goes on (h2 sends until reset), passes the cap
+    /// and is dropped. The replay must fail, never send the tail "89".
+    #[tokio::test]
+    async fn a_replay_made_before_the_cap_was_passed_errors() {
+        let mut first = ReplayBody::new(chunks(&[b"0123", b"4567", b"89"], None), 6);
+        let mut replay = first.replay().unwrap();
+        assert_eq!(first.frame().await.unwrap().unwrap().into_data().unwrap(), "0123");
+        assert_eq!(first.frame().await.unwrap().unwrap().into_data().unwrap(), "4567");
+        drop(first);
+        let frame = replay.frame().await.expect("an error, not the end of the body");
+        let err = frame.expect_err("an error, not data");
+        assert!(err.is::<BodyNotReplayable>(), "{err}");
+        assert!(!replay.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn a_replay_waiting_while_the_cap_is_passed_errors() {
+        let mut first = ReplayBody::new(chunks(&[b"0123", b"4567", b"89"], None), 6);
+        let replay = first.replay().unwrap();
+        let _ = first.frame().await.unwrap().unwrap();
+        let mut pending = tokio_test::task::spawn(replay.collect());
+        assert!(pending.poll().is_pending(), "waits for the first attempt");
+        let _ = first.frame().await.unwrap().unwrap(); // passes the cap
+        drop(first);
+        assert!(pending.is_woken());
+        match pending.poll() {
+            Poll::Ready(Err(err)) => assert!(err.is::<BodyNotReplayable>(), "{err}"),
+            Poll::Ready(Ok(c)) => panic!("a cut body was sent as whole: {:?}", c.to_bytes()),
+            Poll::Pending => panic!("the replay must run once the first attempt let go"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replay_made_before_a_read_failure_errors() {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err(std::io::Error::other("disk")),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+        ];
+        let mut first = ReplayBody::new(StreamBody::new(futures::stream::iter(frames)), 1024);
+        let mut replay = first.replay().unwrap();
+        assert_eq!(first.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+        let err = first.frame().await.unwrap().unwrap_err();
+        assert!(
+            err.downcast_ref::<std::io::Error>().is_some(),
+            "the body's own error, untouched"
+        );
+        drop(first);
+        let err = replay
+            .frame()
+            .await
+            .expect("an error, not an empty body")
+            .expect_err("an error, not data");
+        let err = err.downcast_ref::<BodyNotReplayable>().expect("BodyNotReplayable");
+        assert!(err.read_failed());
+    }
+
+    #[tokio::test]
+    async fn every_waiting_replay_is_woken() {
+        let mut first = ReplayBody::new(chunks(&[b"x", b"y"], None), 1024);
+        let second = first.replay().unwrap();
+        let third = first.replay().unwrap();
+        let _ = first.frame().await.unwrap().unwrap();
+        let mut a = tokio_test::task::spawn(collect(second));
+        let mut b = tokio_test::task::spawn(collect(third));
+        assert!(a.poll().is_pending());
+        assert!(b.poll().is_pending());
+        assert!(!a.is_woken() && !b.is_woken(), "waiting replays do not wake each other");
+        drop(first);
+        assert!(a.is_woken() && b.is_woken());
+        match a.poll() {
+            Poll::Ready((bytes, _)) => assert_eq!(bytes, Bytes::from("xy")),
+            Poll::Pending => panic!("the replay must run"),
+        }
+        assert!(b.is_woken(), "released by the second, the third runs");
+        match b.poll() {
+            Poll::Ready((bytes, _)) => assert_eq!(bytes, Bytes::from("xy")),
+            Poll::Pending => panic!("the replay must run"),
+        }
     }
 
     #[tokio::test]

@@ -96,7 +96,10 @@ where
         let retries = options
             .and_then(CallOptions::retries)
             .or_else(|| route.and_then(|r| r.retries))
-            .unwrap_or(settings.retries);
+            .unwrap_or(settings.retries)
+            // A per-call option is not validated by a builder: clamp it to the
+            // builder's maximum.
+            .min(crate::config::MAX_RETRIES);
         let deadline = options.and_then(CallOptions::deadline).map(|d| d.instant());
         let backoff = route.and_then(|r| r.backoff);
         if let Some(budget) = &settings.budget {

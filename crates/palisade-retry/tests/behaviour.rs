@@ -319,7 +319,7 @@ async fn negative_or_malformed_pushback_means_no_retry() {
         let svc = RetryLayer::grpc().layer(scripted(first, bodies.clone()));
         let res = svc.oneshot(grpc_request(b"x")).await.unwrap();
         assert_eq!(res.headers()["grpc-status"], "14", "the first answer is returned");
-        assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(1)));
+        assert_eq!(res.extensions().get::<Attempts>(), None, "one attempt: not marked");
         assert_eq!(bodies.lock().len(), 1);
     }
 }
@@ -607,4 +607,234 @@ async fn poll_ready_errors_pass_through() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("closed"), "{err}");
+}
+
+/// A two-peer service whose balancer records the peer in the attempt record
+/// (the shared handle in the attempt's copy of the request); peer "a" refuses
+/// connections: an error, no response naming the peer.
+#[tokio::test(start_paused = true)]
+async fn a_peer_recorded_by_an_attempt_that_errored_is_avoided() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let inner = service_fn(move |req: http::Request<ReplayBody<Full<Bytes>>>| {
+        let record = req.attempt_record().expect("the retry layer started a record").clone();
+        let peer = ["a", "b"]
+            .into_iter()
+            .map(PeerId::from)
+            .find(|p| !record.contains(p))
+            .unwrap_or_else(|| PeerId::from("a"));
+        record.record(peer.clone());
+        seen2.lock().push(peer.clone());
+        async move {
+            if peer.as_str() == "a" {
+                return Err::<http::Response<()>, BoxError>(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+                );
+            }
+            Ok(http::Response::new(()))
+        }
+    });
+    let svc = RetryLayer::builder()
+        .http()
+        .retries(3)
+        .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
+        .build()
+        .unwrap()
+        .layer(inner);
+    let res = svc
+        .oneshot(http::Request::get("http://svc/").body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(*seen.lock(), [PeerId::from("a"), PeerId::from("b")]);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(2)));
+}
+
+type MockReq = http::Request<ReplayBody<Full<Bytes>>>;
+
+/// The service never gets ready for the retry: the call's deadline still ends
+/// it, with the last attempt's error (with and without a backoff sleep first).
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_a_wait_for_readiness() {
+    for backoff_ms in [0, 100] {
+        let (mock, mut handle) = tower_test::mock::pair::<MockReq, http::Response<()>>();
+        handle.allow(1);
+        let svc = RetryLayer::builder()
+            .http()
+            .retries(3)
+            .backoff(no_jitter(Backoff::constant(Duration::from_millis(backoff_ms))))
+            .no_budget()
+            .build()
+            .unwrap()
+            .layer(mock);
+        let mut req = http::Request::get("http://peer/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        req.call_options_mut()
+            .set_deadline(Deadline::after(Duration::from_millis(1000)));
+        let start = Instant::now();
+        let call = tokio::spawn(svc.oneshot(req));
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_error(Retryable::yes(Fail(1)));
+        let result = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the deadline must end the call while the service is not ready")
+            .unwrap();
+        let err = result.unwrap_err();
+        let marked = err
+            .downcast_ref::<Retryable>()
+            .expect("the last attempt's error, untouched");
+        assert_eq!(marked.inner().downcast_ref::<Fail>(), Some(&Fail(1)));
+        assert_eq!(Instant::now() - start, Duration::from_millis(1000));
+        drop(handle);
+    }
+}
+
+/// Answers each call with the next status of `script` (the last one repeats).
+type Script = Arc<Mutex<Vec<(u16, Option<&'static str>)>>>;
+
+fn statuses(
+    script: Script,
+) -> impl Service<MockReq, Response = http::Response<()>, Error = BoxError, Future: Send> + Clone {
+    service_fn(move |_: MockReq| {
+        let (status, grpc) = {
+            let mut s = script.lock();
+            if s.len() > 1 { s.remove(0) } else { s[0] }
+        };
+        let mut builder = http::Response::builder().status(status);
+        if let Some(code) = grpc {
+            builder = builder.header("grpc-status", code);
+        }
+        let res = builder.body(()).unwrap();
+        async move { Ok::<_, BoxError>(res) }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_real_successes_refill_the_throttle() {
+    let get = || {
+        http::Request::get("http://peer/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // Http: a 500 is not retried, and is no success either.
+    let layer = RetryLayer::builder()
+        .http()
+        .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
+        .no_budget()
+        .throttle(4, 0.5)
+        .build()
+        .unwrap();
+    let script = Arc::new(Mutex::new(vec![(503, None), (503, None), (500, None)]));
+    let svc = layer.layer(statuses(script.clone()));
+    let _ = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(layer.throttle().unwrap().tokens(), 2.0, "two failed attempts");
+    for _ in 0..10 {
+        assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), 500);
+    }
+    assert_eq!(layer.throttle().unwrap().tokens(), 2.0, "a 500 refills nothing");
+    *script.lock() = vec![(200, None)];
+    let _ = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(layer.throttle().unwrap().tokens(), 2.5, "a 200 refills");
+
+    // Grpc: a trailers-only INTERNAL is no success; no status in the headers is.
+    let layer = RetryLayer::builder()
+        .grpc()
+        .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
+        .no_budget()
+        .throttle(4, 0.5)
+        .build()
+        .unwrap();
+    let script = Arc::new(Mutex::new(vec![
+        (200, Some("14")),
+        (200, Some("14")),
+        (200, Some("13")),
+    ]));
+    let svc = layer.layer(statuses(script.clone()));
+    let post = || {
+        http::Request::post("http://peer/echo.Echo/Unary")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let _ = svc.clone().oneshot(post()).await.unwrap();
+    assert_eq!(layer.throttle().unwrap().tokens(), 2.0);
+    for _ in 0..10 {
+        let res = svc.clone().oneshot(post()).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "13");
+    }
+    assert_eq!(layer.throttle().unwrap().tokens(), 2.0, "INTERNAL refills nothing");
+    *script.lock() = vec![(200, None)];
+    let _ = svc.clone().oneshot(post()).await.unwrap();
+    *script.lock() = vec![(200, Some("0"))];
+    let _ = svc.clone().oneshot(post()).await.unwrap();
+    assert_eq!(layer.throttle().unwrap().tokens(), 3.0, "OK refills");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_call_retries_option_is_clamped() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let calls2 = calls.clone();
+    let inner = service_fn(move |_: MockReq| {
+        calls2.fetch_add(1, Ordering::Relaxed);
+        async move { Err::<http::Response<()>, BoxError>(Retryable::yes(Fail(0)).into()) }
+    });
+    let svc = RetryLayer::builder()
+        .http()
+        .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
+        .no_budget()
+        .build()
+        .unwrap()
+        .layer(inner);
+    let mut req = http::Request::get("http://peer/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.call_options_mut().set_retries(1_000_000);
+    let _ = svc.oneshot(req).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), palisade_retry::MAX_RETRIES + 1);
+}
+
+type Chunked = http_body_util::StreamBody<
+    futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::io::Error>>>,
+>;
+
+/// The first attempt's body stays alive after its 503 (as an h2 connection
+/// keeps sending it) and outgrows the cap during the backoff: the retry
+/// decided earlier is not sent; the 503 stands.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_outgrows_the_cap_after_the_retry_was_decided_is_not_resent() {
+    let held: Arc<Mutex<Option<ReplayBody<Chunked>>>> = Arc::default();
+    let held2 = held.clone();
+    let calls = Arc::new(AtomicU32::new(0));
+    let calls2 = calls.clone();
+    let inner = service_fn(move |req: http::Request<ReplayBody<Chunked>>| {
+        calls2.fetch_add(1, Ordering::Relaxed);
+        *held2.lock() = Some(req.into_body());
+        async move { Ok::<_, BoxError>(http::Response::builder().status(503).body(()).unwrap()) }
+    });
+    let svc = RetryLayer::builder()
+        .http()
+        .replay_cap(6)
+        .backoff(no_jitter(Backoff::constant(Duration::from_millis(100))))
+        .no_budget()
+        .build()
+        .unwrap()
+        .layer(inner);
+    let frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = ["0123", "4567", "89"]
+        .into_iter()
+        .map(|c| Ok(http_body::Frame::data(Bytes::from_static(c.as_bytes()))))
+        .collect();
+    let req = http::Request::put("http://peer/")
+        .body(http_body_util::StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let mut call = tokio_test::task::spawn(svc.oneshot(req));
+    assert!(call.poll().is_pending(), "backing off before the retry");
+    let body = held.lock().take().unwrap();
+    let sent = body.collect().await.unwrap().to_bytes();
+    assert_eq!(sent, Bytes::from("0123456789"), "the first attempt sends it whole");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    match call.poll() {
+        std::task::Poll::Ready(res) => assert_eq!(res.unwrap().status(), 503),
+        std::task::Poll::Pending => panic!("the call must end with the 503"),
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "no attempt with a cut-short body");
 }

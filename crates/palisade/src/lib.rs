@@ -95,6 +95,8 @@
 //! | `tonic` | per-call options on `tonic::Request` |
 //! | `metrics` | counters and gauges of every enabled layer through the `metrics` facade |
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub use palisade_body as body;
 pub use palisade_core as core;
 pub use palisade_core::BoxError;
