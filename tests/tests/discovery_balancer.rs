@@ -25,7 +25,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tower::Layer;
 
-type MakeFn = Box<dyn FnMut(&Instance) -> CircuitBreaker<Channel, Grpc> + Send>;
+type MakeFn = Box<dyn FnMut(&Instance) -> Result<CircuitBreaker<Channel, Grpc>, palisade_core::BoxError> + Send>;
 type Balancer = PeerDiscovery<RegistryDiscover<MakeFn>, Grpc>;
 
 const COOLDOWN: Duration = Duration::from_secs(10);
@@ -68,10 +68,8 @@ impl Fleet {
         )
         .protocol(Grpc::default());
         let make: MakeFn = Box::new(move |instance: &Instance| {
-            let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))
-                .unwrap()
-                .connect_lazy();
-            breaker.for_peer(instance.id()).layer(channel)
+            let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))?.connect_lazy();
+            Ok(breaker.for_peer(instance.id()).layer(channel))
         });
         let discover = RegistryDiscover::new(&self.registry, "echo", make);
         let balancer = PeerDiscoveryLayer::builder()
@@ -295,4 +293,103 @@ async fn under_palisade_retry_every_call_succeeds_and_no_retry_goes_back_to_the_
         bad > 5,
         "the failing peer was hardly tried ({bad}), so no retry was tested"
     );
+}
+
+/// Per attempt: how many attempts of its call came before it, and its peer.
+type AttemptLog = std::sync::Arc<parking_lot::Mutex<Vec<(usize, Option<PeerId>)>>>;
+
+/// Between the retry layer and the balancer: logs, for every attempt, how many
+/// attempts of its call came before it and the peer the balancer chose (read
+/// from the shared attempt record the balancer just wrote to).
+#[derive(Clone)]
+struct Spy<S> {
+    inner: S,
+    log: AttemptLog,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Spy<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> S::Future {
+        let record = request.extensions().get::<AttemptRecord>().cloned();
+        let prior = record.as_ref().map_or(0, AttemptRecord::len);
+        let future = self.inner.call(request);
+        self.log.lock().push((prior, record.and_then(|r| r.last())));
+        future
+    }
+}
+
+type SpyRetryClient = EchoClient<
+    palisade_retry::Retry<Spy<tower::util::MapRequest<Balancer, Unreplay>>, Grpc, palisade_retry::DefaultPredicate>,
+>;
+
+// A STOPPED peer (connections refused) fails its attempts with a transport
+// error, not a response: the retry layer still learns the peer, through the
+// attempt record it shares with the balancer, so its retry goes elsewhere.
+#[tokio::test(start_paused = true)]
+async fn under_palisade_retry_a_stopped_peer_is_not_retried_even_when_it_fails_with_an_error() {
+    use palisade_core::backoff::Backoff;
+    let fleet = Fleet::start(InMemoryRegistry::without_ttl()).await;
+    // Breakers that never trip: only the attempt record steers the retry.
+    let (_, balancer) = fleet.client(1_000_000);
+    let retry = palisade_retry::RetryLayer::builder()
+        .grpc()
+        .retries(1)
+        .backoff(
+            Backoff::constant(Duration::from_millis(1))
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .no_budget()
+        .build()
+        .unwrap();
+    let log = AttemptLog::default();
+    let spy = Spy {
+        inner: tower::util::MapRequest::new(balancer, unreplay as Unreplay),
+        log: log.clone(),
+    };
+    let mut client: SpyRetryClient = EchoClient::new(retry.layer(spy));
+    fleet.servers[2].refuse_connections().await;
+    let stopped = fleet.peer(2);
+    for _ in 0..60 {
+        let reply = client
+            .unary(EchoRequest {
+                message: "hi".into(),
+                payload: Default::default(),
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "a call failed although two peers are healthy and one retry is allowed: {e:?} {:?}",
+                    log.lock()
+                )
+            });
+        assert_ne!(reply.into_inner().server, fleet.servers[2].name());
+    }
+    let log = log.lock();
+    let first_tries = log
+        .iter()
+        .filter(|(prior, peer)| *prior == 0 && peer.as_ref() == Some(&stopped))
+        .count();
+    let retries_to_stopped = log
+        .iter()
+        .filter(|(prior, peer)| *prior > 0 && peer.as_ref() == Some(&stopped))
+        .count();
+    let retries = log.iter().filter(|(prior, _)| *prior > 0).count();
+    assert_eq!(retries_to_stopped, 0, "a retry went back to the stopped peer: {log:?}");
+    assert!(
+        first_tries > 5 && retries >= first_tries,
+        "the stopped peer was hardly tried ({first_tries} first attempts, {retries} retries): no retry was tested"
+    );
+    assert_eq!(fleet.servers[2].stats().requests(), 0);
 }

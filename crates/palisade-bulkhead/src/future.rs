@@ -83,6 +83,58 @@ where
     }
 }
 
+/// The slow path of [`admit`], out of line so that the free-slot path stays
+/// small: queues or rejects the call (`Ok`), or hands the request back when a
+/// slot turned out to be free after all (`Err`).
+#[cold]
+#[inline(never)]
+fn admit_slow<S, Req, P>(
+    shared: &Arc<Shared>,
+    inner: &mut S,
+    request: Req,
+    protocol: P,
+) -> Result<ResponseFuture<S, Req, P>, (Req, P)>
+where
+    S: Service<Req> + Clone,
+{
+    match shared.pool.acquire() {
+        Acquire::Granted => Err((request, protocol)),
+        Acquire::Full => {
+            let error = shared.reject(BulkheadRejection::QueueFull);
+            Ok(ResponseFuture {
+                state: State::Rejected {
+                    error: Some(error.into()),
+                },
+                protocol,
+            })
+        }
+        Acquire::Queued(key) => {
+            // The queue place is owned by a guard before anything that can
+            // panic (a user `Clone`, a timer on a runtime without one):
+            // unwinding then gives the place (or a permit granted to it) back.
+            let waiter = Waiter::new(shared.clone(), key);
+            // `inner` was made ready for this call; the call happens later,
+            // so the ready service goes into the future and a clone stays
+            // behind (unready, to be polled again by the caller).
+            let clone = inner.clone();
+            let service = mem::replace(inner, clone);
+            let sleep = shared.max_wait.map(tokio::time::sleep);
+            Ok(ResponseFuture {
+                state: State::Waiting {
+                    queued: Box::pin(Queued {
+                        waiter: Some(waiter),
+                        permit: None,
+                        service: Some(service),
+                        request: Some(request),
+                        sleep,
+                    }),
+                },
+                protocol,
+            })
+        }
+    }
+}
+
 /// Admits `request` to `shared`'s bulkhead: calls `inner` now when a slot is
 /// free, queues a clone of the (ready) service otherwise, or rejects.
 #[inline]
@@ -95,44 +147,14 @@ pub(crate) fn admit<S, Req, P>(
 where
     S: Service<Req> + Clone,
 {
-    if !shared.pool.try_acquire() {
-        match shared.pool.acquire() {
-            Acquire::Granted => {}
-            Acquire::Full => {
-                let error = shared.reject(BulkheadRejection::QueueFull);
-                return ResponseFuture {
-                    state: State::Rejected {
-                        error: Some(error.into()),
-                    },
-                    protocol,
-                };
-            }
-            Acquire::Queued(key) => {
-                // The queue place is owned by a guard before anything that can
-                // panic (a user `Clone`, a timer on a runtime without one):
-                // unwinding then gives the place (or a permit granted to it) back.
-                let waiter = Waiter::new(shared.clone(), key);
-                // `inner` was made ready for this call; the call happens later,
-                // so the ready service goes into the future and a clone stays
-                // behind (unready, to be polled again by the caller).
-                let clone = inner.clone();
-                let service = mem::replace(inner, clone);
-                let sleep = shared.max_wait.map(tokio::time::sleep);
-                return ResponseFuture {
-                    state: State::Waiting {
-                        queued: Box::pin(Queued {
-                            waiter: Some(waiter),
-                            permit: None,
-                            service: Some(service),
-                            request: Some(request),
-                            sleep,
-                        }),
-                    },
-                    protocol,
-                };
-            }
+    let (request, protocol) = if shared.pool.try_acquire() {
+        (request, protocol)
+    } else {
+        match admit_slow(shared, inner, request, protocol) {
+            Ok(future) => return future,
+            Err(granted) => granted,
         }
-    }
+    };
     // The permit exists before the inner call: if `call` panics, unwinding
     // drops it and the slot comes back.
     let permit = BulkheadPermit::new(shared.clone());

@@ -64,9 +64,10 @@ impl<P> PeerDiscoveryBuilder<P> {
     }
 
     /// Envoy-style panic threshold in `(0, 1]`: when the share of available
-    /// peers falls below it, the balancer picks among all known ready peers
-    /// (still preferring available ones) rather than piling every call on
-    /// the few that are left. Off by default.
+    /// peers falls below it, the attempt record stops excluding peers, so
+    /// retries may go back to one of the few available peers. Open peers are
+    /// never picked (their breaker would refuse the call); see the crate docs
+    /// for why this differs from Envoy. Off by default.
     pub fn panic_threshold(mut self, threshold: f64) -> Self {
         self.settings.panic_threshold = Some(threshold);
         self

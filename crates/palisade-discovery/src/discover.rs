@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use palisade_core::BoxError;
 use palisade_core::event::{Event, EventKind, LayerName, Listener, Listeners};
 use palisade_core::peer::PeerId;
 use tower::discover::Change;
@@ -17,22 +18,28 @@ use crate::registry::{Instance, Registry, RegistryState, RegistryStatus, WatchEv
 /// Makes the per-peer service for an instance: a client bound to its address
 /// wrapped in the per-peer stack (circuit breaker, per-attempt timeout).
 ///
-/// Implemented by closures `FnMut(&Instance) -> S`.
+/// Fallible, because the instance comes from registry data: an instance whose
+/// client cannot be made (say, an address a URI parser refuses) is skipped
+/// with a warning — and removed if an earlier version of it was inserted —
+/// instead of panicking the client. Registries already reject instances
+/// whose address is not `host:port` ([`Instance::validate`]).
+///
+/// Implemented by closures `FnMut(&Instance) -> Result<S, BoxError>`.
 pub trait MakePeer {
     /// The per-peer service.
     type Service;
 
-    /// The service for `instance`.
-    fn make_peer(&mut self, instance: &Instance) -> Self::Service;
+    /// The service for `instance`, or why none can be made.
+    fn make_peer(&mut self, instance: &Instance) -> Result<Self::Service, BoxError>;
 }
 
 impl<F, S> MakePeer for F
 where
-    F: FnMut(&Instance) -> S,
+    F: FnMut(&Instance) -> Result<S, BoxError>,
 {
     type Service = S;
 
-    fn make_peer(&mut self, instance: &Instance) -> S {
+    fn make_peer(&mut self, instance: &Instance) -> Result<S, BoxError> {
         self(instance)
     }
 }
@@ -188,10 +195,17 @@ impl<M: MakePeer + Unpin> Stream for RegistryDiscover<M> {
         loop {
             if let Some(pending) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(match pending {
-                    Pending::Insert(instance) => {
-                        let service = this.make.make_peer(&instance);
-                        Change::Insert(instance.id(), Weighted::new(service, instance.weight()))
-                    }
+                    Pending::Insert(instance) => match this.make.make_peer(&instance) {
+                        Ok(service) => Change::Insert(instance.id(), Weighted::new(service, instance.weight())),
+                        Err(error) => {
+                            let id = instance.id();
+                            tracing::warn!(target: "palisade", layer = "discovery", service = %this.service, peer = %id, %error, "cannot make a client for the instance; skipped");
+                            // Forget it, so that a later version is tried
+                            // again, and drop an earlier version's client.
+                            this.known.remove(&id);
+                            Change::Remove(id)
+                        }
+                    },
                     Pending::Remove(id) => Change::Remove(id),
                 })));
             }

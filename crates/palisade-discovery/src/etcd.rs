@@ -256,13 +256,46 @@ impl KeepAlive for Keeper {
     }
 }
 
+/// Where a reconnecting loop is in its backoff.
+#[derive(Debug, Default)]
+struct Reconnect {
+    attempt: u32,
+    previous: Option<Duration>,
+}
+
+impl Reconnect {
+    /// The connection works again: the next failure starts the backoff from
+    /// its first step. Returns whether it had been failing.
+    fn succeeded(&mut self) -> bool {
+        let was_failing = self.attempt > 0;
+        *self = Reconnect::default();
+        was_failing
+    }
+
+    /// Whether no failure happened since the last success (a failure now is
+    /// a new outage, worth a warning).
+    fn fresh(&self) -> bool {
+        self.attempt == 0
+    }
+
+    /// The delay before the next try, moving the backoff one step.
+    fn next_delay(&mut self, config: &Config) -> Duration {
+        let delay = config.delay(self.attempt, self.previous);
+        self.previous = Some(delay);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+}
+
 enum LeaseEnd {
     Expired,
     Failed(String),
 }
 
-/// Keeps `lease` alive until it expires or the connection fails.
-async fn keep_lease(client: &mut Client, lease: i64, period: Duration) -> LeaseEnd {
+/// Keeps `lease` alive until it expires or the connection fails. Every
+/// answered keep-alive resets the caller's backoff: the connection works
+/// again, so a later failure starts from the first step and is logged.
+async fn keep_lease(client: &mut Client, lease: i64, period: Duration, backoff: &mut Reconnect) -> LeaseEnd {
     let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
         Ok(pair) => pair,
         Err(e) => return LeaseEnd::Failed(e.to_string()),
@@ -272,7 +305,11 @@ async fn keep_lease(client: &mut Client, lease: i64, period: Duration) -> LeaseE
             return LeaseEnd::Failed(e.to_string());
         }
         match stream.message().await {
-            Ok(Some(response)) if response.ttl() > 0 => {}
+            Ok(Some(response)) if response.ttl() > 0 => {
+                if backoff.succeeded() {
+                    tracing::info!(target: "palisade", layer = "discovery", lease, "etcd keep-alive recovered");
+                }
+            }
             Ok(Some(_)) => return LeaseEnd::Expired,
             Ok(None) => return LeaseEnd::Failed("keep-alive stream ended".into()),
             Err(e) => return LeaseEnd::Failed(e.to_string()),
@@ -296,16 +333,15 @@ async fn grant_and_put(
 
 async fn keep_registration(mut client: Client, config: Arc<Config>, key: String, value: String, lease: Arc<AtomicI64>) {
     let period = (config.lease_ttl / 3).max(Duration::from_millis(300));
-    let mut attempt = 0u32;
-    let mut previous = None;
+    let mut backoff = Reconnect::default();
     loop {
-        match keep_lease(&mut client, lease.load(Ordering::Acquire), period).await {
+        match keep_lease(&mut client, lease.load(Ordering::Acquire), period, &mut backoff).await {
             LeaseEnd::Expired => {
                 tracing::warn!(target: "palisade", layer = "discovery", %key, "etcd lease expired; registering again");
                 match grant_and_put(&mut client, &config, &key, &value).await {
                     Ok(new) => {
                         lease.store(new, Ordering::Release);
-                        attempt = 0;
+                        backoff.succeeded();
                         continue;
                     }
                     Err(error) => {
@@ -314,14 +350,15 @@ async fn keep_registration(mut client: Client, config: Arc<Config>, key: String,
                 }
             }
             LeaseEnd::Failed(error) => {
-                if attempt == 0 {
+                // Fresh after a keep-alive succeeded: a new outage.
+                if backoff.fresh() {
                     tracing::warn!(target: "palisade", layer = "discovery", %key, %error, "etcd keep-alive failed; retrying with backoff");
+                } else {
+                    tracing::debug!(target: "palisade", layer = "discovery", %key, %error, attempt = backoff.attempt, "etcd keep-alive still failing");
                 }
             }
         }
-        let delay = config.delay(attempt, previous);
-        previous = Some(delay);
-        attempt = attempt.saturating_add(1);
+        let delay = backoff.next_delay(&config);
         tokio::time::sleep(delay).await;
     }
 }
@@ -383,9 +420,16 @@ async fn send(tx: &mpsc::Sender<WatchEvent>, event: WatchEvent) -> Result<(), Cl
     tx.send(event).await.map_err(|_| Closed)
 }
 
-/// Reads the prefix, then follows it; returns why it stopped.
-async fn read_then_watch(config: &Config, prefix: &str, tx: &mpsc::Sender<WatchEvent>, attempt: &mut u32) -> WatchEnd {
-    let result: Result<(), WatchEnd> = async {
+/// Reads the prefix, then follows it; returns why it stopped. Every await
+/// (connect, read, each watch message) races the consumer going away, so the
+/// task ends as soon as the watch stream is dropped.
+async fn read_then_watch(
+    config: &Config,
+    prefix: &str,
+    tx: &mpsc::Sender<WatchEvent>,
+    backoff: &mut Reconnect,
+) -> WatchEnd {
+    let work = async {
         let mut client = config.connect().await?;
         let snapshot = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
@@ -395,7 +439,7 @@ async fn read_then_watch(config: &Config, prefix: &str, tx: &mpsc::Sender<WatchE
             .filter_map(|kv| config.parse(prefix, kv))
             .collect();
         send(tx, WatchEvent::Reset(instances)).await?;
-        *attempt = 0;
+        backoff.succeeded();
         let mut watch = client
             .watch(
                 prefix,
@@ -423,9 +467,12 @@ async fn read_then_watch(config: &Config, prefix: &str, tx: &mpsc::Sender<WatchE
                 }
             }
         }
-        Err(WatchEnd::Failed("watch stream ended".into()))
-    }
-    .await;
+        Err::<(), _>(WatchEnd::Failed("watch stream ended".into()))
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = tx.closed() => Err(WatchEnd::Closed),
+    };
     match result {
         Ok(()) => WatchEnd::Failed("watch ended".into()),
         Err(end) => end,
@@ -433,15 +480,14 @@ async fn read_then_watch(config: &Config, prefix: &str, tx: &mpsc::Sender<WatchE
 }
 
 async fn watch_loop(config: Arc<Config>, prefix: String, tx: mpsc::Sender<WatchEvent>) {
-    let mut attempt = 0u32;
-    let mut previous = None;
+    let mut backoff = Reconnect::default();
     let mut reported_down = false;
     loop {
-        match read_then_watch(&config, &prefix, &tx, &mut attempt).await {
+        match read_then_watch(&config, &prefix, &tx, &mut backoff).await {
             WatchEnd::Closed => return,
             WatchEnd::Failed(reason) => {
-                // `attempt` is 0 when this connection had been up (or was the first).
-                if attempt == 0 {
+                // Fresh when this connection had been up (or was the first).
+                if backoff.fresh() {
                     reported_down = false;
                 }
                 if !reported_down {
@@ -453,12 +499,45 @@ async fn watch_loop(config: Arc<Config>, prefix: String, tx: mpsc::Sender<WatchE
                 }
             }
         }
-        let delay = config.delay(attempt, previous);
-        previous = Some(delay);
-        attempt = attempt.saturating_add(1);
+        let delay = backoff.next_delay(&config);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_core::backoff::{Backoff, Jitter};
+
+    use super::*;
+
+    #[test]
+    fn the_backoff_starts_over_after_a_success() {
+        let registry = EtcdRegistry::builder(["http://127.0.0.1:2379"])
+            .backoff(
+                Backoff::exponential(Duration::from_millis(100))
+                    .max_delay(Duration::from_secs(10))
+                    .jitter(Jitter::None)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let config = &registry.config;
+        let mut backoff = Reconnect::default();
+        assert!(backoff.fresh());
+        let first = backoff.next_delay(config);
+        for _ in 0..5 {
+            backoff.next_delay(config);
+        }
+        assert!(!backoff.fresh());
+        assert!(backoff.next_delay(config) > first * 8);
+        // A keep-alive (or a watch read) succeeded: the next outage starts
+        // from the first step and is reported again.
+        assert!(backoff.succeeded());
+        assert!(backoff.fresh());
+        assert_eq!(backoff.next_delay(config), first);
     }
 }

@@ -16,6 +16,7 @@
 //! use tower::{Layer, Service, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), palisade_core::BoxError> {
+//! use palisade_core::BoxError;
 //! let registry = InMemoryRegistry::new();
 //! let mut handles = Vec::new();
 //! for addr in ["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"] {
@@ -24,12 +25,14 @@
 //!
 //! // How to make the per-peer service of an instance: a client bound to its
 //! // address (here a stand-in that answers with it) in its per-peer stack.
-//! let make = |instance: &Instance| {
+//! // Fallible: an instance whose client cannot be made is skipped with a
+//! // warning, never a panic.
+//! let make = |instance: &Instance| -> Result<_, BoxError> {
 //!     let addr = instance.addr().to_owned();
-//!     AlwaysAvailable::new(service_fn(move |_req: ()| {
+//!     Ok(AlwaysAvailable::new(service_fn(move |_req: ()| {
 //!         let addr = addr.clone();
 //!         async move { Ok::<_, std::convert::Infallible>(addr) }
-//!     }))
+//!     })))
 //! };
 //! let discover = RegistryDiscover::new(&registry, "echo", make);
 //! let mut balancer = PeerDiscoveryLayer::builder()
@@ -55,11 +58,11 @@
 //!
 //! ```ignore
 //! let breaker = CircuitBreakerLayer::new(config).protocol(Grpc::default());
-//! let discover = RegistryDiscover::new(&registry, "echo", move |instance: &Instance| {
-//!     let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))
-//!         .expect("a valid address")
-//!         .connect_lazy();
-//!     breaker.for_peer(instance.id()).layer(channel)
+//! let discover = RegistryDiscover::new(&registry, "echo", move |instance: &Instance| -> Result<_, BoxError> {
+//!     // Registry data: a bad address skips the instance (with a warning), it
+//!     // never panics the client.
+//!     let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))?.connect_lazy();
+//!     Ok(breaker.for_peer(instance.id()).layer(channel))
 //! });
 //! let balancer = PeerDiscoveryLayer::builder().grpc().service_name("echo").build()?.layer(discover);
 //! let client = EchoClient::new(balancer); // clones share the peer set
@@ -81,7 +84,13 @@
 //! - **Availability.** Only peers whose availability says so are picked. A
 //!   peer that answers [`Availability::Probe`](palisade_core::peer::Availability::Probe)
 //!   (its cooldown has passed) is picked at once, so recovering peers get
-//!   their probe and nothing starves. When random draws keep meeting
+//!   their probe and nothing starves: when the balancer sees a peer open, it
+//!   queues it in a min-heap by the instant its probe is due (now + the
+//!   breaker's `retry_in`); every pick peeks the head (O(1)) and, once it is
+//!   due, asks that peer first — with 10,000 peers the probe goes out on the
+//!   first call after the cooldown, not after thousands of random draws.
+//!   (A peer enters the queue the first time the balancer sees it open: in a
+//!   draw, or in the scan below.) When random draws keep meeting
 //!   unavailable peers, one scan of the set finds any available peer: the
 //!   balancer never fails while a peer is available.
 //! - **Attempt record.** A retry avoids the peers that earlier attempts of
@@ -90,17 +99,20 @@
 //!   unless no other peer is available. The chosen peer is appended to the
 //!   record when the request carries one (the retry layer puts an empty record
 //!   in; the balancer does not insert one, so plain calls allocate nothing).
-//!   Since a retry layer sends each attempt with its own copy of the
-//!   request, the balancer also names the chosen peer on http responses
-//!   ([`PeerId`](palisade_core::peer::PeerId) in the response extensions,
-//!   see [`TagPeer`]) for calls that carry a record.
+//!   The record is a shared handle: the copies of the request a retry layer
+//!   sends carry clones of one record, so the retry layer sees the chosen
+//!   peer even when the attempt fails with an error (refused connection,
+//!   timeout) and has no response. On http responses the balancer also
+//!   names the peer ([`PeerId`](palisade_core::peer::PeerId) in the response
+//!   extensions, see [`TagPeer`]) for calls that carry a record.
 //! - **Readiness.** `poll_ready` applies the discover's changes, re-polls up
 //!   to 8 peers that were not ready, and is then always ready: the choice
 //!   happens in `call`, which polls the chosen peer's readiness without a
 //!   waker. A peer that is not ready is skipped (not evicted, unlike tower's
 //!   p2c) and comes back when a later `poll_ready` finds it ready. A peer
 //!   whose `poll_ready` failed is kept, reported, and not picked until the
-//!   discover inserts it again.
+//!   discover inserts it again. Either leaves the available sample (and the
+//!   panic threshold's count) until it is ready again.
 //! - **No peer available.** `call` answers at once with
 //!   [`NoAvailablePeers`](error::NoAvailablePeers), naming how many peers are
 //!   known, open, probing and excluded (not ready, failed, other reasons) and
@@ -108,14 +120,28 @@
 //!   an empty set: a call made before the registry answered fails fast, and a
 //!   retry layer retries it after its backoff.
 //! - **Panic threshold** (optional, Envoy-style): below that share of
-//!   available peers (as last seen), the balancer picks among all ready
-//!   peers, still preferring available ones of the two drawn.
+//!   available peers (as last seen), the attempt record no longer excludes
+//!   peers, so retries spread over the few peers that are left instead of
+//!   failing for want of an unused one. An available peer is always
+//!   preferred, and an open peer is never picked. This differs from Envoy,
+//!   which routes to every host below the threshold: there, an unhealthy
+//!   host may still answer, while here a peer is unavailable because its
+//!   breaker is open, and the breaker would refuse the call at once with
+//!   `CircuitOpen` — routing to it only turns calls that a healthy peer could
+//!   serve into failures. Readiness is not relaxed either: a client that is
+//!   not ready cannot take the call.
 //! - **Set changes.** A removed peer's service and state are dropped at once;
 //!   calls in flight keep their own future and finish. Inserting a key again
 //!   replaces its service in place (its load counters carry over, since calls
 //!   to the old client are still in flight against the same peer).
-//! - **Discover errors.** A discover that fails or ends leaves the last known
-//!   set serving; the error is logged and shown in the health report.
+//! - **Discover errors.** A `Discover` is a `TryStream`: an error item is
+//!   logged and shown in the health report, the last known set keeps
+//!   serving, and the discover is polled again on the next `poll_ready` (an
+//!   error does not end discovery). A discover that ends leaves the last
+//!   known set serving for good.
+//! - **Events.** The balancer's events (peer added/removed, availability
+//!   flips, rejections) are emitted after its lock is released, so a
+//!   listener may call back into it (say, [`PeerDiscovery::health`]).
 //! - **Shared state.** Clones share the peer set and the discover (a mutex
 //!   held for the short, non-async choice). Every balancer built by one layer
 //!   shares its settings and listeners.

@@ -88,7 +88,11 @@ impl Instance {
 
     /// Checks the fields: non-empty service and address, no control
     /// characters or `=`/whitespace where they would break the encoding, and
-    /// lengths within [`MAX_FIELD_LEN`] and [`MAX_METADATA`].
+    /// lengths within [`MAX_FIELD_LEN`] and [`MAX_METADATA`]. The address must
+    /// be `host:port`: the port a number up to 65535, the host an IPv4
+    /// literal, a bracketed IPv6 literal (`[::1]:80`) or a DNS name of ASCII
+    /// letters, digits, `.` and `-` — so that a client can always be made
+    /// from it (`http://{addr}` is a valid URI).
     pub fn validate(&self) -> Result<(), InvalidInstance> {
         fn field(name: &'static str, value: &str, allow_space: bool) -> Result<(), InvalidInstance> {
             if value.is_empty() {
@@ -110,6 +114,7 @@ impl Instance {
         }
         field("service", &self.service, false)?;
         field("addr", &self.addr, false)?;
+        check_addr(&self.addr)?;
         if let Some(zone) = &self.zone {
             field("zone", zone, false)?;
         }
@@ -189,6 +194,42 @@ impl Instance {
         };
         instance.validate()?;
         Ok(instance)
+    }
+}
+
+/// Checks that `addr` is `host:port` (see [`Instance::validate`]).
+fn check_addr(addr: &str) -> Result<(), InvalidInstance> {
+    let bad = |why: &str| InvalidInstance::new(format!("addr {addr:?} is not host:port: {why}"));
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
+        return Err(bad("the port is not a number in 0..=65535"));
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let Some(v6) = inner.strip_suffix(']') else {
+            return Err(bad("unclosed '['"));
+        };
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(bad("not an IPv6 literal in brackets")),
+        };
+    }
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let name_ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with(['.', '-'])
+        && !host.contains("..");
+    if name_ok {
+        Ok(())
+    } else {
+        Err(bad("the host is neither an IP literal nor a DNS name"))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::future::{InFlight, ResponseFuture};
 use crate::health::HealthReport;
 use crate::peer::PeerWeight;
-use crate::state::Shared;
+use crate::state::{Shared, emit_deferred};
 use crate::tag::TagPeer;
 
 /// A balancer over a [`Discover`] of per-peer services that routes around
@@ -93,8 +93,10 @@ where
     /// The health report: every known peer with its availability, readiness,
     /// load and last error, and the registry's state if one was attached.
     ///
-    /// Do not call it from an event listener of a per-peer middleware: the
-    /// balancer may be calling that middleware while it holds its lock.
+    /// The balancer's own events are emitted after its lock is released, so
+    /// its listeners may call this. Do not call it from an event listener of
+    /// a per-peer middleware (a breaker's): the balancer may be asking that
+    /// middleware for its availability while it holds its lock.
     pub fn health(&self) -> HealthReport {
         self.shared.lock().health(&self.settings)
     }
@@ -127,6 +129,9 @@ where
         let mut shared = self.shared.lock();
         shared.drain_discover(cx, &self.settings);
         shared.poll_not_ready::<Req>(cx);
+        let events = shared.take_deferred();
+        drop(shared);
+        emit_deferred(events, &self.settings);
         Poll::Ready(Ok(()))
     }
 
@@ -140,7 +145,12 @@ where
                     }
                     // Not ready: now flagged, so the next choice skips it.
                 }
-                Err(error) => return ResponseFuture::failed(error),
+                Err(error) => {
+                    let events = shared.take_deferred();
+                    drop(shared);
+                    emit_deferred(events, &self.settings);
+                    return ResponseFuture::failed(error);
+                }
             }
         };
         let mut tag = None;
@@ -155,7 +165,9 @@ where
         }
         let guard = InFlight::new(shared.stats(chosen).clone());
         let future = shared.call(chosen, req);
+        let events = shared.take_deferred();
         drop(shared);
+        emit_deferred(events, &self.settings);
         ResponseFuture::called(future, guard, self.protocol.clone(), tag)
     }
 }

@@ -1,7 +1,8 @@
 //! The balancer's peer set: a slab of per-peer slots with an index by key, so
 //! that a pick and an update both cost O(1) (O(log n) for a weight change).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::pin::Pin;
@@ -57,12 +58,23 @@ struct Slot<K, S> {
     /// The peer's position in `Shared::available` while its last availability
     /// answer was "available" (`None` after an "unavailable").
     avail_pos: Option<usize>,
+    /// A serial number unique over the balancer's life, the key of the probe queue.
+    serial: u64,
+    /// When the peer's probe is due, while it has an entry in the probe queue.
+    probe_at: Option<Instant>,
 }
 
 /// How many uniform draws over all peers a pick makes first.
 const UNIFORM_DRAWS: usize = 4;
 /// How many draws among the peers last seen available follow, before a scan.
 const DRAWS: usize = 8;
+/// How many due entries of the probe queue one pick looks at at most (the
+/// rest wait for the next picks), so that a pick stays cheap after many
+/// peers' cooldowns ended at once.
+const PROBE_POPS: usize = 16;
+/// How soon a peer whose probe is in flight is asked again, to see whether
+/// the probe closed its breaker or opened it again.
+const PROBE_RECHECK: Duration = Duration::from_secs(1);
 /// How many not-ready peers one `poll_ready` re-polls at most.
 const NOT_READY_POLLS: usize = 8;
 
@@ -80,6 +92,66 @@ pub(crate) struct Shared<D: Discover> {
     available: Vec<usize>,
     rng: fastrand::Rng,
     discover_error: Option<String>,
+    /// Open peers by the instant their probe is due (earliest first), so that
+    /// a peer whose cooldown passed is asked first whatever the draws say.
+    /// Entries of removed peers or of peers asked since are skipped lazily
+    /// (`Slot::probe_at` is the live one); at most one live entry per peer.
+    probe_queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Serial -> index in `peers`, for the probe queue.
+    by_serial: HashMap<u64, usize>,
+    next_serial: u64,
+    /// Events waiting for the lock to be released.
+    deferred: Vec<Deferred>,
+}
+
+/// An event noted under the balancer's lock and emitted after it is released,
+/// so that a listener may call back into the balancer (say,
+/// [`health`](crate::PeerDiscovery::health)) without deadlocking.
+pub(crate) enum Deferred {
+    Added(PeerId),
+    Removed(PeerId),
+    Availability(PeerId, bool),
+    Rejected,
+}
+
+impl Deferred {
+    fn emit(&self, settings: &Settings) {
+        let event = match self {
+            Deferred::Added(id) => Event::new(LayerName::Discovery, EventKind::PeerAdded).peer(Some(id)),
+            Deferred::Removed(id) => Event::new(LayerName::Discovery, EventKind::PeerRemoved).peer(Some(id)),
+            Deferred::Availability(id, available) => {
+                let (from, to) = if *available {
+                    ("unavailable", "available")
+                } else {
+                    ("available", "unavailable")
+                };
+                Event::new(
+                    LayerName::Discovery,
+                    EventKind::StateChange {
+                        from,
+                        to,
+                        reason: "peer availability",
+                        cooldown: None,
+                    },
+                )
+                .peer(Some(id))
+            }
+            Deferred::Rejected => Event::new(
+                LayerName::Discovery,
+                EventKind::Rejected {
+                    reason: "no available peers",
+                },
+            ),
+        };
+        settings.listeners.emit(&event);
+    }
+}
+
+/// Emits events taken from the state once its lock is released.
+pub(crate) fn emit_deferred(events: Vec<Deferred>, settings: &Settings) {
+    for event in &events {
+        event.emit(settings);
+    }
 }
 
 /// What a candidate turned out to be.
@@ -101,6 +173,10 @@ impl<D: Discover> Shared<D> {
             available: Vec::new(),
             rng: fastrand::Rng::new(),
             discover_error: None,
+            probe_queue: BinaryHeap::new(),
+            by_serial: HashMap::new(),
+            next_serial: 0,
+            deferred: Vec::new(),
         }
     }
 }
@@ -124,13 +200,16 @@ where
                     self.discover = None;
                 }
                 Poll::Ready(Some(Ok(Change::Insert(key, service)))) => self.insert(key, service, settings),
-                Poll::Ready(Some(Ok(Change::Remove(key)))) => self.remove(&key, settings),
+                Poll::Ready(Some(Ok(Change::Remove(key)))) => self.remove(&key),
                 Poll::Ready(Some(Err(error))) => {
                     let error: BoxError = error.into();
                     tracing::warn!(target: "palisade", layer = "discovery", %error, "discover failed; keeping the last known peers");
                     self.discover_error = Some(error.to_string());
-                    // A failed discover stream is done (tower's contract); the set stays.
-                    self.discover = None;
+                    // A `Discover` is a `TryStream`: an error item does not end
+                    // it. Stop draining for now (a stream that fails at once
+                    // again must not spin here) and poll it again on the next
+                    // `poll_ready`; the set stays as it is meanwhile.
+                    return;
                 }
             }
         }
@@ -157,11 +236,12 @@ where
             return;
         }
         let id = PeerId::new(key.to_string());
-        settings
-            .listeners
-            .emit(&Event::new(LayerName::Discovery, EventKind::PeerAdded).peer(Some(&id)));
+        self.deferred.push(Deferred::Added(id.clone()));
         self.weight_add(weight);
         self.index.insert(key.clone(), self.peers.len());
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.by_serial.insert(serial, self.peers.len());
         self.peers.push(Slot {
             key,
             id,
@@ -170,20 +250,24 @@ where
             weight,
             readiness: Readiness::Ready,
             avail_pos: None,
+            serial,
+            probe_at: None,
         });
         self.avail_add(self.peers.len() - 1);
         #[cfg(feature = "metrics")]
         metrics::gauge!("palisade_discovery_peers").set(self.peers.len() as f64);
     }
 
-    pub(crate) fn remove(&mut self, key: &D::Key, settings: &Settings) {
+    pub(crate) fn remove(&mut self, key: &D::Key) {
         let Some(i) = self.index.remove(key) else {
             return;
         };
         self.avail_remove(i);
         let slot = self.peers.swap_remove(i);
+        self.by_serial.remove(&slot.serial);
         if let Some(moved) = self.peers.get(i) {
             self.index.insert(moved.key.clone(), i);
+            self.by_serial.insert(moved.serial, i);
             if let Some(p) = moved.avail_pos {
                 self.available[p] = i;
             }
@@ -192,9 +276,7 @@ where
         if slot.readiness != Readiness::Ready {
             self.not_ready.retain(|k| k != key);
         }
-        settings
-            .listeners
-            .emit(&Event::new(LayerName::Discovery, EventKind::PeerRemoved).peer(Some(&slot.id)));
+        self.deferred.push(Deferred::Removed(slot.id.clone()));
         #[cfg(feature = "metrics")]
         metrics::gauge!("palisade_discovery_peers").set(self.peers.len() as f64);
         // `slot` (service, stats) is dropped here; calls in flight hold their
@@ -230,41 +312,31 @@ where
         }
     }
 
+    /// The events noted since the last call, to emit once the lock is
+    /// released. Allocates nothing when there are none.
+    pub(crate) fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.peers.len()
     }
 
     /// Remembers what a peer's availability said, for the panic threshold,
     /// and emits a state change when it flipped.
-    fn note_availability(&mut self, i: usize, available: bool, settings: &Settings) {
+    fn note_availability(&mut self, i: usize, available: bool) {
         if self.peers[i].avail_pos.is_some() != available {
             if available {
                 self.avail_add(i);
             } else {
                 self.avail_remove(i);
             }
-            let slot = &self.peers[i];
-            let (from, to) = if available {
-                ("unavailable", "available")
-            } else {
-                ("available", "unavailable")
-            };
-            settings.listeners.emit(
-                &Event::new(
-                    LayerName::Discovery,
-                    EventKind::StateChange {
-                        from,
-                        to,
-                        reason: "peer availability",
-                        cooldown: None,
-                    },
-                )
-                .peer(Some(&slot.id)),
-            );
+            let id = self.peers[i].id.clone();
+            self.deferred.push(Deferred::Availability(id, available));
         }
     }
 
-    fn classify(&mut self, i: usize, record: Option<&AttemptRecord>, settings: &Settings) -> Candidate {
+    fn classify(&mut self, i: usize, record: Option<&AttemptRecord>) -> Candidate {
         let slot = &self.peers[i];
         if slot.readiness != Readiness::Ready {
             return Candidate::Skip;
@@ -275,7 +347,8 @@ where
         }
         let availability = slot.service.availability();
         let available = availability.is_available();
-        self.note_availability(i, available, settings);
+        self.note_availability(i, available);
+        self.track_probe(i, availability);
         if !available {
             return Candidate::Skip;
         }
@@ -334,13 +407,104 @@ where
         record: Option<&AttemptRecord>,
         settings: &Settings,
     ) -> Result<usize, NoAvailablePeers> {
-        let n = self.peers.len();
-        if n == 0 {
+        if self.peers.is_empty() {
             return Err(self.none_available(settings, 0, 0, 0, 0, None));
         }
-        if self.in_panic(settings) {
-            return self.choose_panic(record, settings);
+        if let Some(i) = self.due_probe(record) {
+            return Ok(i);
         }
+        if self.in_panic(settings) {
+            return self.choose_panic(settings);
+        }
+        self.choose_normal(record, settings)
+    }
+
+    /// Keeps the probe queue following a peer through its breaker's cycle:
+    /// open -> queued for when its cooldown ends; probing (its probe picked
+    /// now, or another caller's in flight) -> checked again after
+    /// [`PROBE_RECHECK`], so that a probe that fails and re-opens the breaker
+    /// is followed by the next one. A closed (available) peer leaves the
+    /// queue when its entry comes up.
+    fn track_probe(&mut self, i: usize, availability: Availability) {
+        match availability {
+            Availability::Unavailable {
+                reason: Unavailable::Open,
+                retry_in,
+            } => self.schedule_probe(i, retry_in),
+            Availability::Unavailable {
+                reason: Unavailable::ProbesBusy,
+                retry_in,
+            } => self.schedule_probe(i, retry_in.max(PROBE_RECHECK)),
+            Availability::Probe => self.schedule_probe(i, PROBE_RECHECK),
+            _ => {}
+        }
+    }
+
+    /// Queues a probe for peer `i`, open for `retry_in` more, unless it has
+    /// one queued already. O(log n).
+    fn schedule_probe(&mut self, i: usize, retry_in: Duration) {
+        let slot = &mut self.peers[i];
+        if slot.probe_at.is_none() {
+            let at = Instant::now() + retry_in;
+            slot.probe_at = Some(at);
+            self.probe_queue.push(Reverse((at, slot.serial)));
+        }
+    }
+
+    /// The peer at the head of the probe queue if its probe is due and it
+    /// takes it now. O(1) when nothing is due (a peek); stale entries are
+    /// dropped as they reach the head.
+    fn due_probe(&mut self, record: Option<&AttemptRecord>) -> Option<usize> {
+        let now = match self.probe_queue.peek() {
+            None => return None,
+            Some(Reverse((at, _))) => {
+                let now = Instant::now();
+                if *at > now {
+                    return None;
+                }
+                now
+            }
+        };
+        for _ in 0..PROBE_POPS {
+            let &Reverse((at, serial)) = self.probe_queue.peek()?;
+            if at > now {
+                return None;
+            }
+            let live = self
+                .by_serial
+                .get(&serial)
+                .copied()
+                .filter(|&i| self.peers[i].probe_at == Some(at));
+            let Some(i) = live else {
+                self.probe_queue.pop();
+                continue;
+            };
+            let slot = &self.peers[i];
+            if slot.readiness == Readiness::Ready && record.is_some_and(|r| !r.is_empty() && r.contains(&slot.id)) {
+                // Not for this call (a retry after its own attempt): the entry
+                // stays for the next call.
+                return None;
+            }
+            self.probe_queue.pop();
+            self.peers[i].probe_at = None;
+            // Asking may re-queue it (still open: a new cooldown). A peer
+            // that is plainly available again no longer needs a probe: the
+            // draws will find it.
+            match self.classify(i, record) {
+                Candidate::Probe => return Some(i),
+                Candidate::Available | Candidate::Excluded | Candidate::Skip => {}
+            }
+        }
+        None
+    }
+
+    /// Power of two choices among the available peers not in `record`.
+    fn choose_normal(
+        &mut self,
+        record: Option<&AttemptRecord>,
+        settings: &Settings,
+    ) -> Result<usize, NoAvailablePeers> {
+        let n = self.peers.len();
         let mut first: Option<usize> = None;
         for _ in 0..UNIFORM_DRAWS {
             let mut i = self.draw();
@@ -351,7 +515,7 @@ where
                 // Another peer, uniformly among the rest.
                 i = (i + 1 + self.rng.usize(..n - 1)) % n;
             }
-            match self.classify(i, record, settings) {
+            match self.classify(i, record) {
                 Candidate::Probe => return Ok(i),
                 Candidate::Available => match first {
                     None => first = Some(i),
@@ -373,7 +537,7 @@ where
             if first == Some(i) {
                 continue;
             }
-            match self.classify(i, record, settings) {
+            match self.classify(i, record) {
                 Candidate::Probe => return Ok(i),
                 Candidate::Available => match first {
                     None => first = Some(i),
@@ -388,23 +552,12 @@ where
         self.scan(record, settings)
     }
 
-    /// Below the panic threshold: the less loaded of two random ready peers,
-    /// preferring an available one, whatever their breakers say.
-    fn choose_panic(&mut self, record: Option<&AttemptRecord>, settings: &Settings) -> Result<usize, NoAvailablePeers> {
-        let a = self.draw();
-        let b = self.draw();
-        let ca = self.classify(a, record, settings);
-        let cb = self.classify(b, record, settings);
-        let ok = |c: &Candidate| matches!(c, Candidate::Probe | Candidate::Available);
-        let ready = |s: &Self, i: usize| s.peers[i].readiness == Readiness::Ready;
-        match (ok(&ca), ok(&cb)) {
-            (true, false) => Ok(a),
-            (false, true) => Ok(b),
-            _ if ready(self, a) && ready(self, b) => Ok(if self.less_loaded(b, a) { b } else { a }),
-            _ if ready(self, a) => Ok(a),
-            _ if ready(self, b) => Ok(b),
-            _ => self.scan(record, settings),
-        }
+    /// Below the panic threshold: the attempt record no longer excludes
+    /// peers, so that the few available peers all share the load, retries
+    /// included. An open peer is never picked: its breaker would refuse the
+    /// call at once (see the crate docs, "Panic threshold").
+    fn choose_panic(&mut self, settings: &Settings) -> Result<usize, NoAvailablePeers> {
+        self.choose_normal(None, settings)
     }
 
     /// The slow path, when random draws found no available peer: looks at
@@ -425,7 +578,8 @@ where
                 continue;
             }
             let availability = slot.service.availability();
-            self.note_availability(i, availability.is_available(), settings);
+            self.note_availability(i, availability.is_available());
+            self.track_probe(i, availability);
             let is_used = record.is_some_and(|r| !r.is_empty() && r.contains(&self.peers[i].id));
             match availability {
                 Availability::Unavailable { reason, retry_in } => {
@@ -468,7 +622,7 @@ where
     }
 
     fn none_available(
-        &self,
+        &mut self,
         settings: &Settings,
         known: usize,
         open: usize,
@@ -483,12 +637,7 @@ where
         if let Some(next) = next_probe {
             error = error.with_next_probe_in(next);
         }
-        settings.listeners.emit(&Event::new(
-            LayerName::Discovery,
-            EventKind::Rejected {
-                reason: "no available peers",
-            },
-        ));
+        self.deferred.push(Deferred::Rejected);
         #[cfg(feature = "metrics")]
         metrics::counter!("palisade_discovery_no_available_peers_total").increment(1);
         error
@@ -550,6 +699,9 @@ where
             Poll::Pending => {
                 slot.readiness = Readiness::NotReady;
                 self.not_ready.push_back(slot.key.clone());
+                // Out of the available set (the fallback sample and the panic
+                // threshold's count) until it is ready again.
+                self.avail_remove(i);
                 false
             }
             Poll::Ready(Err(error)) => {
@@ -557,6 +709,7 @@ where
                 tracing::warn!(target: "palisade", layer = "discovery", peer = %slot.id, %error, "peer client failed; not picked until replaced");
                 *slot.stats.last_error.lock() = Some(error.to_string());
                 slot.readiness = Readiness::Failed;
+                self.avail_remove(i);
                 false
             }
         }
@@ -581,7 +734,11 @@ where
                 continue;
             }
             match slot.service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => slot.readiness = Readiness::Ready,
+                Poll::Ready(Ok(())) => {
+                    slot.readiness = Readiness::Ready;
+                    // Back in the sample; its availability is checked when drawn.
+                    self.avail_add(i);
+                }
                 Poll::Pending => self.not_ready.push_back(key),
                 Poll::Ready(Err(error)) => {
                     let error: BoxError = error.into();

@@ -1,4 +1,5 @@
-//! Naming the chosen peer on the response, for a retry layer above.
+//! Naming the chosen peer on the response, for middleware above the balancer
+//! (the retry layer itself reads the shared attempt record).
 
 use palisade_core::classify::{ClassifyFn, ErrorsWith, ResponsesWith};
 use palisade_core::peer::PeerId;
@@ -6,13 +7,14 @@ use palisade_core::protocol::{Grpc, Http, Plain};
 
 /// How a protocol names the peer that answered on its response.
 ///
-/// A retry layer gives each attempt its own copy of the request, so the
-/// peer the balancer appends to the copy's
-/// [`AttemptRecord`](palisade_core::peer::AttemptRecord) does not reach it.
-/// For http responses ([`Http`], [`Grpc`]) the balancer also puts the
-/// [`PeerId`] in the response's extensions, where `palisade-retry` looks for
-/// it — only for requests that carry an attempt record, so plain calls pay
-/// nothing. [`Plain`] responses have nowhere to carry it: the default does
+/// The retry layer learns the chosen peer through the request's
+/// [`AttemptRecord`](palisade_core::peer::AttemptRecord), a shared handle:
+/// each attempt's copy of the request carries a clone of the same record, so
+/// the peer the balancer records reaches the retry layer whether the attempt
+/// answered or failed with an error. For http responses ([`Http`], [`Grpc`])
+/// the balancer also puts the [`PeerId`] in the response's extensions, for
+/// middleware that looks at the response (logging, metrics) — only for
+/// requests that carry an attempt record, so plain calls pay nothing. [`Plain`] responses have nowhere to carry it: the default does
 /// nothing.
 pub trait TagPeer<Res> {
     /// Names `peer` on `response`.

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -295,7 +295,7 @@ fn weights_are_honoured() {
 }
 
 #[test]
-fn panic_threshold_routes_to_all_peers_below_it() {
+fn panic_threshold_never_routes_to_open_peers_and_relaxes_the_record() {
     let peers: Vec<_> = (0..4).map(|i| Ctl::new(&format!("p{i}"))).collect();
     let (tx, discover) = channel_discover();
     for c in &peers {
@@ -303,21 +303,77 @@ fn panic_threshold_routes_to_all_peers_below_it() {
     }
     let mut lb = PeerDiscoveryLayer::builder()
         .panic_threshold(0.5)
+        .protocol(HttpRequests)
         .build()
         .unwrap()
         .layer(discover);
+    // Learn the set first, then open three peers (their fakes refuse calls,
+    // as a real breaker does with CircuitOpen).
+    call_now(&mut lb, http::Request::new(())).unwrap();
     for p in &peers[..3] {
         p.open(Duration::from_secs(5));
     }
     for _ in 0..400 {
-        call_now(&mut lb, ()).unwrap();
+        // Every call succeeds: 1 of 4 available is below 50%, yet the healthy
+        // peer exists and is always preferred.
+        assert_eq!(call_now(&mut lb, http::Request::new(())).unwrap(), "p3");
     }
-    // 1 of 4 available is below 50%: open peers get some of the traffic.
-    let to_open: usize = peers[..3].iter().map(|p| p.calls()).sum();
-    assert!(to_open > 0, "panic mode never reached the open peers");
-    assert!(peers[3].calls() > to_open / 3);
+    let refused: usize = peers.iter().map(|p| p.refused.load(Ordering::SeqCst)).sum();
+    assert_eq!(refused, 0, "panic mode sent calls to open peers");
+    // A record naming the only available peer does not exclude it in panic
+    // mode: the call goes there rather than to an open peer.
+    let record = AttemptRecord::new();
+    record.record(PeerId::from("p3"));
+    assert_eq!(call_now(&mut lb, http_request(&record)).unwrap(), "p3");
     let err = PeerDiscoveryLayer::builder().panic_threshold(1.5).build().unwrap_err();
     assert_eq!(err.field(), "panic_threshold");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_whose_cooldown_passed_is_probed_on_the_next_call_among_many() {
+    let peers: Vec<_> = (0..10_000).map(|i| Ctl::new(&format!("p{i}"))).collect();
+    let (tx, discover) = channel_discover();
+    for c in &peers {
+        tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
+    }
+    let mut lb = PeerDiscoveryLayer::builder().build().unwrap().layer(discover);
+    call_now(&mut lb, ()).unwrap();
+    // Every peer is seen open once (a scan), then all but one recover while
+    // p42 stays open until its cooldown passes (the others' queue entries,
+    // due later, go stale).
+    for p in &peers {
+        p.open(Duration::from_secs(60));
+    }
+    peers[42].open(Duration::from_secs(5));
+    let err = call_now(&mut lb, ()).unwrap_err();
+    assert!(err.downcast_ref::<NoAvailablePeers>().is_some());
+    for p in &peers {
+        p.set(Availability::Available);
+    }
+    peers[42].open(Duration::from_secs(5));
+    for _ in 0..10 {
+        call_now(&mut lb, ()).unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    peers[42].set(Availability::Probe);
+    // Due now: the very next call is its probe, not a 1-in-10,000 draw.
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p42");
+    assert_eq!(peers[42].refused.load(Ordering::SeqCst), 0);
+    // The probe failed: the breaker opens again. The balancer checks back on
+    // a probed peer, sees the new cooldown and probes again when it ends.
+    peers[42].open(Duration::from_secs(5));
+    for _ in 0..10 {
+        assert_ne!(call_now(&mut lb, ()).unwrap(), "p42");
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_ne!(call_now(&mut lb, ()).unwrap(), "p42");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    peers[42].set(Availability::Probe);
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p42");
+    // It recovered: closed, it leaves the queue and gets its share by draws.
+    peers[42].set(Availability::Available);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    call_now(&mut lb, ()).unwrap();
 }
 
 #[test]
@@ -563,4 +619,111 @@ fn availability_flips_are_emitted_as_state_changes() {
             (a_id, "unavailable", "available")
         ]
     );
+}
+
+/// A discover fed by a channel of results: errors included.
+struct FallibleDiscover(tokio::sync::mpsc::UnboundedReceiver<Result<Change<String, Peer>, PeerDown>>);
+
+impl futures::Stream for FallibleDiscover {
+    type Item = Result<Change<String, Peer>, PeerDown>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[test]
+fn a_discover_error_does_not_end_discovery() {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let a = Ctl::new("a");
+    let b = Ctl::new("b");
+    tx.send(Ok(Change::Insert("a".to_owned(), Peer(a.clone())))).unwrap();
+    tx.send(Err(PeerDown)).unwrap();
+    let mut lb = PeerDiscovery::new(FallibleDiscover(rx));
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "a");
+    let health = lb.health();
+    assert_eq!(health.discover_error.as_deref(), Some("peer down"));
+    assert!(!health.discover_ended);
+    // Changes after the error still arrive.
+    tx.send(Ok(Change::Insert("b".to_owned(), Peer(b.clone())))).unwrap();
+    tx.send(Ok(Change::Remove("a".to_owned()))).unwrap();
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "b");
+    assert_eq!(lb.len(), 1);
+}
+
+#[test]
+fn a_listener_may_call_back_into_the_balancer() {
+    use std::sync::OnceLock;
+    let slot: Arc<OnceLock<Balancer>> = Arc::new(OnceLock::new());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (peek, count) = (slot.clone(), seen.clone());
+    let (tx, discover) = channel_discover();
+    let lb = PeerDiscoveryLayer::builder()
+        .listener(Arc::new(move |_: &Event<'_>| {
+            // Before the fix this deadlocked: events were emitted under the lock.
+            if let Some(lb) = peek.get() {
+                count.fetch_add(lb.health().peers.len(), Ordering::SeqCst);
+            }
+        }))
+        .build()
+        .unwrap()
+        .layer(discover);
+    assert!(slot.set(lb.clone()).is_ok());
+    let a = Ctl::new("a");
+    tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut lb2 = lb.clone();
+    std::thread::spawn(move || {
+        let answer = call_now(&mut lb2, ());
+        // A rejection event too.
+        a.open(Duration::from_secs(1));
+        let rejected = call_now(&mut lb2, ()).is_err();
+        let _ = done_tx.send((answer.ok(), rejected));
+    });
+    let (answer, rejected) = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a listener calling health() deadlocked the balancer");
+    assert_eq!(answer.as_deref(), Some("a"));
+    assert!(rejected);
+    assert!(seen.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn not_ready_peers_are_skipped_in_panic_mode_and_come_back_when_ready() {
+    let peers: Vec<_> = (0..4).map(|i| Ctl::new(&format!("p{i}"))).collect();
+    let (tx, discover) = channel_discover();
+    for c in &peers {
+        tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
+    }
+    let mut lb = PeerDiscoveryLayer::builder()
+        .panic_threshold(0.5)
+        .protocol(HttpRequests)
+        .build()
+        .unwrap()
+        .layer(discover);
+    call_now(&mut lb, http::Request::new(())).unwrap();
+    // Three clients stop being ready: they are found out as they are picked.
+    for p in &peers[..3] {
+        p.set_ready(false);
+    }
+    for _ in 0..50 {
+        assert_eq!(call_now(&mut lb, http::Request::new(())).unwrap(), "p3");
+    }
+    // 1 of 4 in the available set (not-ready peers leave it): a record
+    // naming p3 does not keep the call from the only peer that can take it.
+    let record = AttemptRecord::new();
+    record.record(PeerId::from("p3"));
+    assert_eq!(call_now(&mut lb, http_request(&record)).unwrap(), "p3");
+    let health = lb.health();
+    let not_ready = health.peers.iter().filter(|p| p.readiness != Readiness::Ready).count();
+    assert_eq!(not_ready, 3);
+    // Ready again: back in the sample and picked.
+    for p in &peers[..3] {
+        p.set_ready(true);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        seen.insert(call_now(&mut lb, http::Request::new(())).unwrap());
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
 }

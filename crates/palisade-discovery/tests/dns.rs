@@ -51,10 +51,10 @@ impl Resolve for FakeDns {
     }
 }
 
-type Discover = RegistryDiscover<fn(&Instance) -> Instance>;
+type Discover = RegistryDiscover<fn(&Instance) -> Result<Instance, palisade_core::BoxError>>;
 
-fn clone_instance(i: &Instance) -> Instance {
-    i.clone()
+fn clone_instance(i: &Instance) -> Result<Instance, palisade_core::BoxError> {
+    Ok(i.clone())
 }
 
 /// Applies every change the discover has ready to `set`.
@@ -83,7 +83,11 @@ async fn a_changed_answer_adds_and_removes_peers_and_a_failure_keeps_the_set() {
         .with_host("echo", "echo.internal", 50051)
         .interval(Duration::from_secs(5))
         .unwrap();
-    let mut discover: Discover = RegistryDiscover::new(&registry, "echo", clone_instance as fn(&Instance) -> Instance);
+    let mut discover: Discover = RegistryDiscover::new(
+        &registry,
+        "echo",
+        clone_instance as fn(&Instance) -> Result<Instance, palisade_core::BoxError>,
+    );
     let mut peers = BTreeSet::new();
     tokio::time::sleep(Duration::from_millis(1)).await;
     drain(&mut discover, &mut peers);

@@ -38,8 +38,8 @@ impl tower_service::Service<()> for Addr {
     }
 }
 
-fn answer_addr(instance: &Instance) -> AlwaysAvailable<Addr> {
-    AlwaysAvailable::new(Addr(instance.addr().to_owned()))
+fn answer_addr(instance: &Instance) -> Result<AlwaysAvailable<Addr>, palisade_core::BoxError> {
+    Ok(AlwaysAvailable::new(Addr(instance.addr().to_owned())))
 }
 
 async fn next_change<M: palisade_discovery::MakePeer + Unpin>(
@@ -64,7 +64,7 @@ async fn register_watch_and_drop_handle() {
         .await
         .unwrap();
     let _other = registry.register(Instance::new("other", "10.0.0.9:80")).await.unwrap();
-    let mut discover = RegistryDiscover::new(&registry, "echo", |i: &Instance| i.clone());
+    let mut discover = RegistryDiscover::new(&registry, "echo", |i: &Instance| Ok(i.clone()));
     let mut got = BTreeSet::new();
     for _ in 0..2 {
         let change = next_change(&mut discover).await;
@@ -93,7 +93,7 @@ async fn heartbeats_keep_a_registration_and_an_abandoned_one_expires_after_the_t
     let registry = InMemoryRegistry::with_ttl(Duration::from_secs(3)).unwrap();
     let kept = registry.register(Instance::new("echo", "10.0.0.1:80")).await.unwrap();
     let crashed = registry.register(Instance::new("echo", "10.0.0.2:80")).await.unwrap();
-    let mut discover = RegistryDiscover::new(&registry, "echo", |i: &Instance| i.clone());
+    let mut discover = RegistryDiscover::new(&registry, "echo", |i: &Instance| Ok(i.clone()));
     next_change(&mut discover).await;
     next_change(&mut discover).await;
     crashed.abandon();
@@ -117,6 +117,26 @@ async fn invalid_instances_are_refused_and_ttl_is_validated() {
     assert!(registry.register(Instance::new("echo", "")).await.is_err());
     assert!(registry.register(Instance::new("", "a:1")).await.is_err());
     assert!(registry.register(Instance::new("echo", "a b:1")).await.is_err());
+    // Addresses a client could not be made from are refused, not panicked on.
+    for bad in [
+        "[::1", "[::1]", "a:b:c", "x/y:1", "a:99999", "a:", ":80", "a:-1", "[zz]:80", "a..b:1", "-a:1",
+    ] {
+        assert!(Instance::new("echo", bad).validate().is_err(), "{bad:?} accepted");
+        assert!(
+            registry.register(Instance::new("echo", bad)).await.is_err(),
+            "{bad:?} registered"
+        );
+        let encoded = format!("service=echo\naddr={bad}\n");
+        assert!(Instance::decode(&encoded).is_err(), "{bad:?} decoded");
+    }
+    for good in [
+        "[::1]:80",
+        "10.0.0.1:50051",
+        "localhost:8080",
+        "echo-1.svc.cluster.local:443",
+    ] {
+        assert!(Instance::new("echo", good).validate().is_ok(), "{good:?} refused");
+    }
     let err = InMemoryRegistry::with_ttl_and_heartbeat(Duration::from_secs(1), Duration::from_secs(1)).unwrap_err();
     assert_eq!(err.field(), "heartbeat");
 }
@@ -124,30 +144,52 @@ async fn invalid_instances_are_refused_and_ttl_is_validated() {
 #[tokio::test(start_paused = true)]
 async fn a_watcher_that_falls_behind_resynchronises_without_duplicates() {
     let registry = InMemoryRegistry::new();
-    let mut discover = RegistryDiscover::new(&registry, "echo", |i: &Instance| i.clone());
+    let mut discover = RegistryDiscover::new(&registry, "echo", |i: &Instance| Ok(i.clone()));
+    let addr = |i: usize| format!("10.0.{}.{}:80", i / 250, i % 250);
     let mut handles = Vec::new();
-    for i in 0..400 {
-        handles.push(
-            registry
-                .register(Instance::new("echo", format!("10.0.{}.{}:80", i / 250, i % 250)))
-                .await
-                .unwrap(),
-        );
+    for i in 0..10 {
+        handles.push(registry.register(Instance::new("echo", addr(i))).await.unwrap());
     }
-    // Remove a few, then read everything the discover has.
-    handles.truncate(390);
+    // The watcher consumes the first changes...
     let mut set = BTreeSet::new();
-    while let Some(Some(change)) = discover.try_next().now_or_never().map(|r| r.unwrap()) {
-        match change {
-            Change::Insert(k, _) => {
-                assert!(set.insert(k.to_string()), "duplicate insert of {k}");
-            }
-            Change::Remove(k) => {
-                assert!(set.remove(k.as_str()), "remove of unknown {k}");
+    let mut changes: Vec<String> = Vec::new();
+    let drain = |discover: &mut RegistryDiscover<_>, set: &mut BTreeSet<String>, changes: &mut Vec<String>| {
+        while let Some(Some(change)) = discover.try_next().now_or_never().map(|r| r.unwrap()) {
+            match change {
+                Change::Insert(k, _) => {
+                    changes.push(format!("+{k}"));
+                    assert!(set.insert(k.to_string()), "duplicate insert of {k}");
+                }
+                Change::Remove(k) => {
+                    changes.push(format!("-{k}"));
+                    assert!(set.remove(k.as_str()), "remove of unknown {k}");
+                }
             }
         }
+    };
+    drain(&mut discover, &mut set, &mut changes);
+    assert_eq!(set.len(), 10);
+    changes.clear();
+    // ...then falls behind the broadcast buffer: it resynchronises from a
+    // full snapshot.
+    for i in 10..400 {
+        handles.push(registry.register(Instance::new("echo", addr(i))).await.unwrap());
     }
-    assert_eq!(set.len(), 390);
+    // Remove a few of the new ones and one of the first ones.
+    handles.truncate(390);
+    drop(handles.remove(0));
+    drain(&mut discover, &mut set, &mut changes);
+    assert_eq!(set.len(), 389);
+    // Exactly the real changes came out: 390 - 10 inserts (10..390) and one
+    // remove; the nine unchanged instances produced nothing.
+    let inserts = changes.iter().filter(|c| c.starts_with('+')).count();
+    let removes: Vec<_> = changes.iter().filter(|c| c.starts_with('-')).collect();
+    assert_eq!(inserts, 380, "inserts: {changes:?}");
+    assert_eq!(removes, vec![&format!("-{}", addr(0))]);
+    for i in 1..10 {
+        let a = addr(i);
+        assert!(!changes.iter().any(|c| c[1..] == a), "unchanged {a} produced a change");
+    }
 }
 
 use futures::FutureExt;
@@ -303,4 +345,24 @@ fn outside_a_runtime_registration_fails_instead_of_panicking_unless_there_is_no_
     drop(handle);
     assert!(plain.instances("echo").is_empty());
     assert_eq!(plain.ttl(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_whose_client_cannot_be_made_is_skipped_not_panicked_on() {
+    let registry = InMemoryRegistry::new();
+    let _a = registry.register(Instance::new("echo", "10.0.0.1:80")).await.unwrap();
+    let _b = registry.register(Instance::new("echo", "10.0.0.2:80")).await.unwrap();
+    let make = |i: &Instance| -> Result<AlwaysAvailable<Addr>, palisade_core::BoxError> {
+        if i.addr() == "10.0.0.2:80" {
+            return Err("refused by the client builder".into());
+        }
+        answer_addr(i)
+    };
+    let discover = RegistryDiscover::new(&registry, "echo", make);
+    let mut lb = PeerDiscoveryLayer::new().layer(discover);
+    for _ in 0..20 {
+        let answer = lb.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(answer, "10.0.0.1:80");
+    }
+    assert_eq!(lb.len(), 1);
 }

@@ -25,6 +25,8 @@ pub struct Ctl {
     pub ready: AtomicBool,
     pub fail_ready: AtomicBool,
     pub calls: AtomicUsize,
+    /// Calls refused because the peer was unavailable (as a real breaker does).
+    pub refused: AtomicUsize,
     pub weight: u32,
     /// When set, calls wait for a release instead of answering at once.
     pub hold: AtomicBool,
@@ -44,6 +46,7 @@ impl Ctl {
             ready: AtomicBool::new(true),
             fail_ready: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             weight,
             hold: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
@@ -126,6 +129,11 @@ impl<R> Service<R> for Peer {
 
     fn call(&mut self, _: R) -> PeerFuture {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
+        if matches!(*self.0.availability.lock(), Availability::Unavailable { .. }) {
+            // Like a real breaker: an open peer refuses at once.
+            self.0.refused.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async { Err(PeerDown) });
+        }
         let name = self.0.name.clone();
         if self.0.hold.load(Ordering::SeqCst) {
             let (tx, rx) = oneshot::channel();
