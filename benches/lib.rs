@@ -2,6 +2,9 @@
 //! `cargo bench -p palisade-benches`. This library holds what they share: a
 //! ready no-op service and the loop that drives a service.
 
+// Benchmarks measure wall time: the std clock is the right one here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
@@ -45,4 +48,59 @@ where
         #[allow(clippy::unwrap_used)]
         black_box(svc.call(black_box(i)).await.unwrap());
     }
+}
+
+/// Benchmarks `make()`'s service on one thread of `rt`: `iters` calls in a row.
+pub fn one_thread<S, F>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    make: F,
+) where
+    F: Fn() -> S,
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut svc = make();
+            rt.block_on(async move {
+                let start = std::time::Instant::now();
+                drive(&mut svc, iters).await;
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Benchmarks `make()`'s service shared by two tasks on `rt` (two worker
+/// threads): clones contend for its state, `iters` calls in all.
+pub fn two_threads<S, F>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    make: F,
+) where
+    F: Fn() -> S,
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let svc = make();
+            rt.block_on(async move {
+                let start = std::time::Instant::now();
+                let mut first = svc.clone();
+                let mut second = svc;
+                let a = tokio::spawn(async move { drive(&mut first, iters / 2).await });
+                let b = tokio::spawn(async move { drive(&mut second, iters - iters / 2).await });
+                #[allow(clippy::unwrap_used)]
+                a.await.unwrap();
+                #[allow(clippy::unwrap_used)]
+                b.await.unwrap();
+                start.elapsed()
+            })
+        })
+    });
 }

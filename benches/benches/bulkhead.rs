@@ -8,7 +8,6 @@
 )]
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use palisade_benches::Echo;
@@ -16,14 +15,6 @@ use palisade_bulkhead::{BulkheadConfig, BulkheadLayer};
 use tower::{Layer, Service};
 
 const LIMIT: usize = 64;
-
-async fn drive<S>(mut svc: S, iters: u64)
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    palisade_benches::drive(&mut svc, iters).await;
-}
 
 fn palisade()
 -> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
@@ -51,16 +42,7 @@ fn one_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("bulkhead/free_slots");
     macro_rules! bench {
         ($name:literal, $make:expr) => {
-            group.bench_function($name, |b| {
-                b.iter_custom(|iters| {
-                    let svc = $make;
-                    rt.block_on(async move {
-                        let start = Instant::now();
-                        drive(svc, iters).await;
-                        start.elapsed()
-                    })
-                })
-            });
+            palisade_benches::one_thread(&mut group, &rt, $name, || $make)
         };
     }
     bench!("bare", Echo);
@@ -79,19 +61,7 @@ fn two_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("bulkhead/contention_2_threads");
     macro_rules! bench {
         ($name:literal, $make:expr) => {
-            group.bench_function($name, |b| {
-                b.iter_custom(|iters| {
-                    let svc = $make;
-                    rt.block_on(async move {
-                        let start = Instant::now();
-                        let a = tokio::spawn(drive(svc.clone(), iters / 2));
-                        let b = tokio::spawn(drive(svc, iters - iters / 2));
-                        a.await.unwrap();
-                        b.await.unwrap();
-                        start.elapsed()
-                    })
-                })
-            });
+            palisade_benches::two_threads(&mut group, &rt, $name, || $make)
         };
     }
     bench!("palisade", palisade());

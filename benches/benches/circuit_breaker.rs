@@ -12,21 +12,13 @@
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
 use palisade_benches::Echo;
 use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use tower::{Layer, Service};
-
-async fn drive<S>(mut svc: S, iters: u64)
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    palisade_benches::drive(&mut svc, iters).await;
-}
 
 fn palisade()
 -> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
@@ -86,16 +78,7 @@ fn one_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("circuit_breaker/closed");
     macro_rules! bench {
         ($name:literal, $make:expr) => {
-            group.bench_function($name, |b| {
-                b.iter_custom(|iters| {
-                    let svc = $make;
-                    rt.block_on(async move {
-                        let start = Instant::now();
-                        drive(svc, iters).await;
-                        start.elapsed()
-                    })
-                })
-            });
+            palisade_benches::one_thread(&mut group, &rt, $name, || $make)
         };
     }
     bench!("bare", Echo);
@@ -114,19 +97,7 @@ fn two_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("circuit_breaker/closed_2_threads");
     macro_rules! bench {
         ($name:literal, $make:expr) => {
-            group.bench_function($name, |b| {
-                b.iter_custom(|iters| {
-                    let svc = $make;
-                    rt.block_on(async move {
-                        let start = Instant::now();
-                        let a = tokio::spawn(drive(svc.clone(), iters / 2));
-                        let b = tokio::spawn(drive(svc, iters - iters / 2));
-                        a.await.unwrap();
-                        b.await.unwrap();
-                        start.elapsed()
-                    })
-                })
-            });
+            palisade_benches::two_threads(&mut group, &rt, $name, || $make)
         };
     }
     bench!("bare", Echo);
