@@ -184,6 +184,7 @@ impl RetryBudget {
         }
     }
 
+    #[inline(never)]
     fn credit_pending(&self) {
         let pending = self.pending.swap(0, Ordering::AcqRel);
         if pending > 0 {
@@ -280,11 +281,13 @@ impl Throttle {
     }
 
     /// Whether a retry may be made now (more than half the tokens left).
+    #[inline]
     pub fn allows_retry(&self) -> bool {
         self.tokens.load(Ordering::Relaxed) > self.max / 2
     }
 
     /// A failed attempt drains one token.
+    #[inline]
     pub fn on_failure(&self) {
         let _ = self
             .tokens
@@ -292,14 +295,15 @@ impl Throttle {
     }
 
     /// A success refills `token_ratio` tokens, up to the maximum.
+    #[inline]
     pub fn on_success(&self) {
         let (max, ratio) = (self.max, self.ratio);
         if self.tokens.load(Ordering::Relaxed) >= max {
             return;
         }
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some((t + ratio).min(max)));
+        let _ = self.tokens.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| {
+            Some(t.saturating_add(ratio).min(max))
+        });
     }
 }
 

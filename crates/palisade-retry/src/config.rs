@@ -69,12 +69,22 @@ impl RouteRetry {
 pub(crate) struct Settings {
     pub(crate) retries: u32,
     pub(crate) backoff: Backoff,
-    pub(crate) budget: Option<RetryBudget>,
-    pub(crate) throttle: Option<Throttle>,
     pub(crate) max_pushback: Duration,
     pub(crate) replay_cap: usize,
     pub(crate) routes: HashMap<Box<str>, RouteRetry>,
-    pub(crate) listeners: Listeners,
+    /// `None` when the layer has no budget, no throttle and no listener: a
+    /// call's future then holds no reference count at all.
+    pub(crate) state: Option<Arc<SharedState>>,
+}
+
+impl Settings {
+    pub(crate) fn budget(&self) -> Option<&RetryBudget> {
+        self.state.as_ref().and_then(|s| s.budget.as_ref())
+    }
+
+    pub(crate) fn throttle(&self) -> Option<&Throttle> {
+        self.state.as_ref().and_then(|s| s.throttle.as_ref())
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -82,14 +92,21 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("retries", &self.retries)
             .field("backoff", &self.backoff)
-            .field("budget", &self.budget)
-            .field("throttle", &self.throttle)
             .field("max_pushback", &self.max_pushback)
             .field("replay_cap", &self.replay_cap)
             .field("routes", &self.routes)
-            .field("listeners", &self.listeners)
+            .field("state", &self.state)
             .finish()
     }
+}
+
+/// The mutable state every call of one layer shares: what a retry spends and
+/// who hears about it.
+#[derive(Debug)]
+pub(crate) struct SharedState {
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) throttle: Option<Throttle>,
+    pub(crate) listeners: Listeners,
 }
 
 /// What one layer value shares with every service it builds and their clones.
@@ -98,6 +115,53 @@ pub(crate) struct Shared<P, R> {
     pub(crate) protocol: P,
     pub(crate) predicate: R,
     pub(crate) settings: Settings,
+}
+
+/// What one call's future needs to decide on and make its retries: the
+/// protocol and predicate (cloned per call, as `tower::retry` clones its
+/// policy; the built-in ones are zero-sized), the backoff with any route
+/// override applied, and the shared budget, throttle and listeners.
+#[derive(Debug)]
+pub(crate) struct CallPolicy<P, R> {
+    pub(crate) protocol: P,
+    pub(crate) predicate: R,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_pushback: Duration,
+    pub(crate) state: StateHandle,
+}
+
+impl<P, R> CallPolicy<P, R> {
+    pub(crate) fn budget(&self) -> Option<&RetryBudget> {
+        self.state.0.as_ref().and_then(|s| s.budget.as_ref())
+    }
+
+    pub(crate) fn throttle(&self) -> Option<&Throttle> {
+        self.state.0.as_ref().and_then(|s| s.throttle.as_ref())
+    }
+
+    pub(crate) fn listeners(&self) -> Option<&Listeners> {
+        self.state.0.as_ref().map(|s| &s.listeners)
+    }
+}
+
+/// A call's handle on the shared state. Its reference is released by value,
+/// out of line, so that no pointer into the response future escapes on the
+/// success path and the compiler can keep the future in registers.
+#[derive(Debug, Default)]
+pub(crate) struct StateHandle(pub(crate) Option<Arc<SharedState>>);
+
+impl Drop for StateHandle {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            release(state);
+        }
+    }
+}
+
+#[inline(never)]
+fn release(state: Arc<SharedState>) {
+    drop(state);
 }
 
 /// Builds a [`RetryLayer`]. `P` is the protocol ([`Plain`], [`Http`],
@@ -334,18 +398,23 @@ impl<P, R> RetryLayerBuilder<P, R> {
             }
             routes.insert(route.into_boxed_str(), settings);
         }
+        let state = (budget.is_some() || throttle.is_some() || !self.listeners.is_empty()).then(|| {
+            Arc::new(SharedState {
+                budget,
+                throttle,
+                listeners: self.listeners,
+            })
+        });
         Ok(RetryLayer::from_shared(Arc::new(Shared {
             protocol: self.protocol,
             predicate: self.predicate,
             settings: Settings {
                 retries: self.retries,
                 backoff: self.backoff,
-                budget,
-                throttle,
                 max_pushback: self.max_pushback,
                 replay_cap: self.replay_cap,
                 routes,
-                listeners: self.listeners,
+                state,
             },
         })))
     }

@@ -71,7 +71,25 @@
 //!
 //! In both paths the inner service must be `Clone` (tower's pattern: the
 //! response future drives the later attempts on the service that `call` was
-//! made on, a clone stays behind).
+//! made on, a clone stays behind). The protocol and the predicate must be
+//! `Clone` too: each call takes a copy, as `tower::retry` copies its policy.
+//! The built-in ones are zero-sized or `Copy`; a closure predicate is `Clone`
+//! when what it captures is (keep large captured state behind an `Arc`).
+//!
+//! # Cost
+//!
+//! What the layer itself adds to a call whose first attempt needs no retry:
+//! no allocation, and no timer in the response future. The backoff sleep, the
+//! next attempt and the result that stands should it not be sent live in one
+//! allocation made at the call's first retry and reused by its later ones.
+//! With no budget, throttle or listener the layer touches no atomic; with the
+//! default budget it makes one deposit and holds one reference count on the
+//! shared budget. Keeping the request for later attempts costs what the
+//! protocol needs: one `Req::clone` for [`Plain`](palisade_core::protocol::Plain);
+//! for [`Http`](palisade_core::protocol::Http) and
+//! [`Grpc`](palisade_core::protocol::Grpc), a copy of the request head, the
+//! shared replay buffer and the [attempt record](palisade_core::peer::AttemptRecord)
+//! (allocations, made only when the call may retry).
 //!
 //! # What is retried
 //!

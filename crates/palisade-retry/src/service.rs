@@ -1,5 +1,6 @@
 //! [`Retry`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -8,7 +9,7 @@ use palisade_core::BoxError;
 use palisade_core::options::CallOptions;
 use tower_service::Service;
 
-use crate::config::Shared;
+use crate::config::{CallPolicy, RouteRetry, Shared, StateHandle};
 use crate::future::ResponseFuture;
 use crate::policy::{Predicate, RetryOn, RetryProtocol};
 
@@ -17,7 +18,8 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// `S` must be `Clone`: as in `tower::retry`, a call takes the service that
 /// was made ready and leaves a clone in its place, and the response future
 /// drives the later attempts on it. A call that may not be retried (0 retries)
-/// takes no clone.
+/// takes no clone. `P` and `R` must be `Clone`: each call takes a copy, as
+/// `tower::retry` copies its policy.
 ///
 /// The inner service receives the protocol's attempt type: `Req` itself for
 /// [`Plain`](palisade_core::protocol::Plain), and
@@ -69,8 +71,8 @@ impl<S: fmt::Debug, P: fmt::Debug, R: fmt::Debug> fmt::Debug for Retry<S, P, R> 
 
 impl<S, P, R, Req> Service<Req> for Retry<S, P, R>
 where
-    P: RetryProtocol<Req> + RetryOn<P::View, S::Response>,
-    R: Predicate<P, P::View, S::Response>,
+    P: RetryProtocol<Req> + RetryOn<P::View, S::Response> + Clone,
+    R: Predicate<P, P::View, S::Response> + Clone,
     S: Service<P::Attempt> + Clone,
     S::Error: Into<BoxError>,
 {
@@ -83,6 +85,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &*self.shared;
         let settings = &shared.settings;
@@ -91,7 +94,9 @@ where
         let route = if settings.routes.is_empty() {
             None
         } else {
-            protocol.route(&request).and_then(|r| settings.routes.get(r))
+            protocol
+                .route(&request)
+                .and_then(|r| route_settings(&settings.routes, r))
         };
         let retries = options
             .and_then(CallOptions::retries)
@@ -101,27 +106,35 @@ where
             // builder's maximum.
             .min(crate::config::MAX_RETRIES);
         let deadline = options.and_then(CallOptions::deadline).map(|d| d.instant());
-        let backoff = route.and_then(|r| r.backoff);
-        if let Some(budget) = &settings.budget {
+        if let Some(budget) = settings.budget() {
             budget.deposit();
         }
         let (attempt, kept) = protocol.first_attempt(request, settings.replay_cap, retries > 0);
+        let mut policy = CallPolicy {
+            protocol: protocol.clone(),
+            predicate: shared.predicate.clone(),
+            backoff: route.and_then(|r| r.backoff).unwrap_or(settings.backoff),
+            max_pushback: settings.max_pushback,
+            state: StateHandle::default(),
+        };
         if kept.is_some() {
+            // Only a call that may retry holds the shared budget, throttle
+            // and listeners (one reference count, none when the layer has
+            // none of them).
+            policy.state.0.clone_from(&settings.state);
             // tower's pattern: the ready service goes with the call, a clone stays.
             let clone = self.inner.clone();
             let mut ready = std::mem::replace(&mut self.inner, clone);
             let future = ready.call(attempt);
-            return ResponseFuture::new(
-                future,
-                Some(ready),
-                kept,
-                self.shared.clone(),
-                retries,
-                deadline,
-                backoff,
-            );
+            return ResponseFuture::new(future, Some(ready), kept, policy, retries, deadline);
         }
         let future = self.inner.call(attempt);
-        ResponseFuture::new(future, None, None, self.shared.clone(), 0, deadline, backoff)
+        ResponseFuture::new(future, None, None, policy, 0, deadline)
     }
+}
+
+/// A route's overrides, out of line: only layers with routes look.
+#[inline(never)]
+fn route_settings<'r>(routes: &'r HashMap<Box<str>, RouteRetry>, route: &str) -> Option<&'r RouteRetry> {
+    routes.get(route)
 }

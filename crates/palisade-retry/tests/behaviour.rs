@@ -838,3 +838,38 @@ async fn a_body_that_outgrows_the_cap_after_the_retry_was_decided_is_not_resent(
     }
     assert_eq!(calls.load(Ordering::Relaxed), 1, "no attempt with a cut-short body");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_backoff_waits_instead_of_overflowing_the_clock() {
+    // `Instant + Duration::MAX` overflows: the retry must wait "forever", not panic.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::builder()
+        .retries(1)
+        .no_budget()
+        .backoff(no_jitter(Backoff::constant(Duration::MAX)))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(always_failing(log.clone()));
+    let call = svc.ready().await.unwrap().call(());
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), call).await;
+    assert!(outcome.is_err(), "the backoff has not ended after an hour");
+    assert_eq!(log.lock().len(), 1, "no second attempt yet");
+}
+
+#[tokio::test(start_paused = true)]
+async fn later_attempts_reuse_the_backoff_sleep() {
+    // Three retries: the sleep made for the first is reset for the next two,
+    // and each still waits its own delay.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::builder()
+        .retries(3)
+        .no_budget()
+        .backoff(no_jitter(Backoff::linear(Duration::from_millis(100))))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(always_failing(log.clone()));
+    let start = Instant::now();
+    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    assert_eq!(err.to_string(), "attempt 4 failed");
+    assert_eq!(offsets(&log.lock(), start), vec![0, 100, 300, 600]);
+}
