@@ -11,7 +11,7 @@ use palisade_core::protocol::{Grpc, Http, Plain};
 use crate::extract::{KeepFn, KeepHead, KeepNothing};
 use crate::layer::{FallbackLayer, Shared};
 use crate::mark::{ByTrait, Unmarked, Wrap};
-use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen};
+use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen, RouteFallback, Routes};
 use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
 
 /// Configures a [`FallbackLayer`]; [`build`](Self::build) validates it.
@@ -27,6 +27,7 @@ pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, 
     protocol: P,
     mark: M,
     listeners: Listeners,
+    routes: Routes,
 }
 
 impl<Src, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug for FallbackBuilder<Src, X, R, P, M> {
@@ -39,6 +40,7 @@ impl<Src, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug
             .field("protocol", &self.protocol)
             .field("mark", &self.mark)
             .field("listeners", &self.listeners)
+            .field("routes", &self.routes)
             .finish()
     }
 }
@@ -60,6 +62,7 @@ impl FallbackBuilder {
             protocol: Plain,
             mark: ByTrait,
             listeners: Listeners::new(),
+            routes: Routes::default(),
         }
     }
 }
@@ -78,6 +81,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
             protocol,
             mark,
             listeners: self.listeners,
+            routes: self.routes,
         }
     }
 
@@ -96,6 +100,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
                 protocol: self.protocol,
                 mark: self.mark,
                 listeners: self.listeners,
+                routes: self.routes,
             }),
         }
     }
@@ -235,6 +240,16 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     /// Adds a listener, told of every fallback ([`EventKind::Fallback`](palisade_core::event::EventKind::Fallback)).
     pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
         self.listeners = self.listeners.with(listener);
+        self
+    }
+
+    /// Overrides the rules for one route: the http path or the gRPC method
+    /// `/package.Service/Method`, as
+    /// [`Inspect::route`](palisade_core::protocol::Inspect::route) gives it
+    /// (so it needs the [`Http`] or [`Grpc`] protocol). A later override of
+    /// the same route replaces an earlier one. See [`RouteFallback`].
+    pub fn route(mut self, route: impl Into<String>, rule: RouteFallback) -> Self {
+        self.routes.insert(route.into(), rule);
         self
     }
 

@@ -12,7 +12,7 @@ use crate::error::FallbackFailed;
 use crate::layer::FallbackLayer;
 use crate::mark::{FallbackReason, FromFallback, Mark};
 use crate::per_call::CallFallback;
-use crate::policy::ResponseRule;
+use crate::policy::{ResponseRule, RouteFallback};
 use crate::source::Source;
 
 pin_project! {
@@ -23,6 +23,8 @@ pin_project! {
             future: F,
             kept: Option<K>,
             per_call: Option<CallFallback<Res>>,
+            // The index of the call's route override, if it has one.
+            route: Option<u32>,
         },
         Fallback {
             #[pin]
@@ -48,12 +50,13 @@ pin_project! {
 }
 
 impl<F, SF, K, Res, L> ResponseFuture<F, SF, K, Res, L> {
-    pub(crate) fn new(future: F, kept: K, per_call: Option<CallFallback<Res>>, layer: L) -> Self {
+    pub(crate) fn new(future: F, kept: K, per_call: Option<CallFallback<Res>>, route: Option<u32>, layer: L) -> Self {
         Self {
             state: State::Inner {
                 future,
                 kept: Some(kept),
                 per_call,
+                route,
             },
             layer,
         }
@@ -87,11 +90,18 @@ where
         let shared = &*this.layer.shared;
         loop {
             match this.state.as_mut().project() {
-                StateProj::Inner { future, kept, per_call } => {
+                StateProj::Inner {
+                    future,
+                    kept,
+                    per_call,
+                    route,
+                } => {
                     let result = ready!(future.poll(cx));
+                    let route = route.and_then(|at| shared.routes.get(at));
+                    let off = matches!(route, Some(RouteFallback::Off));
                     let error: BoxError = match result {
                         Ok(response) => {
-                            if !shared.rule.is_failure(&response, &shared.protocol) {
+                            if off || !shared.rule.is_failure(&response, &shared.protocol) {
                                 this.state.set(State::Done);
                                 return Poll::Ready(Ok(shared.mark.pass(response)));
                             }
@@ -99,7 +109,12 @@ where
                         }
                         Err(error) => {
                             let error = error.into();
-                            if !shared.errors.accepts(&error) {
+                            let accepted = match route {
+                                None => shared.errors.accepts(&error),
+                                Some(RouteFallback::Off) => false,
+                                Some(RouteFallback::OnErrors(errors)) => errors.accepts(&error),
+                            };
+                            if !accepted {
                                 this.state.set(State::Done);
                                 return Poll::Ready(Err(error));
                             }

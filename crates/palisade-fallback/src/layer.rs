@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use crate::config::FallbackBuilder;
 use crate::extract::KeepNothing;
 use crate::mark::{ByTrait, FallbackReason};
-use crate::policy::{ErrorPolicy, NoResponseRule};
+use crate::policy::{ErrorPolicy, NoResponseRule, Routes};
 use crate::service::Fallback;
 use crate::source::{FromAsync, FromFn, FromService, TryFromFn, Value};
 
@@ -37,6 +37,7 @@ pub(crate) struct Shared<Src, X, R, P, M> {
     pub(crate) protocol: P,
     pub(crate) mark: M,
     pub(crate) listeners: Listeners,
+    pub(crate) routes: Routes,
 }
 
 impl<Src, X, R, P, M> Shared<Src, X, R, P, M> {
@@ -88,6 +89,7 @@ impl<Src: fmt::Debug, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug
             .field("protocol", &s.protocol)
             .field("mark", &s.mark)
             .field("listeners", &s.listeners)
+            .field("routes", &s.routes)
             .finish()
     }
 }

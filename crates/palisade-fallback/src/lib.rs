@@ -72,6 +72,10 @@
 //!   cloned.
 //! - **Per call.** A [`CallFallback`] in the request's extensions answers
 //!   instead of the layer's source (see [`per_call`]).
+//! - **Per route.** [`route`](FallbackBuilder::route) turns the fallback off
+//!   on one http path or gRPC method ([`RouteFallback::Off`], say for calls
+//!   that must not be answered by a stand-in), or gives that route its own
+//!   error rules ([`RouteFallback::OnErrors`]).
 //! - **Marked.** A fallback response says so ([`mark`]): a [`FromFallback`]
 //!   response extension on `http::Response` (visible through
 //!   `tonic::Response::extensions()`), or [`Served`] for other types.
@@ -126,7 +130,8 @@
 //!
 //! On the success path the layer adds no allocation: the extractor (`()` by
 //! default), a lookup of [`CallFallback`] in the request's extensions (only
-//! with a protocol that has extensions), one reference-count increment (the
+//! with a protocol that has extensions), a lookup of the route's override
+//! (only when the layer has some), one reference-count increment (the
 //! response future holds the layer's shared state, which it needs to call the
 //! fallback), and the response rule (none by default). Errors are boxed into
 //! [`BoxError`](error::BoxError), as everywhere in tower; a fallback answer
@@ -150,6 +155,7 @@ pub use error::{FailedResponse, FallbackFailed};
 pub use layer::FallbackLayer;
 pub use mark::{FallbackReason, FromFallback, MarkFallback, Served};
 pub use per_call::CallFallback;
+pub use policy::RouteFallback;
 pub use service::Fallback;
 
 #[cfg(test)]

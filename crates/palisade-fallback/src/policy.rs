@@ -16,6 +16,14 @@
 //! HTTP 5xx with [`Http`](palisade_core::protocol::Http), a trailers-only gRPC
 //! failure status with [`Grpc`](palisade_core::protocol::Grpc)). Only a verdict
 //! known from the response head counts: see the crate docs on streamed responses.
+//!
+//! **Routes.** [`route`](crate::FallbackBuilder::route) overrides both for one
+//! route (an http path or a gRPC method `/package.Service/Method`): with
+//! [`RouteFallback::Off`] nothing on that route triggers the fallback, with
+//! [`RouteFallback::OnErrors`] that route's errors are judged by its own
+//! [`ErrorPolicy`]. A per-call [`CallFallback`](crate::CallFallback) replaces
+//! the source, not these rules: it answers only a failure that triggers the
+//! fallback on its route.
 
 use std::error::Error;
 use std::fmt;
@@ -29,6 +37,50 @@ type ErrorFn = Arc<dyn Fn(&BoxError) -> bool + Send + Sync>;
 
 fn is<T: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
     error.is::<T>()
+}
+
+/// Overrides the layer's rules for one route. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub enum RouteFallback {
+    /// No fallback on this route: errors and failed responses pass through
+    /// untouched, and no fallback event is emitted.
+    Off,
+    /// On this route these errors trigger the fallback, instead of the ones
+    /// the layer names; responses follow the layer's rule.
+    OnErrors(ErrorPolicy),
+}
+
+/// The route overrides of a layer, looked up once per call by route name.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Routes {
+    index: std::collections::HashMap<Box<str>, u32>,
+    rules: Vec<RouteFallback>,
+}
+
+impl Routes {
+    /// Adds (or replaces) the override for `route`.
+    pub(crate) fn insert(&mut self, route: String, rule: RouteFallback) {
+        match self.index.get(route.as_str()) {
+            Some(&at) => self.rules[at as usize] = rule,
+            None => {
+                self.index.insert(route.into_boxed_str(), self.rules.len() as u32);
+                self.rules.push(rule);
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The index of `route`'s override, kept by the call's future.
+    pub(crate) fn find(&self, route: &str) -> Option<u32> {
+        self.index.get(route).copied()
+    }
+
+    pub(crate) fn get(&self, at: u32) -> Option<&RouteFallback> {
+        self.rules.get(at as usize)
+    }
 }
 
 /// The predicate on errors. See the [module docs](self).

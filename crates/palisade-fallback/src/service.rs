@@ -87,12 +87,17 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &*self.layer.shared;
         let kept = shared.extract.extract(&request);
+        let route = if shared.routes.is_empty() {
+            None
+        } else {
+            shared.protocol.route(&request).and_then(|r| shared.routes.find(r))
+        };
         let per_call = shared
             .protocol
             .extensions(&request)
             .and_then(|extensions| extensions.get::<CallFallback<S::Response>>())
             .cloned();
         let future = self.inner.call(request);
-        ResponseFuture::new(future, kept, per_call, self.layer.clone())
+        ResponseFuture::new(future, kept, per_call, route, self.layer.clone())
     }
 }

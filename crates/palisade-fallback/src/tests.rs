@@ -505,6 +505,103 @@ async fn listeners_hear_each_fallback_shared_by_every_service_of_one_layer() {
     assert_eq!(*heard.lock(), ["circuit open", "circuit open", "timed out"]);
 }
 
+fn req_to(path: &str, body: &str) -> http::Request<String> {
+    http::Request::post(format!("http://peer{path}"))
+        .body(body.to_owned())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn routes_override_which_failures_are_answered() {
+    let heard = Arc::new(AtomicUsize::new(0));
+    let count = heard.clone();
+    let layer = FallbackLayer::builder()
+        .http()
+        .on_error::<CircuitOpen>()
+        .on_failed_response()
+        .route("/pay", crate::RouteFallback::Off)
+        .route(
+            "/search",
+            crate::RouteFallback::OnErrors(crate::policy::ErrorPolicy::any().or_type::<TimedOut>()),
+        )
+        .listener(Arc::new(move |e: &Event<'_>| {
+            if matches!(e.kind, EventKind::Fallback { .. }) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
+        .value(http::Response::new("fallback".to_owned()))
+        .build()
+        .unwrap();
+
+    // A route without an override follows the layer: CircuitOpen is answered,
+    // TimedOut is not.
+    let open_svc = layer.layer(backend(open));
+    let timeout_svc = layer.layer(backend(timed_out));
+    assert_eq!(
+        open_svc.clone().oneshot(req_to("/echo", "x!")).await.unwrap().body(),
+        "fallback"
+    );
+    assert!(
+        timeout_svc
+            .clone()
+            .oneshot(req_to("/echo", "x!"))
+            .await
+            .unwrap_err()
+            .is::<TimedOut>()
+    );
+    assert_eq!(heard.load(Ordering::Relaxed), 1);
+
+    // Off: the error passes through untouched, nothing is heard, even with a
+    // per-call fallback.
+    let mut request = req_to("/pay", "x!");
+    request
+        .extensions_mut()
+        .insert(CallFallback::value(http::Response::new("call".to_owned())));
+    let err = open_svc.clone().oneshot(request).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(heard.load(Ordering::Relaxed), 1);
+
+    // Off also lets a failed response through as the peer's response.
+    let resp = layer
+        .layer(status_backend(503, None))
+        .oneshot(http::Request::post("http://peer/pay").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.body(), "from peer");
+    assert_eq!(mark(&resp), None);
+
+    // OnErrors: the route's own predicate, not the layer's.
+    assert_eq!(
+        timeout_svc.oneshot(req_to("/search", "x!")).await.unwrap().body(),
+        "fallback"
+    );
+    assert!(
+        open_svc
+            .oneshot(req_to("/search", "x!"))
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>()
+    );
+    assert_eq!(heard.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_later_route_override_replaces_an_earlier_one() {
+    let layer = FallbackLayer::builder()
+        .http()
+        .route("/pay", crate::RouteFallback::Off)
+        .route(
+            "/pay",
+            crate::RouteFallback::OnErrors(crate::policy::ErrorPolicy::any()),
+        )
+        .value(http::Response::new("fallback".to_owned()))
+        .build()
+        .unwrap();
+    let resp = layer.layer(backend(open)).oneshot(req_to("/pay", "x!")).await.unwrap();
+    assert_eq!(resp.body(), "fallback");
+}
+
 #[tokio::test]
 async fn the_source_is_shared_by_clones_and_services_of_one_layer() {
     let calls = Arc::new(AtomicUsize::new(0));
