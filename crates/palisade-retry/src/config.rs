@@ -72,19 +72,9 @@ pub(crate) struct Settings {
     pub(crate) max_pushback: Duration,
     pub(crate) replay_cap: usize,
     pub(crate) routes: HashMap<Box<str>, RouteRetry>,
-    /// `None` when the layer has no budget, no throttle and no listener: a
+    /// Empty when the layer has no budget, no throttle and no listener: a
     /// call's future then holds no reference count at all.
-    pub(crate) state: Option<Arc<SharedState>>,
-}
-
-impl Settings {
-    pub(crate) fn budget(&self) -> Option<&RetryBudget> {
-        self.state.as_ref().and_then(|s| s.budget.as_ref())
-    }
-
-    pub(crate) fn throttle(&self) -> Option<&Throttle> {
-        self.state.as_ref().and_then(|s| s.throttle.as_ref())
-    }
+    pub(crate) state: StateHandle,
 }
 
 impl fmt::Debug for Settings {
@@ -130,25 +120,26 @@ pub(crate) struct CallPolicy<P, R> {
     pub(crate) state: StateHandle,
 }
 
-impl<P, R> CallPolicy<P, R> {
+/// A handle on the shared state, held by the layer and by each call that may
+/// retry. Its reference is released by value, out of line, so that no pointer
+/// into a response future escapes on the success path and the compiler can
+/// keep the future in registers.
+#[derive(Debug, Default)]
+pub(crate) struct StateHandle(pub(crate) Option<Arc<SharedState>>);
+
+impl StateHandle {
     pub(crate) fn budget(&self) -> Option<&RetryBudget> {
-        self.state.0.as_ref().and_then(|s| s.budget.as_ref())
+        self.0.as_ref().and_then(|s| s.budget.as_ref())
     }
 
     pub(crate) fn throttle(&self) -> Option<&Throttle> {
-        self.state.0.as_ref().and_then(|s| s.throttle.as_ref())
+        self.0.as_ref().and_then(|s| s.throttle.as_ref())
     }
 
     pub(crate) fn listeners(&self) -> Option<&Listeners> {
-        self.state.0.as_ref().map(|s| &s.listeners)
+        self.0.as_ref().map(|s| &s.listeners)
     }
 }
-
-/// A call's handle on the shared state. Its reference is released by value,
-/// out of line, so that no pointer into the response future escapes on the
-/// success path and the compiler can keep the future in registers.
-#[derive(Debug, Default)]
-pub(crate) struct StateHandle(pub(crate) Option<Arc<SharedState>>);
 
 impl Drop for StateHandle {
     #[inline]
@@ -398,13 +389,15 @@ impl<P, R> RetryLayerBuilder<P, R> {
             }
             routes.insert(route.into_boxed_str(), settings);
         }
-        let state = (budget.is_some() || throttle.is_some() || !self.listeners.is_empty()).then(|| {
-            Arc::new(SharedState {
-                budget,
-                throttle,
-                listeners: self.listeners,
-            })
-        });
+        let state = StateHandle(
+            (budget.is_some() || throttle.is_some() || !self.listeners.is_empty()).then(|| {
+                Arc::new(SharedState {
+                    budget,
+                    throttle,
+                    listeners: self.listeners,
+                })
+            }),
+        );
         Ok(RetryLayer::from_shared(Arc::new(Shared {
             protocol: self.protocol,
             predicate: self.predicate,

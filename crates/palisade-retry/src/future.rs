@@ -200,7 +200,7 @@ where
         };
         let decision = policy.predicate.decide(protocol, protocol.view(kept), &result);
         if decision == RetryDecision::DoNotRetry {
-            if let Some(throttle) = policy.throttle()
+            if let Some(throttle) = policy.state.throttle()
                 && protocol.is_success(&result)
             {
                 // Only a real success refills: not an HTTP 500 or a
@@ -226,7 +226,7 @@ where
         let Some(kept) = self.kept.as_mut() else {
             return Some(finish::<P::View, _, _>(protocol, result, attempts));
         };
-        if let Some(throttle) = policy.throttle() {
+        if let Some(throttle) = policy.state.throttle() {
             throttle.on_failure();
         }
         if attempts >= *self.max_attempts {
@@ -264,8 +264,10 @@ where
             return Some(finish::<P::View, _, _>(protocol, result, attempts));
         }
         // The budget and the throttle before building the attempt.
-        if policy.throttle().is_some_and(|t| !t.allows_retry()) || policy.budget().is_some_and(|b| !b.withdraw()) {
-            emit_budget_exhausted(policy.listeners());
+        if policy.state.throttle().is_some_and(|t| !t.allows_retry())
+            || policy.state.budget().is_some_and(|b| !b.withdraw())
+        {
+            emit_budget_exhausted(policy.state.listeners());
             return Some(finish::<P::View, _, _>(protocol, result, attempts));
         }
         let Some(next) = protocol.next_attempt(kept) else {
@@ -273,7 +275,7 @@ where
             return Some(finish::<P::View, _, _>(protocol, result, attempts));
         };
         emit(
-            policy.listeners(),
+            policy.state.listeners(),
             &Event::new(
                 LayerName::Retry,
                 EventKind::Retry {

@@ -79,12 +79,12 @@ impl<P, R> RetryLayer<P, R> {
 
     /// The retry budget shared by the services this layer builds, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.shared.settings.budget()
+        self.shared.settings.state.budget()
     }
 
     /// The throttle shared by the services this layer builds, if any.
     pub fn throttle(&self) -> Option<&Throttle> {
-        self.shared.settings.throttle()
+        self.shared.settings.state.throttle()
     }
 }
 

@@ -106,7 +106,7 @@ where
             // builder's maximum.
             .min(crate::config::MAX_RETRIES);
         let deadline = options.and_then(CallOptions::deadline).map(|d| d.instant());
-        if let Some(budget) = settings.budget() {
+        if let Some(budget) = settings.state.budget() {
             budget.deposit();
         }
         let (attempt, kept) = protocol.first_attempt(request, settings.replay_cap, retries > 0);
@@ -121,7 +121,7 @@ where
             // Only a call that may retry holds the shared budget, throttle
             // and listeners (one reference count, none when the layer has
             // none of them).
-            policy.state.0.clone_from(&settings.state);
+            policy.state.0.clone_from(&settings.state.0);
             // tower's pattern: the ready service goes with the call, a clone stays.
             let clone = self.inner.clone();
             let mut ready = std::mem::replace(&mut self.inner, clone);

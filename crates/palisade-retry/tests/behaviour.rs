@@ -857,9 +857,9 @@ async fn a_huge_backoff_waits_instead_of_overflowing_the_clock() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn later_attempts_reuse_the_backoff_sleep() {
-    // Three retries: the sleep made for the first is reset for the next two,
-    // and each still waits its own delay.
+async fn each_later_attempt_waits_its_own_delay() {
+    // Three retries share one sleep, reset for each: every attempt still
+    // waits its own linear delay.
     let log = Arc::new(Mutex::new(Vec::new()));
     let layer = RetryLayer::builder()
         .retries(3)
