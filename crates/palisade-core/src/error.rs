@@ -23,6 +23,7 @@ use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
+use crate::event::LayerName;
 use crate::peer::PeerId;
 
 /// A type-erased error, as tower returns at service boundaries.
@@ -333,6 +334,34 @@ impl fmt::Display for NoAvailablePeers {
 
 impl Error for NoAvailablePeers {}
 
+/// A response future was polled again after it had returned its output: a
+/// caller bug. Every Palisade future answers it with this error, never a
+/// panic and never `Pending` forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolledAfterCompletion {
+    layer: LayerName,
+}
+
+impl PolledAfterCompletion {
+    /// `layer`'s response future was polled after completion.
+    pub fn new(layer: LayerName) -> Self {
+        Self { layer }
+    }
+
+    /// The layer whose future was polled again.
+    pub fn layer(&self) -> LayerName {
+        self.layer
+    }
+}
+
+impl fmt::Display for PolledAfterCompletion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} response future polled after completion", self.layer.as_str())
+    }
+}
+
+impl Error for PolledAfterCompletion {}
+
 /// A configuration value was rejected by a builder's `build()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -411,6 +440,10 @@ mod tests {
         assert_eq!(
             none.to_string(),
             "no available peers for echo: 3 known, 2 open, 1 probing, 0 excluded; next probe due in 4s"
+        );
+        assert_eq!(
+            PolledAfterCompletion::new(LayerName::Timeout).to_string(),
+            "timeout response future polled after completion"
         );
         let config = ConfigError::new("circuit breaker", "threshold", "must lie in (0, 1], got 1.5");
         assert_eq!(
