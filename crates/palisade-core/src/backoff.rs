@@ -24,6 +24,16 @@
 //! Arithmetic is saturating: attempt 10,000 of an exponential backoff is the cap,
 //! not an overflow.
 //!
+//! # Randomness
+//!
+//! [`Backoff::delay`] draws from the thread's generator, so calls made at the
+//! same moment by many clients (or many calls of one client) do not retry in
+//! step: that is what production wants. A test that must replay a jittered
+//! run draws from a seeded generator instead: [`Backoff::delay_with`] takes
+//! one, and a [`JitterSeed`] hands one generator to each call of a layer, the
+//! n-th call getting the same generator in every run and different calls
+//! different ones (so seeded calls stay decorrelated from each other too).
+//!
 //! ```
 //! use palisade_core::backoff::{Backoff, Jitter};
 //! use std::time::Duration;
@@ -38,6 +48,7 @@
 //! assert_eq!(delays, [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis));
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -163,8 +174,7 @@ impl Backoff {
     /// thread's random generator. `previous` is the delay returned last time,
     /// used by [`Jitter::Decorrelated`].
     pub fn delay(&self, attempt: u32, previous: Option<Duration>) -> Duration {
-        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
-        self.delay_with(attempt, previous, &mut rng)
+        self.delay_with(attempt, previous, &mut unseeded_rng())
     }
 
     /// As [`delay`](Self::delay), drawing from `rng` (seed it for repeatable delays).
@@ -195,6 +205,64 @@ impl Backoff {
         }
         Duration::try_from_secs_f64(secs).map_or(self.cap, |d| d.min(self.cap))
     }
+}
+
+/// A seed for the jitter of a layer's calls, so that a test can replay a
+/// jittered run exactly (a proptest failure, say).
+///
+/// Each [`rng`](Self::rng) is the generator of one call: the n-th generator
+/// drawn from a seed is the same in every run, and no two are alike, so the
+/// calls of a seeded layer are still decorrelated from each other. Drawing
+/// costs one relaxed atomic increment. Production code leaves layers
+/// unseeded ([`unseeded_rng`]).
+///
+/// ```
+/// use palisade_core::backoff::{Backoff, Jitter, JitterSeed};
+/// use std::time::Duration;
+///
+/// let backoff = Backoff::constant(Duration::from_millis(320)).jitter(Jitter::Full).build().unwrap();
+/// let run = |seed: &JitterSeed| {
+///     let mut rng = seed.rng();
+///     (0..5).map(|n| backoff.delay_with(n, None, &mut rng)).collect::<Vec<_>>()
+/// };
+/// let (a, b) = (JitterSeed::new(7), JitterSeed::new(7));
+/// assert_eq!(run(&a), run(&b), "the same seed replays the same delays");
+/// assert_ne!(run(&a), run(&a), "the next call of a seed draws other delays");
+/// ```
+#[derive(Debug)]
+pub struct JitterSeed {
+    seed: u64,
+    calls: AtomicU64,
+}
+
+impl JitterSeed {
+    /// A sequence of generators starting from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The generator of the next call.
+    pub fn rng(&self) -> fastrand::Rng {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        // Spread consecutive calls over the seed space (the golden-ratio
+        // increment of splitmix64); the generator mixes its seed itself.
+        fastrand::Rng::with_seed(self.seed ^ call.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+}
+
+/// A generator for one call of an unseeded layer, seeded from the thread's
+/// generator: what [`Backoff::delay`] draws from, one draw per call instead
+/// of one per delay.
+pub fn unseeded_rng() -> fastrand::Rng {
+    fastrand::Rng::with_seed(fastrand::u64(..))
 }
 
 impl BackoffBuilder {

@@ -14,6 +14,8 @@
 //!   [`AttemptRecord`](peer::AttemptRecord) and the
 //!   [`CheckAvailability`](peer::CheckAvailability) trait a balancer asks;
 //! - [`backoff`]: exponential, linear and constant backoff with jitter;
+//! - [`grpc_timeout`]: the `grpc-timeout` wire format (rounded down), shared
+//!   by the layers that tell a server how much time a call has left;
 //! - [`retry`]: the retry predicate and the [`Retryable`](retry::Retryable) mark;
 //! - [`error`]: the failure kinds every layer returns ([`CircuitOpen`](error::CircuitOpen),
 //!   [`TimedOut`](error::TimedOut), ...) and [`ConfigError`](error::ConfigError);
@@ -61,6 +63,7 @@ pub mod backoff;
 pub mod classify;
 pub mod error;
 pub mod event;
+pub mod grpc_timeout;
 pub mod options;
 pub mod peer;
 pub mod protocol;

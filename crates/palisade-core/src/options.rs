@@ -1,7 +1,9 @@
 //! Per-call options and deadlines, carried in request extensions.
 //!
 //! A caller sets options on one request; every Palisade layer that the request
-//! passes reads them and falls back to its configured default. The options
+//! passes reads them and falls back to its configured default. The `timeout`
+//! bounds **each attempt** (`retries` more attempts may follow a timed-out
+//! one); the `deadline` bounds the whole call, every attempt and backoff. The options
 //! travel in [`http::Extensions`]: on an `http::Request<B>` directly, and on a
 //! `tonic::Request<T>` through `extensions_mut()`, which tonic moves into the
 //! `http::Request` it sends (feature `tonic`). Requests of other types carry no
@@ -15,7 +17,7 @@
 //! let mut request = http::Request::new(());
 //! request
 //!     .call_options_mut()
-//!     .set_timeout(Duration::from_secs(2))
+//!     .set_attempt_timeout(Duration::from_secs(2))
 //!     .set_retries(3)
 //!     .set_deadline(Deadline::after(Duration::from_secs(5)));
 //!
@@ -32,7 +34,8 @@ use tokio::time::Instant;
 
 use crate::peer::AttemptRecord;
 
-/// The point in time by which a whole call (and every call it makes) must finish.
+/// The point in time by which a whole call (every attempt and backoff, and
+/// every call it makes) must finish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Deadline(Instant);
 
@@ -89,21 +92,46 @@ impl CallOptions {
         Self::default()
     }
 
-    /// The per-call timeout, if one was chosen. `Some(Duration::ZERO)` means the
-    /// caller disabled the timeout for this call.
+    /// The per-attempt timeout, if one was chosen. `Some(Duration::ZERO)`
+    /// means the caller disabled the per-attempt timeout for this call.
+    ///
+    /// It bounds **each attempt** (as [`attempt_timeout`](Self::attempt_timeout)
+    /// says in its name); the overall bound of a call is its
+    /// [`deadline`](Self::deadline).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
 
-    /// Sets the timeout of this call, overriding the timeout layers' default.
-    /// A zero duration disables the timeout for this call, as
+    /// The per-attempt timeout, if one was chosen: the same value as
+    /// [`timeout`](Self::timeout), under a name that says what it bounds.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Sets the timeout of **each attempt** of this call, overriding the
+    /// default of every per-attempt timeout layer (kind `Attempt`) the call
+    /// passes. A total timeout layer (kind `Total`) ignores it: the call may
+    /// be retried after an attempt times out, and its overall bound is its
+    /// [`deadline`](Self::set_deadline) (or the total layer's own timeout).
+    /// A zero duration disables the per-attempt timeout for this call, as
     /// [`disable_timeout`](Self::disable_timeout) does.
+    ///
+    /// [`set_attempt_timeout`](Self::set_attempt_timeout) is the same setter
+    /// under a name that says what it bounds.
     pub fn set_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = Some(timeout);
         self
     }
 
-    /// Disables the timeout layers' timeout for this call (a deadline, if set, still holds).
+    /// Sets the timeout of each attempt of this call: an alias of
+    /// [`set_timeout`](Self::set_timeout), named for what it bounds.
+    pub fn set_attempt_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.set_timeout(timeout)
+    }
+
+    /// Disables the per-attempt timeout layers' timeout for this call. A
+    /// total timeout layer keeps its own limit, and a deadline, if set, still
+    /// holds.
     pub fn disable_timeout(&mut self) -> &mut Self {
         self.timeout = Some(Duration::ZERO);
         self
@@ -269,6 +297,16 @@ mod tests {
     async fn huge_budget_does_not_overflow() {
         let deadline = Deadline::after(Duration::MAX);
         assert!(deadline.remaining() > Duration::from_secs(86_400 * 365));
+    }
+
+    #[test]
+    fn the_attempt_timeout_is_the_per_call_timeout() {
+        let mut options = CallOptions::new();
+        options.set_attempt_timeout(Duration::from_millis(50));
+        assert_eq!(options.timeout(), Some(Duration::from_millis(50)));
+        assert_eq!(options.attempt_timeout(), Some(Duration::from_millis(50)));
+        options.set_timeout(Duration::from_millis(70));
+        assert_eq!(options.attempt_timeout(), Some(Duration::from_millis(70)));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_core::backoff::{Backoff, Jitter};
+use palisade_core::backoff::{Backoff, Jitter, JitterSeed};
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, Plain};
@@ -97,6 +97,8 @@ pub(crate) struct SharedState {
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) throttle: Option<Throttle>,
     pub(crate) listeners: Listeners,
+    /// A seed for the calls' jitter (tests); none in production.
+    pub(crate) jitter: Option<JitterSeed>,
 }
 
 /// What one layer value shares with every service it builds and their clones.
@@ -139,6 +141,10 @@ impl StateHandle {
     pub(crate) fn listeners(&self) -> Option<&Listeners> {
         self.0.as_ref().map(|s| &s.listeners)
     }
+
+    pub(crate) fn jitter(&self) -> Option<&JitterSeed> {
+        self.0.as_ref().and_then(|s| s.jitter.as_ref())
+    }
 }
 
 impl Drop for StateHandle {
@@ -166,6 +172,7 @@ fn release(state: Arc<SharedState>) {
 /// | [`throttle`](Self::throttle) | none |
 /// | [`max_pushback`](Self::max_pushback) | 10 s |
 /// | [`replay_cap`](Self::replay_cap) | 64 KiB |
+/// | [`jitter_seed`](Self::jitter_seed) | none: each call's jitter is seeded from the thread's generator |
 pub struct RetryLayerBuilder<P = Plain, R = DefaultPredicate> {
     protocol: P,
     predicate: R,
@@ -177,6 +184,7 @@ pub struct RetryLayerBuilder<P = Plain, R = DefaultPredicate> {
     replay_cap: usize,
     routes: Vec<(String, RouteRetry)>,
     listeners: Listeners,
+    jitter_seed: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -200,6 +208,7 @@ impl<P: fmt::Debug, R> fmt::Debug for RetryLayerBuilder<P, R> {
             .field("max_pushback", &self.max_pushback)
             .field("replay_cap", &self.replay_cap)
             .field("routes", &self.routes)
+            .field("jitter_seed", &self.jitter_seed)
             .finish_non_exhaustive()
     }
 }
@@ -228,6 +237,7 @@ impl RetryLayerBuilder {
             replay_cap: DEFAULT_REPLAY_CAP,
             routes: Vec::new(),
             listeners: Listeners::new(),
+            jitter_seed: None,
         }
     }
 }
@@ -247,6 +257,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
             replay_cap: self.replay_cap,
             routes: self.routes,
             listeners: self.listeners,
+            jitter_seed: self.jitter_seed,
         }
     }
 
@@ -274,6 +285,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
             replay_cap: self.replay_cap,
             routes: self.routes,
             listeners: self.listeners,
+            jitter_seed: self.jitter_seed,
         }
     }
 
@@ -359,6 +371,17 @@ impl<P, R> RetryLayerBuilder<P, R> {
         self
     }
 
+    /// Seeds the jitter of the backoff, so that a test can replay a jittered
+    /// run exactly (a proptest regression, say). Each call of the layer still
+    /// draws its own delays (the n-th call gets the same ones in every run,
+    /// see [`JitterSeed`]), so seeded calls do not retry in step either.
+    /// Leave it unset in production: each call then seeds its jitter from
+    /// the thread's generator.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
         if self.max_pushback.is_zero() {
@@ -389,12 +412,14 @@ impl<P, R> RetryLayerBuilder<P, R> {
             }
             routes.insert(route.into_boxed_str(), settings);
         }
+        let jitter = self.jitter_seed.map(JitterSeed::new);
         let state = StateHandle(
-            (budget.is_some() || throttle.is_some() || !self.listeners.is_empty()).then(|| {
+            (budget.is_some() || throttle.is_some() || !self.listeners.is_empty() || jitter.is_some()).then(|| {
                 Arc::new(SharedState {
                     budget,
                     throttle,
                     listeners: self.listeners,
+                    jitter,
                 })
             }),
         );

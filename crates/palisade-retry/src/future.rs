@@ -7,6 +7,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use palisade_core::BoxError;
+use palisade_core::backoff::unseeded_rng;
+use palisade_core::error::{DeadlineExceeded, PolledAfterCompletion};
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use palisade_core::retry::RetryDecision;
 use pin_project_lite::pin_project;
@@ -14,21 +16,28 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::config::CallPolicy;
-use crate::policy::{Predicate, RetryOn, RetryProtocol};
+use crate::policy::{Predicate, RetryOn, RetryProtocol, circuit_open};
 use crate::pushback::Pushback;
+
+/// tokio's timers fire on whole milliseconds and round a deadline up, so a
+/// sleep meant to end at `at` may end up to this much later. A backoff that
+/// would end within it of the call's deadline is not started: the call would
+/// only wake at its deadline to give up.
+const TIMER_ROUNDING: Duration = Duration::from_nanos(999_999);
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry): the current attempt,
     /// the backoff sleep, or waiting for the service to be ready again.
     ///
     /// What only a retry needs (the backoff sleep, the next attempt, the
-    /// result that stands should it not be sent) is allocated at the call's
-    /// first retry: a call that needs none has a small future and never
-    /// allocates.
+    /// head of the response that stands should the next attempt not be
+    /// sent, the jitter's generator) is allocated at the call's first retry:
+    /// a call that needs none has a small future and never allocates.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, P, R, Req>
     where
         P: RetryProtocol<Req>,
+        P: RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
         S: Service<P::Attempt>,
     {
         #[pin]
@@ -39,7 +48,7 @@ pin_project! {
         max_attempts: u32,
         deadline: Option<Instant>,
         // Last, so that their out-of-line drops run after every other field's.
-        retry: RetryBox<Retrying<P::Attempt, S::Response>>,
+        retry: RetryBox<Retrying<P::Attempt, <P as RetryOn<P::View, S::Response>>::Held>>,
         policy: CallPolicy<P, R>,
     }
 }
@@ -52,20 +61,29 @@ pin_project! {
         First { #[pin] future: F },
         Retry { #[pin] future: F },
         Between,
+        // The call's deadline had passed before the first attempt.
+        Expired,
+        // The output was returned.
+        Done,
     }
 }
 
 pin_project! {
     /// The state between attempts, boxed at the first retry and reused by the
     /// later ones.
-    struct Retrying<A, Res> {
+    struct Retrying<A, H> {
         // Armed for the backoff or the call's deadline, as `wait` says.
         #[pin]
         sleep: Option<Sleep>,
         wait: Wait,
         next: Option<A>,
-        last: Option<Result<Res, BoxError>>,
+        // What is kept of the last attempt's result (a response's head only:
+        // its body was dropped when the retry was decided).
+        last: Option<Result<H, BoxError>>,
         previous_delay: Option<Duration>,
+        // The call's jitter: seeded from the layer's seed, or from the
+        // thread's generator.
+        rng: fastrand::Rng,
     }
 }
 
@@ -97,9 +115,17 @@ enum Wait {
     Unarmed,
 }
 
+/// The call's result.
+type Output<P, V, Res> = Result<<P as RetryOn<V, Res>>::Output, BoxError>;
+/// What is kept of an attempt's result while the next one is prepared.
+type Held<P, V, Res> = Result<<P as RetryOn<V, Res>>::Held, BoxError>;
+/// Between attempts: the call's result, or `None` once the next attempt is in flight.
+type Step<P, V, Res> = Poll<Option<Output<P, V, Res>>>;
+
 impl<S, P, R, Req> ResponseFuture<S, P, R, Req>
 where
-    P: RetryProtocol<Req>,
+    P: RetryProtocol<Req>
+        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
     S: Service<P::Attempt>,
 {
     #[inline]
@@ -122,11 +148,28 @@ where
             deadline,
         }
     }
+
+    /// A call whose deadline had passed before its first attempt: it fails
+    /// with [`DeadlineExceeded::before_send`] without calling the service.
+    #[cold]
+    pub(crate) fn expired(policy: CallPolicy<P, R>, deadline: Instant) -> Self {
+        Self {
+            attempt: Attempt::Expired,
+            retry: RetryBox(None),
+            service: None,
+            kept: None,
+            policy,
+            attempts: 0,
+            max_attempts: 0,
+            deadline: Some(deadline),
+        }
+    }
 }
 
 impl<S, P, R, Req> fmt::Debug for ResponseFuture<S, P, R, Req>
 where
-    P: RetryProtocol<Req>,
+    P: RetryProtocol<Req>
+        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
     S: Service<P::Attempt>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,7 +182,7 @@ where
 }
 
 /// Traces `event`, and hands it to the listeners when the layer has any.
-fn emit(listeners: Option<&Listeners>, event: &Event<'_>) {
+pub(crate) fn emit(listeners: Option<&Listeners>, event: &Event<'_>) {
     match listeners {
         Some(listeners) => listeners.emit(event),
         None => event.trace(),
@@ -154,12 +197,13 @@ fn emit_budget_exhausted(listeners: Option<&Listeners>) {
 
 impl<S, P, R, Req> Future for ResponseFuture<S, P, R, Req>
 where
-    P: RetryProtocol<Req> + RetryOn<P::View, S::Response>,
+    P: RetryProtocol<Req>
+        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
     R: Predicate<P, P::View, S::Response>,
     S: Service<P::Attempt>,
     S::Error: Into<BoxError>,
 {
-    type Output = Result<S::Response, BoxError>;
+    type Output = Output<P, P::View, S::Response>;
 
     // Small and inlined: a first attempt that needs no retry is decided
     // here; retries (planning, waiting, later attempts) are out of line. None
@@ -171,6 +215,7 @@ where
         if let AttemptProj::First { future } = this.attempt.as_mut().project() {
             let result = ready!(future.poll(cx)).map_err(Into::into);
             if let Some(output) = this.on_result(result, 1) {
+                this.attempt.set(Attempt::Done);
                 return Poll::Ready(output);
             }
         }
@@ -180,7 +225,8 @@ where
 
 impl<S, P, R, Req> ResponseFutureProj<'_, S, P, R, Req>
 where
-    P: RetryProtocol<Req> + RetryOn<P::View, S::Response>,
+    P: RetryProtocol<Req>
+        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
     R: Predicate<P, P::View, S::Response>,
     S: Service<P::Attempt>,
     S::Error: Into<BoxError>,
@@ -192,11 +238,15 @@ where
         &mut self,
         result: Result<S::Response, BoxError>,
         attempts: u32,
-    ) -> Option<Result<S::Response, BoxError>> {
+    ) -> Option<Output<P, P::View, S::Response>> {
         let policy = &*self.policy;
         let protocol = &policy.protocol;
         let Some(kept) = self.kept.as_ref() else {
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+            return Some(finish::<P::View, S::Response, P>(
+                protocol,
+                result.map(|r| protocol.output(r)),
+                attempts,
+            ));
         };
         let decision = policy.predicate.decide(protocol, protocol.view(kept), &result);
         if decision == RetryDecision::DoNotRetry {
@@ -207,72 +257,139 @@ where
                 // trailers-only gRPC error that is not retried.
                 throttle.on_success();
             }
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+            // Committed: the request body need not be kept for a replay.
+            protocol.commit(kept);
+            return Some(finish::<P::View, S::Response, P>(
+                protocol,
+                result.map(|r| protocol.output(r)),
+                attempts,
+            ));
         }
         self.plan_retry(result, decision)
     }
 
-    /// A retryable result: checks the attempt count, pushback, deadline,
-    /// replay buffer, throttle and budget, then arms the backoff.
+    /// The last attempt's result stands (a response's kept head, with an
+    /// empty body): no further attempt will be made.
+    fn stand(&self, last: Option<Held<P, P::View, S::Response>>) -> Output<P, P::View, S::Response> {
+        let protocol = &self.policy.protocol;
+        if let Some(kept) = self.kept.as_ref() {
+            protocol.commit(kept);
+        }
+        let last = last.unwrap_or_else(|| Err(PolledAfterCompletion::new(LayerName::Retry).into()));
+        finish::<P::View, S::Response, P>(protocol, last.map(|held| protocol.release(held)), *self.attempts)
+    }
+
+    /// The result stands: no further attempt will be made.
+    fn conclude(&self, result: Result<S::Response, BoxError>) -> Output<P, P::View, S::Response> {
+        let protocol = &self.policy.protocol;
+        if let Some(kept) = self.kept.as_ref() {
+            protocol.commit(kept);
+        }
+        finish::<P::View, S::Response, P>(protocol, result.map(|r| protocol.output(r)), *self.attempts)
+    }
+
+    /// A retryable result: checks the attempt count, pushback (a server's,
+    /// or an open breaker's `retry_in`), deadline, replay buffer, throttle
+    /// and budget, then keeps only the head of a response (its body, with
+    /// every guard in it, is dropped now) and arms the backoff.
     #[inline(never)]
     fn plan_retry(
         &mut self,
         result: Result<S::Response, BoxError>,
         decision: RetryDecision,
-    ) -> Option<Result<S::Response, BoxError>> {
+    ) -> Option<Output<P, P::View, S::Response>> {
         let policy = &*self.policy;
         let protocol = &policy.protocol;
         let attempts = *self.attempts;
-        let Some(kept) = self.kept.as_mut() else {
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
-        };
+        if self.kept.is_none() {
+            return Some(self.conclude(result));
+        }
         if let Some(throttle) = policy.state.throttle() {
             throttle.on_failure();
         }
         if attempts >= *self.max_attempts {
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+            return Some(self.conclude(result));
         }
         let decision = match (decision, protocol.pushback(&result)) {
             (RetryDecision::Retry, Some(Pushback::After(delay))) => RetryDecision::RetryAfter(delay),
             (RetryDecision::Retry, Some(Pushback::Stop)) => RetryDecision::DoNotRetry,
             (decision, _) => decision,
         };
+        let mut reason = if result.is_ok() {
+            "retryable response"
+        } else {
+            "retryable error"
+        };
+        // An open breaker says when it takes calls again. With nothing below
+        // that switched peers for this attempt, retrying sooner would only be
+        // refused again: honour its `retry_in` like a server's pushback.
+        let decision = match (decision, &result) {
+            (RetryDecision::Retry, Err(error)) => match circuit_open(error) {
+                Some(open) if !self.kept.as_ref().is_some_and(|k| protocol.switched_peer(k)) => {
+                    reason = "circuit open";
+                    RetryDecision::RetryAfter(open.retry_in())
+                }
+                _ => RetryDecision::Retry,
+            },
+            (decision, _) => decision,
+        };
+        let mut fresh_rng = None;
         let delay = match decision {
-            RetryDecision::DoNotRetry => return Some(finish::<P::View, _, _>(protocol, result, attempts)),
+            RetryDecision::DoNotRetry => return Some(self.conclude(result)),
             RetryDecision::RetryAfter(delay) if delay > policy.max_pushback => {
-                return Some(finish::<P::View, _, _>(protocol, result, attempts));
+                return Some(self.conclude(result));
             }
             RetryDecision::RetryAfter(delay) => delay,
             RetryDecision::Retry => {
-                let previous = self.retry.0.as_ref().and_then(|r| r.previous_delay);
-                policy.backoff.delay(attempts - 1, previous)
+                let (previous, rng) = match self.retry.0.as_mut() {
+                    Some(retry) => {
+                        let retry = retry.as_mut().project();
+                        (*retry.previous_delay, retry.rng)
+                    }
+                    None => (None, fresh_rng.insert(call_rng(policy))),
+                };
+                policy.backoff.delay_with(attempts - 1, previous, rng)
             }
         };
         let now = Instant::now();
-        if let Some(deadline) = *self.deadline
-            && now.checked_add(delay).is_none_or(|at| at >= deadline)
-        {
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+        if let Some(deadline) = *self.deadline {
+            // A sleep wakes on the timer's next millisecond: never start one
+            // that would wake at (or past) the deadline only to give up.
+            let slack = if delay.is_zero() {
+                Duration::ZERO
+            } else {
+                TIMER_ROUNDING
+            };
+            if now
+                .checked_add(delay)
+                .and_then(|at| at.checked_add(slack))
+                .is_none_or(|wake| wake >= deadline)
+            {
+                return Some(self.conclude(result));
+            }
         }
         // The next attempt carries the peers the earlier ones used.
         let peer = protocol.peer(&result);
+        let Some(kept) = self.kept.as_mut() else {
+            return Some(self.conclude(result));
+        };
         if let Some(peer) = &peer {
             protocol.record_peer(kept, peer.clone());
         }
         if !protocol.can_retry(kept) {
             not_replayable(attempts);
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+            return Some(self.conclude(result));
         }
         // The budget and the throttle before building the attempt.
         if policy.state.throttle().is_some_and(|t| !t.allows_retry())
             || policy.state.budget().is_some_and(|b| !b.withdraw())
         {
             emit_budget_exhausted(policy.state.listeners());
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+            return Some(self.conclude(result));
         }
         let Some(next) = protocol.next_attempt(kept) else {
             not_replayable(attempts);
-            return Some(finish::<P::View, _, _>(protocol, result, attempts));
+            return Some(self.conclude(result));
         };
         emit(
             policy.state.listeners(),
@@ -281,17 +398,18 @@ where
                 EventKind::Retry {
                     attempt: attempts,
                     delay,
-                    reason: if result.is_ok() {
-                        "retryable response"
-                    } else {
-                        "retryable error"
-                    },
+                    reason,
                 },
             )
             .peer(peer.as_ref()),
         );
         #[cfg(feature = "metrics")]
         metrics::counter!("palisade_retry_retries_total").increment(1);
+        // Keep only what the call needs should the next attempt not be sent:
+        // a response's body, and what the layers below tied to it (a permit,
+        // an in-flight count, a breaker's verdict), goes now, not after the
+        // backoff.
+        let last = result.map(|response| protocol.hold(response));
         let wait = if delay.is_zero() { Wait::Unarmed } else { Wait::Backoff };
         match self.retry.0.as_mut() {
             Some(retry) => {
@@ -301,7 +419,7 @@ where
                 }
                 *retry.wait = wait;
                 *retry.next = Some(next);
-                *retry.last = Some(result);
+                *retry.last = Some(last);
                 *retry.previous_delay = Some(delay);
             }
             None => {
@@ -309,8 +427,9 @@ where
                     sleep: (wait == Wait::Backoff).then(|| tokio::time::sleep_until(after(now, delay))),
                     wait,
                     next: Some(next),
-                    last: Some(result),
+                    last: Some(last),
                     previous_delay: Some(delay),
+                    rng: fresh_rng.unwrap_or_else(|| call_rng(policy)),
                 }));
             }
         }
@@ -319,19 +438,34 @@ where
     }
 
     /// After the first attempt asked for a retry: the backoff, the later
-    /// attempts and their results.
+    /// attempts and their results; also a call refused before its first
+    /// attempt, and a future polled after completion.
     #[inline(never)]
-    fn retrying(&mut self, cx: &mut Context<'_>) -> Poll<Result<S::Response, BoxError>> {
+    fn retrying(&mut self, cx: &mut Context<'_>) -> Poll<Output<P, P::View, S::Response>> {
         loop {
-            if let AttemptProj::Retry { future } = self.attempt.as_mut().project() {
-                let result = ready!(future.poll(cx)).map_err(Into::into);
-                let attempts = *self.attempts;
-                if let Some(output) = self.on_result(result, attempts) {
-                    return Poll::Ready(output);
+            match self.attempt.as_mut().project() {
+                AttemptProj::Retry { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let attempts = *self.attempts;
+                    if let Some(output) = self.on_result(result, attempts) {
+                        self.attempt.set(Attempt::Done);
+                        return Poll::Ready(output);
+                    }
                 }
+                AttemptProj::Expired => {
+                    self.attempt.set(Attempt::Done);
+                    return Poll::Ready(Err(DeadlineExceeded::before_send().into()));
+                }
+                AttemptProj::Done | AttemptProj::First { .. } => {
+                    return Poll::Ready(Err(PolledAfterCompletion::new(LayerName::Retry).into()));
+                }
+                AttemptProj::Between => {}
             }
             match self.between_attempts(cx) {
-                Poll::Ready(Some(output)) => return Poll::Ready(output),
+                Poll::Ready(Some(output)) => {
+                    self.attempt.set(Attempt::Done);
+                    return Poll::Ready(output);
+                }
                 Poll::Ready(None) => {}
                 Poll::Pending => return Poll::Pending,
             }
@@ -342,9 +476,10 @@ where
     /// (bounded by the deadline), then the next attempt. `Ready(None)` once
     /// the next attempt is in flight.
     #[inline]
-    fn between_attempts(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<S::Response, BoxError>>> {
+    fn between_attempts(&mut self, cx: &mut Context<'_>) -> Step<P, P::View, S::Response> {
+        let protocol = &self.policy.protocol;
         let Some(retry) = self.retry.0.as_mut() else {
-            return Poll::Ready(Some(Err("retry state lost".into())));
+            return Poll::Ready(Some(Err(PolledAfterCompletion::new(LayerName::Retry).into())));
         };
         let mut retry = retry.as_mut().project();
         loop {
@@ -368,17 +503,13 @@ where
                     if retry.sleep.as_mut().as_pin_mut().is_some_and(|s| s.poll(cx).is_ready()) {
                         // The deadline passed while the service was not
                         // ready: the last attempt's result stands.
-                        return Poll::Ready(Some(finish_last(
-                            &self.policy.protocol,
-                            retry.last.take(),
-                            *self.attempts,
-                        )));
+                        let last = retry.last.take();
+                        return Poll::Ready(Some(self.stand(last)));
                     }
                 }
                 Wait::Unarmed => {}
             }
             let deadline_passed = self.deadline.is_some_and(|d| Instant::now() >= d);
-            let protocol = &self.policy.protocol;
             // The replay buffer may have been lost since the retry was
             // decided (the previous attempt's body outgrew the cap or
             // failed): then the last result stands.
@@ -387,22 +518,21 @@ where
                 if !can_retry {
                     not_replayable(*self.attempts);
                 }
-                return Poll::Ready(Some(finish_last(
-                    &self.policy.protocol,
-                    retry.last.take(),
-                    *self.attempts,
-                )));
+                let last = retry.last.take();
+                return Poll::Ready(Some(self.stand(last)));
             }
             let Some(service) = self.service.as_mut() else {
-                return Poll::Ready(Some(finish_last(
-                    &self.policy.protocol,
-                    retry.last.take(),
-                    *self.attempts,
-                )));
+                let last = retry.last.take();
+                return Poll::Ready(Some(self.stand(last)));
             };
             match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(Err(error)) => {
+                    if let Some(kept) = self.kept.as_ref() {
+                        protocol.commit(kept);
+                    }
+                    return Poll::Ready(Some(Err(error.into())));
+                }
                 Poll::Pending => {
                     if let (Wait::Unarmed, Some(deadline)) = (*retry.wait, *self.deadline) {
                         // Nothing else would wake this call at its deadline.
@@ -413,7 +543,7 @@ where
                     return Poll::Pending;
                 }
             }
-            if let Some(next) = retry.next.take() {
+            if let (Some(mut next), Some(kept)) = (retry.next.take(), self.kept.as_mut()) {
                 *retry.last = None;
                 if *retry.wait == Wait::Deadline {
                     // Leave no timer registered while the attempt runs.
@@ -421,6 +551,14 @@ where
                 }
                 *retry.wait = Wait::Unarmed;
                 *self.attempts += 1;
+                if *self.attempts >= *self.max_attempts {
+                    // The last attempt: no replay of its body will follow.
+                    protocol.commit(kept);
+                }
+                protocol.note_sent(kept);
+                if let Some(deadline) = *self.deadline {
+                    protocol.before_send(&mut next, deadline);
+                }
                 let future = service.call(next);
                 self.attempt.set(Attempt::Retry { future });
                 return Poll::Ready(None);
@@ -429,16 +567,13 @@ where
     }
 }
 
-/// The last attempt's result, untouched, as the call's.
-fn finish_last<V, Res, P>(protocol: &P, last: Option<Result<Res, BoxError>>, attempts: u32) -> Result<Res, BoxError>
-where
-    P: RetryOn<V, Res>,
-{
-    finish::<V, _, _>(
-        protocol,
-        last.unwrap_or_else(|| Err("retry state lost".into())),
-        attempts,
-    )
+/// The generator of one call's jitter: from the layer's seed when it has
+/// one (tests replaying a run), else from the thread's generator.
+fn call_rng<P, R>(policy: &CallPolicy<P, R>) -> fastrand::Rng {
+    match policy.state.jitter() {
+        Some(seed) => seed.rng(),
+        None => unseeded_rng(),
+    }
 }
 
 /// `now + delay`, or a time that never comes when that overflows (a huge
@@ -469,7 +604,11 @@ fn not_replayable(attempt: u32) {
 
 /// Marks the final response and reports the number of attempts.
 #[inline]
-fn finish<V, Res, P>(protocol: &P, mut result: Result<Res, BoxError>, attempts: u32) -> Result<Res, BoxError>
+fn finish<V, Res, P>(
+    protocol: &P,
+    mut result: Result<<P as RetryOn<V, Res>>::Output, BoxError>,
+    attempts: u32,
+) -> Result<<P as RetryOn<V, Res>>::Output, BoxError>
 where
     P: RetryOn<V, Res>,
 {

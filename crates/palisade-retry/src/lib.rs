@@ -61,13 +61,23 @@
 //!   replayed for later attempts (see [`replay`]). A body that outgrows the
 //!   cap is sent once and the call is not retried; a replay made before the
 //!   body outgrew the cap (or before its read failed) yields a
-//!   [`BodyNotReplayable`] error rather than a cut-short body. Per-call options
+//!   [`BodyNotReplayable`] error rather than a cut-short body. Once no replay
+//!   can happen any more (the response headers arrived, the last attempt is
+//!   sent, the budget is spent) the body stops buffering (see
+//!   [`replay`]). Per-call options
 //!   ([`CallOptions`](palisade_core::options::CallOptions) in the request's
 //!   extensions), per-route overrides and status-based rules work on this path.
+//!   The call's response is `http::Response<RetryBody<RB>>`: the inner
+//!   response with its body passed through untouched in a [`RetryBody`],
+//!   which is empty only when a retried response's kept head is returned
+//!   (see [What a retry holds](#what-a-retry-holds)).
 //!
 //! A tonic `Channel` takes `http::Request<tonic::body::Body>`; put a
 //! `map_request(|r: http::Request<ReplayBody<tonic::body::Body>>| r.map(tonic::body::Body::new))`
-//! between the layer and the channel.
+//! between the layer and the channel. A tonic generated client takes the
+//! layer's `RetryBody` responses as they are (it accepts any body whose data
+//! is `Bytes` and whose error converts into a boxed error): tonic users see
+//! no difference.
 //!
 //! In both paths the inner service must be `Clone` (tower's pattern: the
 //! response future drives the later attempts on the service that `call` was
@@ -79,7 +89,8 @@
 //! # Cost
 //!
 //! What the layer itself adds to a call whose first attempt needs no retry:
-//! no allocation, and no timer in the response future. The backoff sleep, the
+//! no allocation, and no timer in the response future (on the http paths the
+//! response's body is moved into a [`RetryBody`], a pass-through). The backoff sleep, the
 //! next attempt and the result that stands should it not be sent live in one
 //! allocation made at the call's first retry and reused by its later ones.
 //! With no budget, throttle or listener the layer touches no atomic; with the
@@ -90,6 +101,21 @@
 //! [`Grpc`](palisade_core::protocol::Grpc), a copy of the request head, the
 //! shared replay buffer and the [attempt record](palisade_core::peer::AttemptRecord)
 //! (allocations, made only when the call may retry).
+//!
+//! # What a retry holds
+//!
+//! Nothing of the attempt it retries beyond what the call's answer needs.
+//! Once a retry of a *response* is decided (a 503, a trailers-only
+//! `UNAVAILABLE`), the layer drops that response's body before the backoff
+//! sleep and keeps only its head (`http::response::Parts`): whatever the
+//! layers below tied to the body is settled at once, not after the backoff.
+//! A bulkhead's permit comes back (another call may use it meanwhile), a
+//! balancer's in-flight count drops, a breaker counts the failure (so other
+//! callers stop going to that peer). Should the next attempt then not be
+//! sent (the deadline passes while the service is not ready, the request
+//! body can no longer be replayed), the call returns the kept head with an
+//! empty [`RetryBody`]. On the [`Plain`](palisade_core::protocol::Plain)
+//! path a response has no body and is kept as it is.
 //!
 //! # What is retried
 //!
@@ -122,11 +148,42 @@
 //!   gRPC-style [throttle](budget::Throttle) is
 //!   available too. Both are shared by every clone of the services one
 //!   [`RetryLayer`] value builds.
+//! - An open breaker: a [`CircuitOpen`](error::CircuitOpen) says when the
+//!   breaker takes calls again (`retry_in`). When nothing below switched
+//!   peers for the refused attempt (no balancer recorded a new peer in the
+//!   [attempt record](palisade_core::peer::AttemptRecord): a single
+//!   channel, or a balancer that had no other peer), it is honoured like a
+//!   server's pushback: the retry waits exactly `retry_in`, and is not made
+//!   when that is longer than `max_pushback` or than the time left before
+//!   the deadline (the call then returns the `CircuitOpen` at once, without
+//!   touching the budget). When a balancer recorded a new peer, the retry
+//!   follows the ordinary backoff and goes to another peer.
 //! - Deadline: when the call carries a deadline
-//!   ([`CallOptions::set_deadline`](palisade_core::options::CallOptions::set_deadline)),
-//!   no backoff sleep and no attempt starts that the deadline would cut, and
-//!   a service that stays unready past the deadline does not hold the call:
-//!   the call returns the last attempt's result instead.
+//!   ([`CallOptions::set_deadline`](palisade_core::options::CallOptions::set_deadline);
+//!   a total timeout layer above writes its own end there), a call whose
+//!   deadline has already passed fails with
+//!   [`DeadlineExceeded::before_send`](error::DeadlineExceeded::before_send)
+//!   without calling the inner service and without touching the budget; no
+//!   backoff sleep and no attempt starts that the deadline would cut (a
+//!   sleep wakes on tokio's next millisecond, so a backoff that would end
+//!   within a millisecond of the deadline is not started either: the call
+//!   returns the last attempt's result at once instead of at its deadline);
+//!   and a service that stays unready past the deadline does not hold the
+//!   call: the call returns the last attempt's result instead.
+//! - Jitter: each call draws its delays from its own generator, seeded from
+//!   the thread's, so calls do not retry in step. A test that must replay a
+//!   jittered run seeds the layer ([`RetryLayerBuilder::jitter_seed`]).
+//!
+//! # Time left on the wire
+//!
+//! On the [`Grpc`](palisade_core::protocol::Grpc) path, every attempt of a
+//! call with a deadline, the first and each retry, carries `grpc-timeout`
+//! with the time left at the moment that attempt is sent, rounded down (the
+//! wire format of [`palisade_core::grpc_timeout`]); a shorter value already
+//! on the request (tonic's `Request::set_timeout`) is kept. So a retry sent
+//! after a backoff never tells the server it has the first attempt's time,
+//! whatever layers are or are not below the retry. A call without a
+//! deadline gets no header from this layer (and costs nothing for it).
 //!
 //! # Peer switching
 //!
@@ -157,6 +214,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod body;
 pub mod budget;
 mod config;
 pub mod error;
@@ -167,6 +225,7 @@ pub mod pushback;
 pub mod replay;
 mod service;
 
+pub use body::RetryBody;
 pub use config::{MAX_REPLAY_CAP, MAX_RETRIES, RetryLayerBuilder, RouteRetry, default_backoff};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;

@@ -27,16 +27,26 @@
 //! | [`Grpc`]: a trailers-only response with `grpc-status: 14` (UNAVAILABLE), or a 502/503/504 (which gRPC maps to UNAVAILABLE) | yes |
 //! | [`Grpc`]: a response whose status is only in its trailers | no: the call is committed once headers arrived |
 //! | anything else | no |
+//!
+//! When a retry is decided, the layer (not the predicate) chooses the delay:
+//! [server pushback](crate::pushback), else for a
+//! [`CircuitOpen`] refused with no new peer recorded for the attempt
+//! ([`RetryProtocol::switched_peer`]) the breaker's `retry_in`, else the
+//! backoff. A predicate that answers
+//! [`RetryDecision::RetryAfter`] chooses the delay itself.
 
 use palisade_core::BoxError;
 use palisade_core::error::CircuitOpen;
+use palisade_core::grpc_timeout;
 use palisade_core::options::{CallOptions, CallOptionsExt};
 use palisade_core::peer::{AttemptRecord, PeerId};
 use palisade_core::protocol::{Grpc, GrpcCode, Http, Inspect, Plain};
-use palisade_core::retry::{RetryDecision, RetryPredicate, Retryability, error_retryability};
+use palisade_core::retry::{RetryDecision, RetryPredicate, Retryability, Retryable, error_retryability};
 
 use http::{Method, StatusCode};
+use tokio::time::Instant;
 
+use crate::body::RetryBody;
 use crate::pushback::{self, Pushback};
 use crate::replay::ReplayBody;
 
@@ -79,10 +89,58 @@ pub trait RetryProtocol<Req>: Inspect<Req> {
     fn record_peer(&self, kept: &mut Self::Kept, peer: PeerId) {
         let _ = (kept, peer);
     }
+
+    /// Called just before an attempt of a call with a deadline is sent, with
+    /// the deadline: [`Grpc`] writes the time left into `grpc-timeout`
+    /// (rounded down, keeping a shorter one already there). The default does
+    /// nothing. Calls without a deadline never get here.
+    fn before_send(&self, attempt: &mut Self::Attempt, deadline: Instant) {
+        let _ = (attempt, deadline);
+    }
+
+    /// Called just before a later attempt is sent, to note what the attempt
+    /// record holds then (see [`switched_peer`](Self::switched_peer)).
+    fn note_sent(&self, kept: &mut Self::Kept) {
+        let _ = kept;
+    }
+
+    /// Whether something below (a balancer) recorded a new peer for the
+    /// attempt that just ended, in the attempt record it carried: then a
+    /// retry can go to another peer. The default (no record): never.
+    fn switched_peer(&self, kept: &Self::Kept) -> bool {
+        let _ = kept;
+        false
+    }
+
+    /// Called once no further attempt can be made (the call is committed):
+    /// [`Http`] and [`Grpc`] stop buffering the request body for replays.
+    fn commit(&self, kept: &Self::Kept) {
+        let _ = kept;
+    }
 }
 
-/// A protocol's default retry rules and what it reads from results.
+/// A protocol's default retry rules, what it reads from results, and what
+/// it keeps of a retried response.
 pub trait RetryOn<View, Res> {
+    /// The response a call returns: `Res` itself for [`Plain`], the response
+    /// with its body in a [`RetryBody`] for [`Http`] and [`Grpc`].
+    type Output;
+    /// What is kept of a response whose retry was decided, through the
+    /// backoff, should the next attempt not be sent: the response itself for
+    /// [`Plain`] (it holds no body), only the head (`http::response::Parts`)
+    /// for [`Http`] and [`Grpc`], so that the body (and every guard the
+    /// layers below put in it) is dropped before the backoff sleep.
+    type Held;
+
+    /// An attempt's response as the call's (the success path: no copy).
+    fn output(&self, response: Res) -> Self::Output;
+
+    /// Keeps what the call needs of a response whose retry was decided.
+    fn hold(&self, response: Res) -> Self::Held;
+
+    /// A kept response as the call's, when no further attempt was sent.
+    fn release(&self, held: Self::Held) -> Self::Output;
+
     /// The default decision on one attempt's result.
     fn decide(&self, view: &View, result: &Result<Res, BoxError>) -> RetryDecision {
         let _ = view;
@@ -114,7 +172,7 @@ pub trait RetryOn<View, Res> {
     }
 
     /// Marks the final response with the number of attempts.
-    fn finish(&self, response: &mut Res, attempts: u32) {
+    fn finish(&self, response: &mut Self::Output, attempts: u32) {
         let _ = (response, attempts);
     }
 }
@@ -129,12 +187,21 @@ pub fn decide_error(error: &BoxError) -> RetryDecision {
 }
 
 fn peer_of_error(error: &BoxError) -> Option<PeerId> {
+    circuit_open(error).and_then(|open| open.peer().cloned())
+}
+
+/// The [`CircuitOpen`] in `error` or its sources (looking inside a
+/// [`Retryable`] mark too), if any.
+pub(crate) fn circuit_open(error: &BoxError) -> Option<&CircuitOpen> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     while let Some(err) = next {
         if let Some(open) = err.downcast_ref::<CircuitOpen>() {
-            return open.peer().cloned();
+            return Some(open);
         }
-        next = err.source();
+        next = match err.downcast_ref::<Retryable>() {
+            Some(marked) => Some(marked.inner()),
+            None => err.source(),
+        };
     }
     None
 }
@@ -185,7 +252,25 @@ impl<Req: Clone> RetryProtocol<Req> for Plain {
     }
 }
 
-impl<View, Res> RetryOn<View, Res> for Plain {}
+impl<View, Res> RetryOn<View, Res> for Plain {
+    type Output = Res;
+    type Held = Res;
+
+    #[inline]
+    fn output(&self, response: Res) -> Res {
+        response
+    }
+
+    #[inline]
+    fn hold(&self, response: Res) -> Res {
+        response
+    }
+
+    #[inline]
+    fn release(&self, held: Res) -> Res {
+        held
+    }
+}
 
 // ---- Http and Grpc: replayable bodies ----
 
@@ -195,6 +280,8 @@ impl<View, Res> RetryOn<View, Res> for Plain {}
 pub struct KeptRequest<B> {
     head: http::Request<()>,
     body: ReplayBody<B>,
+    /// How many peers the attempt record held when the latest attempt was sent.
+    recorded_at_send: usize,
 }
 
 impl<B> KeptRequest<B> {
@@ -213,13 +300,32 @@ fn first_http_attempt<B: http_body::Body>(
         return (request.map(ReplayBody::once), None);
     }
     let (mut parts, body) = request.into_parts();
-    parts.extensions.attempt_record_mut();
+    // A record the caller brought may hold peers already; a new one is empty
+    // (no lock taken on this path).
+    let recorded_at_send = match parts.extensions.attempt_record() {
+        Some(record) => record.len(),
+        None => {
+            parts.extensions.insert(AttemptRecord::default());
+            0
+        }
+    };
     let body = ReplayBody::new(body, cap);
     let kept = body.replay().map(|replay| KeptRequest {
         head: http::Request::from_parts(parts.clone(), ()),
         body: replay,
+        recorded_at_send,
     });
     (http::Request::from_parts(parts, body), kept)
+}
+
+fn recorded(kept_head: &http::Request<()>) -> usize {
+    kept_head.attempt_record().map_or(0, AttemptRecord::len)
+}
+
+/// Writes the time left until `deadline` as the attempt's `grpc-timeout`.
+fn stamp_grpc_timeout<B>(attempt: &mut http::Request<B>, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    grpc_timeout::write_shorter(attempt.headers_mut(), left);
 }
 
 fn next_http_attempt<B: http_body::Body>(kept: &KeptRequest<B>) -> Option<http::Request<ReplayBody<B>>> {
@@ -236,7 +342,7 @@ fn record_http_peer<B>(kept: &mut KeptRequest<B>, peer: PeerId) {
 }
 
 macro_rules! replayable_protocol {
-    ($protocol:ty) => {
+    ($protocol:ty, $stamp:expr) => {
         impl<B: http_body::Body> RetryProtocol<http::Request<B>> for $protocol {
             type Attempt = http::Request<ReplayBody<B>>;
             type Kept = KeptRequest<B>;
@@ -270,14 +376,51 @@ macro_rules! replayable_protocol {
             fn can_retry(&self, kept: &Self::Kept) -> bool {
                 kept.body.is_replayable()
             }
+
+            #[inline]
+            fn before_send(&self, attempt: &mut Self::Attempt, deadline: Instant) {
+                if $stamp {
+                    stamp_grpc_timeout(attempt, deadline);
+                }
+            }
+
+            fn note_sent(&self, kept: &mut Self::Kept) {
+                kept.recorded_at_send = recorded(&kept.head);
+            }
+
+            fn switched_peer(&self, kept: &Self::Kept) -> bool {
+                recorded(&kept.head) > kept.recorded_at_send
+            }
+
+            fn commit(&self, kept: &Self::Kept) {
+                kept.body.commit();
+            }
         }
     };
 }
 
-replayable_protocol!(Http);
-replayable_protocol!(Grpc);
+// Only gRPC has a header for the time left; plain http is left to a timeout
+// layer's `propagate_header`.
+replayable_protocol!(Http, false);
+replayable_protocol!(Grpc, true);
 
 impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Http {
+    type Output = http::Response<RetryBody<RB>>;
+    type Held = http::response::Parts;
+
+    #[inline]
+    fn output(&self, response: http::Response<RB>) -> Self::Output {
+        response.map(RetryBody::new)
+    }
+
+    fn hold(&self, response: http::Response<RB>) -> http::response::Parts {
+        response.into_parts().0
+    }
+
+    fn release(&self, held: http::response::Parts) -> Self::Output {
+        http::Response::from_parts(held, RetryBody::empty())
+    }
+
     fn decide(&self, view: &http::Request<()>, result: &Result<http::Response<RB>, BoxError>) -> RetryDecision {
         match result {
             Ok(response) if is_gateway_failure(response.status()) => {
@@ -308,7 +451,7 @@ impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Http {
         result.as_ref().is_ok_and(|r| !r.status().is_server_error())
     }
 
-    fn finish(&self, response: &mut http::Response<RB>, attempts: u32) {
+    fn finish(&self, response: &mut Self::Output, attempts: u32) {
         mark_attempts(response, attempts);
     }
 }
@@ -322,6 +465,22 @@ fn mark_attempts<RB>(response: &mut http::Response<RB>, attempts: u32) {
 }
 
 impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Grpc {
+    type Output = http::Response<RetryBody<RB>>;
+    type Held = http::response::Parts;
+
+    #[inline]
+    fn output(&self, response: http::Response<RB>) -> Self::Output {
+        response.map(RetryBody::new)
+    }
+
+    fn hold(&self, response: http::Response<RB>) -> http::response::Parts {
+        response.into_parts().0
+    }
+
+    fn release(&self, held: http::response::Parts) -> Self::Output {
+        http::Response::from_parts(held, RetryBody::empty())
+    }
+
     fn decide(&self, _: &http::Request<()>, result: &Result<http::Response<RB>, BoxError>) -> RetryDecision {
         match result {
             Ok(response) if is_gateway_failure(response.status()) => RetryDecision::Retry,
@@ -357,7 +516,7 @@ impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Grpc {
         })
     }
 
-    fn finish(&self, response: &mut http::Response<RB>, attempts: u32) {
+    fn finish(&self, response: &mut Self::Output, attempts: u32) {
         mark_attempts(response, attempts);
     }
 }

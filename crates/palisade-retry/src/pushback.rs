@@ -10,7 +10,13 @@
 //!   date in the past means "now"; any other form means "do not retry".
 //!
 //! A delay beyond the layer's `max_pushback` skips the retry: the server asks
-//! for more patience than the caller is willing to give.
+//! for more patience than the caller is willing to give. So does one that
+//! would end past the call's deadline.
+//!
+//! An open circuit breaker pushes back too: its
+//! [`CircuitOpen::retry_in`](palisade_core::error::CircuitOpen::retry_in) is
+//! honoured the same way when no balancer below could send the retry to
+//! another peer (see the [crate docs](crate#how-many-and-when)).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

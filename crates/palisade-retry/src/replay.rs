@@ -29,6 +29,17 @@
 //!
 //! When a call may not be retried at all (0 retries), the body passes through
 //! without any shared state or buffering.
+//!
+//! # Committed calls stop buffering
+//!
+//! Once no replay can happen any more, the layer [commits](ReplayBody::commit)
+//! the body: the call's response headers arrived and are not retried, the
+//! last attempt is being sent, or no retry is left (the budget is spent, the
+//! deadline is too close). From then on the attempt that sends the body
+//! passes the rest of it through without buffering, and lets go of the
+//! frames it had buffered as soon as it has sent them, so a long-lived
+//! client stream does not keep (up to the cap of) its first bytes for
+//! nothing. A committed body can no longer be replayed.
 
 use std::fmt;
 use std::pin::Pin;
@@ -112,6 +123,9 @@ struct Replay<B> {
 struct Shared<B> {
     /// Set once the buffer is gone: the body cannot be replayed.
     capped: AtomicBool,
+    /// Set once no replay will be made: the attempt sending the body stops
+    /// buffering (unlike `capped`, an attempt already made stays whole).
+    committed: AtomicBool,
     /// Set when the buffer was lost because the original body's read failed.
     failed: AtomicBool,
     slot: Mutex<Slot<B>>,
@@ -159,6 +173,7 @@ impl<B: Body> ReplayBody<B> {
             kind: Kind::Replay(Replay {
                 shared: Arc::new(Shared {
                     capped: AtomicBool::new(capped),
+                    committed: AtomicBool::new(false),
                     failed: AtomicBool::new(false),
                     slot: Mutex::new(Slot {
                         state: None,
@@ -209,11 +224,22 @@ impl<B: Body> ReplayBody<B> {
             Kind::Replay(r) => r.is_replayable(),
         }
     }
+
+    /// Tells the body that no further replay will be made (the call is
+    /// committed): the attempt sending it stops buffering what it reads and
+    /// frees what it buffered once it has sent it. Replays made before (the
+    /// last attempt's body) still send the whole body; no new replay can be
+    /// made. Idempotent; does nothing on a body made with [`once`](Self::once).
+    pub fn commit(&self) {
+        if let Kind::Replay(r) = &self.kind {
+            r.shared.committed.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl<B> Replay<B> {
     fn is_replayable(&self) -> bool {
-        !self.shared.capped.load(Ordering::Acquire)
+        !self.shared.capped.load(Ordering::Acquire) && !self.shared.committed.load(Ordering::Acquire)
     }
 
     /// Whether this attempt can no longer send the whole body.
@@ -306,6 +332,13 @@ where
             return Poll::Ready(Some(Ok(Frame::data(frame.clone()))));
         }
         // 2. The rest of the original body.
+        let committed = replay.shared.committed.load(Ordering::Acquire);
+        if committed && !state.frames.is_empty() && replay.replayed >= state.frames.len() {
+            // No replay will be made: what this attempt has sent need not be kept.
+            state.frames = Vec::new();
+            state.buffered = 0;
+            replay.replayed = 0;
+        }
         if let Some(body) = state.body.as_mut() {
             return match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
@@ -326,7 +359,7 @@ where
                     Ok(mut data) => {
                         let data = data.copy_to_bytes(data.remaining());
                         replay.sent += data.len() as u64;
-                        if !replay.shared.capped.load(Ordering::Acquire) {
+                        if !committed && !replay.shared.capped.load(Ordering::Acquire) {
                             if state.buffered + data.len() > state.cap {
                                 tracing::debug!(
                                     target: "palisade",
@@ -350,7 +383,9 @@ where
                     Err(frame) => match frame.into_trailers() {
                         Ok(trailers) => {
                             state.body = None;
-                            state.trailers = Some(trailers.clone());
+                            if !committed {
+                                state.trailers = Some(trailers.clone());
+                            }
                             replay.trailers_sent = true;
                             Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                         }
@@ -590,6 +625,90 @@ mod tests {
             Poll::Ready((bytes, _)) => assert_eq!(bytes, Bytes::from("xy")),
             Poll::Pending => panic!("the replay must run once the first attempt let go"),
         }
+    }
+
+    /// A frame whose bytes count their own drop: kept in a replay buffer,
+    /// a frame stays alive after it was sent.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>, Vec<u8>);
+
+    impl AsRef<[u8]> for Counted {
+        fn as_ref(&self) -> &[u8] {
+            &self.1
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counted_frames(
+        n: usize,
+        len: usize,
+        freed: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin + use<> {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..n)
+            .map(|i| {
+                Ok(Frame::data(Bytes::from_owner(Counted(
+                    freed.clone(),
+                    vec![i as u8; len],
+                ))))
+            })
+            .collect();
+        StreamBody::new(futures::stream::iter(frames))
+    }
+
+    fn buffered_frames<B>(body: &ReplayBody<B>) -> usize {
+        match &body.kind {
+            Kind::Replay(Replay { state: Some(state), .. }) => state.frames.len(),
+            _ => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_body_stops_buffering_and_frees_what_it_sent() {
+        let freed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut first = ReplayBody::new(counted_frames(4, 1024, &freed), 64 * 1024);
+        let handle = first.replay().unwrap();
+        let _ = first.frame().await.unwrap().unwrap();
+        assert_eq!(buffered_frames(&first), 1, "buffered while a retry may come");
+        assert_eq!(freed.load(Ordering::SeqCst), 0);
+
+        // The response headers arrived: no replay will be made.
+        handle.commit();
+        assert!(!handle.is_replayable() && !first.is_replayable());
+        assert!(handle.replay().is_none());
+        while let Some(frame) = first.frame().await {
+            drop(frame.unwrap());
+            assert_eq!(buffered_frames(&first), 0, "nothing is buffered once committed");
+        }
+        assert_eq!(freed.load(Ordering::SeqCst), 4, "every frame was freed once sent");
+    }
+
+    #[tokio::test]
+    async fn the_last_attempt_sends_the_whole_body_without_buffering_the_rest() {
+        let freed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut first = ReplayBody::new(counted_frames(3, 16, &freed), 1024);
+        let last = first.replay().unwrap();
+        let _ = first.frame().await.unwrap().unwrap();
+        drop(first); // the first attempt failed after sending one frame
+        // The last attempt is about to be sent: commit, then send it.
+        let mut last = last;
+        last.commit();
+        let mut sent = Vec::new();
+        while let Some(frame) = last.frame().await {
+            sent.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            // Only the frame buffered before the commit may still be held,
+            // until the next read: nothing new is kept for a replay.
+            let alive = sent.len() / 16 - freed.load(Ordering::SeqCst);
+            assert!(alive <= 1, "{alive} sent frames still held");
+        }
+        assert_eq!(sent.len(), 48, "the replay made before the commit is whole");
+        assert_eq!(&sent[..16], &[0u8; 16][..]);
+        assert_eq!(&sent[32..], &[2u8; 16][..]);
+        assert_eq!(buffered_frames(&last), 0);
+        assert_eq!(freed.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use palisade_core::BoxError;
+use palisade_core::event::{Event, EventKind, LayerName};
 use palisade_core::options::CallOptions;
+use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::config::{CallPolicy, RouteRetry, Shared, StateHandle};
-use crate::future::ResponseFuture;
+use crate::config::{CallPolicy, RouteRetry, Settings, Shared, StateHandle};
+use crate::future::{ResponseFuture, emit};
 use crate::policy::{Predicate, RetryOn, RetryProtocol};
 
 /// Retries failed calls to `S`; made by [`RetryLayer`](crate::RetryLayer).
@@ -24,7 +26,16 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// The inner service receives the protocol's attempt type: `Req` itself for
 /// [`Plain`](palisade_core::protocol::Plain), and
 /// `http::Request<ReplayBody<B>>` for [`Http`](palisade_core::protocol::Http)
-/// and [`Grpc`](palisade_core::protocol::Grpc).
+/// and [`Grpc`](palisade_core::protocol::Grpc). The response is the inner
+/// service's for `Plain`, and `http::Response<RetryBody<RB>>` for `Http` and
+/// `Grpc` (see [`RetryBody`](crate::RetryBody): the inner body, passed
+/// through).
+///
+/// A call whose deadline has already passed fails with
+/// [`DeadlineExceeded::before_send`](palisade_core::error::DeadlineExceeded::before_send)
+/// without calling the inner service and without touching the retry budget;
+/// whatever the inner service reserved in `poll_ready` stays reserved for the
+/// next call, as tower's readiness contract has it.
 pub struct Retry<S, P, R> {
     inner: S,
     shared: Arc<Shared<P, R>>,
@@ -71,12 +82,12 @@ impl<S: fmt::Debug, P: fmt::Debug, R: fmt::Debug> fmt::Debug for Retry<S, P, R> 
 
 impl<S, P, R, Req> Service<Req> for Retry<S, P, R>
 where
-    P: RetryProtocol<Req> + RetryOn<P::View, S::Response> + Clone,
+    P: RetryProtocol<Req> + RetryOn<<P as RetryProtocol<Req>>::View, S::Response> + Clone,
     R: Predicate<P, P::View, S::Response> + Clone,
     S: Service<P::Attempt> + Clone,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = <P as RetryOn<P::View, S::Response>>::Output;
     type Error = BoxError;
     type Future = ResponseFuture<S, P, R, Req>;
 
@@ -106,10 +117,6 @@ where
             // builder's maximum.
             .min(crate::config::MAX_RETRIES);
         let deadline = options.and_then(CallOptions::deadline).map(|d| d.instant());
-        if let Some(budget) = settings.state.budget() {
-            budget.deposit();
-        }
-        let (attempt, kept) = protocol.first_attempt(request, settings.replay_cap, retries > 0);
         let mut policy = CallPolicy {
             protocol: protocol.clone(),
             predicate: shared.predicate.clone(),
@@ -117,6 +124,20 @@ where
             max_pushback: settings.max_pushback,
             state: StateHandle::default(),
         };
+        if let Some(at) = deadline
+            && at <= Instant::now()
+        {
+            // Neither the inner service nor the budget is touched.
+            return expired(settings, policy, at);
+        }
+        if let Some(budget) = settings.state.budget() {
+            budget.deposit();
+        }
+        let (mut attempt, kept) = protocol.first_attempt(request, settings.replay_cap, retries > 0);
+        if let Some(at) = deadline {
+            // The first attempt carries the time left now, as every later one will.
+            protocol.before_send(&mut attempt, at);
+        }
         if kept.is_some() {
             // Only a call that may retry holds the shared budget, throttle
             // and listeners (one reference count, none when the layer has
@@ -131,6 +152,30 @@ where
         let future = self.inner.call(attempt);
         ResponseFuture::new(future, None, None, policy, 0, deadline)
     }
+}
+
+/// A call whose deadline passed before its first attempt.
+#[cold]
+#[inline(never)]
+fn expired<S, P, R, Req>(
+    settings: &Settings,
+    policy: CallPolicy<P, R>,
+    deadline: Instant,
+) -> ResponseFuture<S, P, R, Req>
+where
+    P: RetryProtocol<Req> + RetryOn<<P as RetryProtocol<Req>>::View, S::Response>,
+    S: Service<P::Attempt>,
+{
+    emit(
+        settings.state.listeners(),
+        &Event::new(
+            LayerName::Retry,
+            EventKind::Rejected {
+                reason: "deadline exceeded before the first attempt",
+            },
+        ),
+    );
+    ResponseFuture::expired(policy, deadline)
 }
 
 /// A route's overrides, out of line: only layers with routes look.

@@ -150,7 +150,8 @@ impl<P> TimeoutBuilder<P> {
     }
 
     /// The layer's timeout. `None` (or zero) disables it: only a per-call
-    /// timeout or a deadline then bounds a call. Default 30 s.
+    /// timeout (on a per-attempt layer) or a deadline then bounds a call.
+    /// Default 30 s.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout.filter(|t| !t.is_zero());
         self
@@ -158,8 +159,11 @@ impl<P> TimeoutBuilder<P> {
 
     /// Which limit this layer is, as [`TimedOut::kind`](crate::TimedOut::kind)
     /// reports it: [`Attempt`](TimeoutKind::Attempt) (the default: inside
-    /// retry, per peer; retryable) or [`Total`](TimeoutKind::Total) (outside
-    /// retry; not retryable).
+    /// retry, per peer; retryable; a call's per-call timeout overrides its
+    /// limit) or [`Total`](TimeoutKind::Total) (outside retry; not
+    /// retryable; per-call timeouts, which bound each attempt, do not apply
+    /// to it: the call's deadline bounds it). See the precedence table in the
+    /// [crate docs](crate#the-limit-of-a-call).
     pub fn kind(mut self, kind: TimeoutKind) -> Self {
         self.kind = kind;
         self
@@ -168,7 +172,8 @@ impl<P> TimeoutBuilder<P> {
     /// Overrides the layer's timeout for calls to `route` (an http path or a
     /// gRPC method `/package.Service/Method`, exactly as the protocol's
     /// `Inspect::route` reports it). `None` disables the timeout on that
-    /// route. A per-call timeout still overrides it.
+    /// route. A per-call timeout still overrides it on a per-attempt layer
+    /// (a [`Total`](TimeoutKind::Total) layer ignores per-call timeouts).
     pub fn route(mut self, route: impl Into<String>, timeout: Option<Duration>) -> Self {
         self.routes.push((route.into(), timeout.filter(|t| !t.is_zero())));
         self

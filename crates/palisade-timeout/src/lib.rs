@@ -21,7 +21,8 @@
 //!         Ok::<_, std::io::Error>(http::Response::new(String::new()))
 //!     });
 //!
-//! // This call allows only 2 s: the per-call option overrides the layer.
+//! // This call allows only 2 s per attempt: the per-call option overrides a
+//! // per-attempt layer (a `Total` layer would keep its own limit).
 //! let mut request = http::Request::new(String::new());
 //! request.call_options_mut().set_timeout(Duration::from_secs(2));
 //! let err = service.ready().await.unwrap().call(request).await.unwrap_err();
@@ -38,31 +39,39 @@
 //!
 //! # The limit of a call
 //!
-//! The timeout of a call is, from the most specific to the least:
+//! A call's per-call `timeout` bounds **each attempt**; its **deadline**
+//! bounds the whole call (every attempt and every backoff sleep). So a layer
+//! of kind [`Attempt`](TimeoutKind::Attempt) (or
+//! [`Headers`](TimeoutKind::Headers)) honours the per-call timeout, and a
+//! layer of kind [`Total`](TimeoutKind::Total) ignores it: a call that sets
+//! only `set_timeout(50ms)` gets 50 ms per attempt and may be retried, and
+//! the total layer keeps its own limit. One table, most specific first; a
+//! layer takes the first row that is set as its **timeout**, then the
+//! deadline rows bound it:
 //!
-//! 1. the per-call timeout in the request's
-//!    [`CallOptions`](palisade_core::options::CallOptions)
-//!    (`Some(Duration::ZERO)`, set by `disable_timeout`, disables it);
-//! 2. the layer's override for the request's route
-//!    ([`TimeoutBuilder::route`], matched against the protocol's
-//!    `Inspect::route`: an http path or a gRPC method);
-//! 3. the layer's timeout, 30 s by default ([`TimeoutBuilder::timeout`];
-//!    `None` disables it).
+//! | source | `Attempt` / `Headers` layer | `Total` layer |
+//! |---|---|---|
+//! | per-call timeout: [`CallOptions::set_attempt_timeout`](palisade_core::options::CallOptions::set_attempt_timeout) (alias `set_timeout`); zero ([`disable_timeout`](palisade_core::options::CallOptions::disable_timeout)) disables the timeout | used | **ignored** |
+//! | the layer's route override ([`TimeoutBuilder::route`], matched against the protocol's `Inspect::route`: an http path or a gRPC method); `None` disables | used | used |
+//! | the layer's timeout ([`TimeoutBuilder::timeout`], 30 s by default; `None` disables) | used | used |
+//! | the call's deadline in its `CallOptions` ([`CallOptions::set_deadline`](palisade_core::options::CallOptions::set_deadline)); a total layer above writes its own end here | bounds the timeout | bounds the timeout |
+//! | the inherited deadline of the request being handled ([`DeadlineServerLayer`], [`with_deadline`]) | bounds the timeout | bounds the timeout |
 //!
-//! The call's **deadline** then bounds it: the effective limit is the smaller
-//! of the timeout and the time left until the deadline. The deadline is the
-//! earlier of the one in the request's `CallOptions` and the deadline of the
-//! request being handled (see below): a nested call never outlives its parent. When the timeout fires the call fails with
-//! [`TimedOut`] naming the limit and the layer's [`TimeoutKind`]
-//! ([`Attempt`](TimeoutKind::Attempt), retryable, or
-//! [`Total`](TimeoutKind::Total)); when the deadline fires it fails with
-//! [`DeadlineExceeded::in_flight`], naming the time the call was given. A
-//! call whose deadline has already passed fails with
+//! The effective limit is the smallest of the timeout and the time left
+//! until the earlier of the two deadlines: a nested call never outlives its
+//! parent. When the timeout fires the call fails with [`TimedOut`] naming the
+//! limit and the layer's [`TimeoutKind`] ([`Attempt`](TimeoutKind::Attempt),
+//! retryable, or [`Total`](TimeoutKind::Total)); when a deadline fires it
+//! fails with [`DeadlineExceeded::in_flight`], naming the time the call was
+//! given. A call whose deadline has already passed fails with
 //! [`DeadlineExceeded::before_send`] and the inner service is **never
 //! called**. Only requests that carry extensions (protocols
 //! [`Http`](palisade_core::protocol::Http) and
 //! [`Grpc`](palisade_core::protocol::Grpc)) have per-call options; others get
 //! the layer's timeout and the inherited deadline.
+//!
+//! To bound a whole call from the caller's side, set a deadline (or a total
+//! layer's timeout); to bound each try, set the per-call timeout.
 //!
 //! A timer is created only when a limit applies: with the timeout disabled and
 //! no deadline, a call costs a few branches.
@@ -109,16 +118,21 @@
 //! earlier one): the inherited deadline, and this layer's own timeout as
 //! `now + limit`, whatever its [`TimeoutKind`]. So a per-attempt layer below a
 //! total one sends a `grpc-timeout` no longer than the total's time left and
-//! stops there, and a retry layer in between sees how much time is left. When
+//! stops there, and a retry layer in between sees how much time is left (a
+//! gRPC retry layer rewrites `grpc-timeout` on every attempt it sends with
+//! the time left at that moment, so a retry sent after a backoff never
+//! carries the first attempt's value, with or without a per-attempt layer
+//! below it). When
 //! the layer below fails with [`DeadlineExceeded`] at exactly this layer's
 //! limit, this layer reports its own error (a total timeout's
 //! [`TimedOut`] of kind [`Total`](TimeoutKind::Total)).
 //!
 //! # Placement
 //!
-//! - A per-call `timeout` in `CallOptions` applies to **every**
-//!   [`TimeoutLayer`] the call passes (per attempt and total alike); to bound
-//!   the whole call only, set a deadline instead.
+//! - A per-call `timeout` in `CallOptions` applies to every per-attempt
+//!   layer the call passes and to none of kind
+//!   [`Total`](TimeoutKind::Total) (see the table above); to bound the whole
+//!   call, set a deadline.
 //! - The current deadline of a handler is task-local (it follows the future
 //!   being polled). A `TimeoutLayer` must sit **above** any
 //!   `tower::buffer::Buffer` (or anything that moves the call to another
@@ -159,7 +173,6 @@ mod config;
 mod context;
 pub mod error;
 mod future;
-pub mod grpc_timeout;
 mod layer;
 mod server;
 mod service;
@@ -169,6 +182,10 @@ pub use context::{WithDeadline, current_deadline, with_deadline};
 pub use error::{DeadlineExceeded, TimedOut, TimeoutKind};
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
+/// The `grpc-timeout` wire format; it lives in
+/// [`palisade_core::grpc_timeout`] (the retry layer writes the header too) and
+/// is re-exported here unchanged.
+pub use palisade_core::grpc_timeout;
 pub use palisade_core::options::Deadline;
 pub use server::{DeadlineBody, DeadlineServer, DeadlineServerLayer, ServerFuture};
 pub use service::Timeout;

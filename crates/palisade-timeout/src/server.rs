@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::context::{self, WithDeadline, current_deadline};
-use crate::grpc_timeout;
+use palisade_core::grpc_timeout;
 
 /// Reads the deadline of incoming requests on a tonic or hyper server and
 /// makes it the default deadline of every outgoing call made while handling

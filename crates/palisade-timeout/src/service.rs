@@ -16,7 +16,7 @@ use tower_service::Service;
 use crate::config::Config;
 use crate::context::current_deadline;
 use crate::future::{Limit, ResponseFuture, Wrote};
-use crate::grpc_timeout;
+use palisade_core::grpc_timeout;
 
 /// Applies a timeout and the call's deadline to the calls of `S`. Made by
 /// [`TimeoutLayer`](crate::TimeoutLayer).
@@ -101,6 +101,9 @@ where
             Some(options) => (options.timeout(), options.deadline()),
             None => (None, None),
         };
+        // A per-call timeout bounds each attempt: a total layer ignores it
+        // (the call's deadline is its overall bound), see the crate docs.
+        let per_call = per_call.filter(|_| config.kind != TimeoutKind::Total);
         // Per-call option, else the route's override, else the layer's timeout.
         let limit = match per_call {
             Some(timeout) => (!timeout.is_zero()).then_some(timeout),
@@ -201,14 +204,8 @@ impl<S, P> Timeout<S, P> {
         };
         let mut wrote = false;
         if self.config.grpc_timeout {
-            // Keep a shorter timeout that the caller already set (tonic's `Request::set_timeout`).
-            let existing = headers
-                .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
-                .and_then(grpc_timeout::parse_header);
-            if existing.is_none_or(|existing| left < existing) {
-                headers.insert(grpc_timeout::GRPC_TIMEOUT_HEADER, grpc_timeout::format(left));
-                wrote = true;
-            }
+            // Keeps a shorter timeout that the caller already set (tonic's `Request::set_timeout`).
+            wrote = grpc_timeout::write_shorter(headers, left);
         }
         if let Some(name) = &self.config.header {
             headers.insert(name.clone(), grpc_timeout::format_millis(left));

@@ -1,5 +1,11 @@
 //! The `grpc-timeout` wire format, and the plain millisecond header.
 //!
+//! Shared by every layer that writes or reads the time a call has left: the
+//! timeout layer (which re-exports this module as
+//! `palisade_timeout::grpc_timeout`) and the retry layer, which rewrites the
+//! header on each attempt with the time left at the moment that attempt is
+//! sent.
+//!
 //! gRPC sends the time a client is willing to wait as `grpc-timeout`: at most
 //! eight ASCII digits followed by one unit, `H` (hours), `M` (minutes), `S`
 //! (seconds), `m` (milliseconds), `u` (microseconds) or `n` (nanoseconds).
@@ -11,7 +17,7 @@
 //! unit, a sign or any other character yields `None`.
 //!
 //! ```
-//! use palisade_timeout::grpc_timeout::{format, parse};
+//! use palisade_core::grpc_timeout::{format, parse};
 //! use std::time::Duration;
 //!
 //! assert_eq!(format(Duration::from_millis(300)), "300000u");
@@ -24,13 +30,13 @@
 
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header gRPC uses to send a call's timeout.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// [`GRPC_TIMEOUT`] as a header name, built once.
-pub(crate) const GRPC_TIMEOUT_HEADER: http::HeaderName = http::HeaderName::from_static(GRPC_TIMEOUT);
+pub const GRPC_TIMEOUT_HEADER: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
 
 /// The most digits a `grpc-timeout` value may have.
 pub const MAX_DIGITS: usize = 8;
@@ -94,6 +100,32 @@ fn write(timeout: Duration, buf: &mut [u8; MAX_DIGITS + 1]) -> usize {
     let digits = write_digits(value, buf);
     buf[digits] = unit;
     digits + 1
+}
+
+/// Writes `left` as the `grpc-timeout` of `headers`, unless the header
+/// already holds a timeout no longer than `left` (a caller's own, shorter
+/// `tonic::Request::set_timeout`, or a layer below that already wrote less);
+/// returns whether it wrote. A header that does not parse is replaced.
+///
+/// ```
+/// use palisade_core::grpc_timeout::{GRPC_TIMEOUT, write_shorter};
+/// use std::time::Duration;
+///
+/// let mut headers = http::HeaderMap::new();
+/// assert!(write_shorter(&mut headers, Duration::from_millis(700)));
+/// assert_eq!(headers[GRPC_TIMEOUT], "700000u");
+/// // A longer time left never replaces a shorter timeout already there.
+/// assert!(!write_shorter(&mut headers, Duration::from_secs(1)));
+/// assert!(write_shorter(&mut headers, Duration::from_millis(300)));
+/// assert_eq!(headers[GRPC_TIMEOUT], "300000u");
+/// ```
+pub fn write_shorter(headers: &mut HeaderMap, left: Duration) -> bool {
+    let existing = headers.get(&GRPC_TIMEOUT_HEADER).and_then(parse_header);
+    if existing.is_some_and(|existing| existing <= left) {
+        return false;
+    }
+    headers.insert(GRPC_TIMEOUT_HEADER, format(left));
+    true
 }
 
 /// Parses a plain millisecond header value (one to eight ASCII digits), as
