@@ -150,7 +150,13 @@ async fn an_unavailable_peer_is_routed_around_until_its_cooldown_then_probed_and
     let health = balancer.health();
     let bad = health.peer(&fleet.peer(0)).unwrap();
     assert!(!bad.availability.is_available(), "{health}");
-    assert!(bad.failures >= 1 && bad.last_error.is_none(), "{health}");
+    assert!(bad.failures >= 1, "{health}");
+    // The latest failure, described by its status.
+    assert_eq!(
+        bad.last_error.as_deref(),
+        Some("gRPC status 14 (UNAVAILABLE): palisade-testkit fault"),
+        "{health}"
+    );
     assert_eq!(health.peers.len(), 3, "an open peer stays known");
 
     // Until its cooldown, no further request reaches it.
@@ -170,7 +176,11 @@ async fn an_unavailable_peer_is_routed_around_until_its_cooldown_then_probed_and
         assert!(first.is_none());
     }
     let after = fleet.requests()[0] - open_at;
-    assert!(after >= 10, "the recovered peer got only {after} of 60 calls");
+    assert!(
+        after >= 10,
+        "the recovered peer got only {after} of 60 calls: {}",
+        balancer.health()
+    );
     assert!(
         balancer
             .health()

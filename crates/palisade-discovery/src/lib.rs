@@ -177,41 +177,31 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod balancer;
 mod config;
-mod discover;
-#[cfg(feature = "dns")]
-mod dns;
 pub mod error;
-#[cfg(feature = "etcd")]
-mod etcd;
 mod future;
 mod health;
 mod layer;
 mod load;
-mod memory;
 mod peer;
 mod registry;
 mod service;
-mod state;
-mod static_list;
 mod tag;
 
-pub use config::PeerDiscoveryBuilder;
-pub use discover::{MakePeer, RegistryDiscover};
-#[cfg(feature = "dns")]
-pub use dns::{DnsRegistry, HickoryResolver, Resolve, SrvTarget};
-#[cfg(feature = "etcd")]
-pub use etcd::{EtcdRegistry, EtcdRegistryBuilder};
+pub use config::{AllOpenPolicy, PeerDiscoveryBuilder};
 pub use future::{InFlight, ResponseFuture};
-pub use health::{HealthReport, PeerHealth, Readiness};
+pub use health::{HealthReport, PeerCounts, PeerHealth, PeerState, Readiness};
 pub use layer::PeerDiscoveryLayer;
 pub use load::LoadMetric;
-pub use memory::InMemoryRegistry;
 pub use peer::{AlwaysAvailable, PeerWeight, Weighted};
+#[cfg(feature = "dns")]
+pub use registry::dns::{DnsRegistry, HickoryResolver, Resolve, SrvTarget};
+#[cfg(feature = "etcd")]
+pub use registry::etcd::{EtcdRegistry, EtcdRegistryBuilder};
 pub use registry::{
-    Instance, KeepAlive, MAX_FIELD_LEN, MAX_METADATA, Registration, Registry, RegistryState, RegistryStatus,
-    WatchEvent, WatchStream,
+    InMemoryRegistry, Instance, KeepAlive, MAX_FIELD_LEN, MAX_METADATA, MakePeer, Registration, Registry,
+    RegistryDiscover, RegistryState, RegistryStatus, StaticRegistry, WatchEvent, WatchStream,
 };
 pub use service::PeerDiscovery;
-pub use static_list::StaticRegistry;
 pub use tag::TagPeer;

@@ -14,7 +14,7 @@ use palisade_core::error::NoAvailablePeers;
 use palisade_core::event::{Event, EventKind};
 use palisade_core::options::CallOptionsExt;
 use palisade_core::peer::{AttemptRecord, Availability, PeerId, Unavailable};
-use palisade_discovery::{PeerDiscovery, PeerDiscoveryLayer, Readiness};
+use palisade_discovery::{AllOpenPolicy, PeerDiscovery, PeerDiscoveryLayer, Readiness};
 use tower::discover::Change;
 use tower_layer::Layer;
 
@@ -43,8 +43,8 @@ fn spreads_calls_over_available_peers_only() {
     assert_eq!(lb.len(), 3, "the open peer stays known");
 }
 
-#[test]
-fn no_available_peers_fails_from_call_with_counts() {
+#[tokio::test(start_paused = true)]
+async fn no_available_peers_fails_from_call_with_counts() {
     let peers: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| Ctl::new(n)).collect();
     let (_tx, mut lb) = balancer(&peers);
     peers[0].open(Duration::from_secs(5));
@@ -336,7 +336,11 @@ async fn a_peer_whose_cooldown_passed_is_probed_on_the_next_call_among_many() {
     for c in &peers {
         tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
     }
-    let mut lb = PeerDiscoveryLayer::builder().build().unwrap().layer(discover);
+    let mut lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
+        .build()
+        .unwrap()
+        .layer(discover);
     call_now(&mut lb, ()).unwrap();
     // Every peer is seen open once (a scan), then all but one recover while
     // p42 stays open until its cooldown passes (the others' queue entries,
@@ -598,9 +602,17 @@ fn availability_flips_are_emitted_as_state_changes() {
     let a = Ctl::new("a");
     tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
     let mut lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
         .listener(Arc::new(move |e: &Event<'_>| {
-            if let EventKind::StateChange { from, to, .. } = e.kind {
-                log.lock().push((e.peer.map(|p| p.to_string()), from, to));
+            if let EventKind::StateChange {
+                from,
+                to,
+                reason,
+                cooldown,
+            } = e.kind
+            {
+                log.lock()
+                    .push((e.peer.map(|p| p.to_string()), from, to, reason, cooldown.is_some()));
             }
         }))
         .build()
@@ -609,14 +621,18 @@ fn availability_flips_are_emitted_as_state_changes() {
     call_now(&mut lb, ()).unwrap();
     a.open(Duration::from_secs(1));
     assert!(call_now(&mut lb, ()).is_err());
+    // Half-open: the call is its probe (a probing peer is not "available"
+    // until its breaker closes).
     a.set(Availability::Probe);
+    call_now(&mut lb, ()).unwrap();
+    a.set(Availability::Available);
     call_now(&mut lb, ()).unwrap();
     let a_id = Some("a".to_owned());
     assert_eq!(
         *changes.lock(),
         [
-            (a_id.clone(), "available", "unavailable"),
-            (a_id, "unavailable", "available")
+            (a_id.clone(), "available", "unavailable", "breaker open", true),
+            (a_id, "unavailable", "available", "available", false)
         ]
     );
 }
@@ -659,6 +675,7 @@ fn a_listener_may_call_back_into_the_balancer() {
     let (peek, count) = (slot.clone(), seen.clone());
     let (tx, discover) = channel_discover();
     let lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
         .listener(Arc::new(move |_: &Event<'_>| {
             // Before the fix this deadlocked: events were emitted under the lock.
             if let Some(lb) = peek.get() {

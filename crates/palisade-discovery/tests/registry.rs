@@ -42,9 +42,11 @@ fn answer_addr(instance: &Instance) -> Result<AlwaysAvailable<Addr>, palisade_co
     Ok(AlwaysAvailable::new(Addr(instance.addr().to_owned())))
 }
 
-async fn next_change<M: palisade_discovery::MakePeer + Unpin>(
-    d: &mut RegistryDiscover<M>,
-) -> Change<PeerId, Weighted<M::Service>> {
+async fn next_change<M>(d: &mut RegistryDiscover<M>) -> Change<PeerId, Weighted<M::Service>>
+where
+    M: palisade_discovery::MakePeer + Unpin,
+    M::Service: Clone,
+{
     d.try_next().await.unwrap().expect("discover ended")
 }
 
