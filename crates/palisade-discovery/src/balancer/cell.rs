@@ -31,8 +31,12 @@ pub(crate) struct Observed {
     /// The latest readiness of its client.
     pub(crate) readiness: Option<Readiness>,
     /// The peer refused the all-open policy (an early probe or a reset): it
-    /// is left out of the policy until its availability changes.
+    /// is left out of the policy until the peer reports a change.
     pub(crate) refused_policy: bool,
+    /// The peer itself reported (a transition), rather than the balancer
+    /// seeing it when it asked: what lets a refusing peer back into the
+    /// policy, even when its reports were coalesced.
+    pub(crate) reported: bool,
 }
 
 #[derive(Debug, Default)]
@@ -122,7 +126,12 @@ impl PeerCell {
 
 impl AvailabilitySink for PeerCell {
     fn availability_changed(&self, availability: Availability) {
-        self.observe_availability(availability);
+        let now = Instant::now();
+        self.observe(|o| {
+            o.availability = Some((availability, now));
+            o.reported = true;
+            o.refused_policy = false;
+        });
     }
 
     fn is_active(&self) -> bool {

@@ -91,10 +91,6 @@ impl Tracked {
             Tracked::Busy { recheck } => Some(recheck),
         }
     }
-
-    fn same_kind(self, other: Tracked) -> bool {
-        std::mem::discriminant(&self) == std::mem::discriminant(&other)
-    }
 }
 
 /// Where a peer stands, for counts and gauges: one category per peer.
@@ -361,6 +357,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             availability: Some((availability, at)),
             readiness: Some(Readiness::Ready),
             refused_policy: false,
+            reported: true,
         };
         if let Some(&i) = self.index.get(&key) {
             let old_weight = std::mem::replace(&mut self.peers[i].weight, weight);
@@ -449,7 +446,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             .availability
             .map_or(slot.tracked, |(a, at)| Tracked::from_availability(a, at));
         let readiness = observed.readiness.unwrap_or(slot.readiness);
-        let refused = observed.refused_policy || (slot.refused_policy && tracked.same_kind(slot.tracked));
+        let refused = observed.refused_policy || (slot.refused_policy && !observed.reported);
         self.update(i, tracked, readiness, refused, now, true);
     }
 

@@ -88,7 +88,7 @@ proptest! {
                 }
                 Op::Observe(k, a, r) => {
                     if let Some(cell) = set.cell_of(&k) {
-                        let observed = Observed { availability: Some((availability(a), now)), readiness: r.map(readiness), refused_policy: a % 7 == 0 };
+                        let observed = Observed { availability: Some((availability(a), now)), readiness: r.map(readiness), refused_policy: a % 7 == 0, reported: a % 2 == 0 };
                         set.apply(cell.index(), observed, now);
                         let entry = model.get_mut(&k).unwrap();
                         entry.0 = availability(a);

@@ -42,6 +42,8 @@ pub struct Ctl {
     pub resets: AtomicUsize,
     /// Whether it refuses early probes and resets (a breaker forced open).
     pub forced: AtomicBool,
+    /// How many times the balancer asked its availability.
+    pub asked: AtomicUsize,
 }
 
 impl Ctl {
@@ -66,6 +68,7 @@ impl Ctl {
             probe_requests: AtomicUsize::new(0),
             resets: AtomicUsize::new(0),
             forced: AtomicBool::new(false),
+            asked: AtomicUsize::new(0),
         })
     }
 
@@ -107,6 +110,10 @@ impl Ctl {
         self.calls.load(Ordering::SeqCst)
     }
 
+    pub fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+
     pub fn release_all(&self) {
         for tx in self.held.lock().drain(..) {
             let _ = tx.send(());
@@ -120,6 +127,7 @@ pub struct Peer(pub Arc<Ctl>);
 
 impl CheckAvailability for Peer {
     fn availability(&self) -> Availability {
+        self.0.asked.fetch_add(1, Ordering::SeqCst);
         *self.0.availability.lock()
     }
 
