@@ -4,4 +4,4 @@
 pub use palisade_core::BoxError;
 pub use palisade_core::error::{ConfigError, NoAvailablePeers};
 
-pub use crate::registry::{InvalidInstance, Unsupported};
+pub use crate::registry::{InvalidInstance, Unreachable, Unsupported};

@@ -48,6 +48,37 @@ impl fmt::Display for Unsupported {
 
 impl std::error::Error for Unsupported {}
 
+/// The registry could not be reached (or, for the in-memory registry, an
+/// outage is being simulated with
+/// [`set_reachable(false)`](crate::InMemoryRegistry::set_reachable)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    registry: &'static str,
+    reason: String,
+}
+
+impl Unreachable {
+    pub(crate) fn new(registry: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            registry,
+            reason: reason.into(),
+        }
+    }
+
+    /// Which registry (`"in-memory registry"`, `"etcd"`).
+    pub fn registry(&self) -> &'static str {
+        self.registry
+    }
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} unreachable: {}", self.registry, self.reason)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// What keeps one registration alive; implemented by each backend.
 pub trait KeepAlive: Send + 'static {
     /// Removes the registration and waits until the registry confirms it.
