@@ -198,7 +198,7 @@ pub use peer::{AlwaysAvailable, PeerWeight, Weighted};
 #[cfg(feature = "dns")]
 pub use registry::dns::{DnsRegistry, HickoryResolver, Resolve, SrvTarget};
 #[cfg(feature = "etcd")]
-pub use registry::etcd::{EtcdRegistry, EtcdRegistryBuilder};
+pub use registry::etcd::{DeregisterFailed, EtcdRegistry, EtcdRegistryBuilder};
 pub use registry::{
     InMemoryRegistry, Instance, KeepAlive, MAX_FIELD_LEN, MAX_METADATA, MakePeer, Registration, Registry,
     RegistryDiscover, RegistryState, RegistryStatus, StaticRegistry, WatchEvent, WatchStream,

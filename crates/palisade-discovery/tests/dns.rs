@@ -183,7 +183,9 @@ async fn an_srv_target_that_does_not_resolve_is_skipped_and_the_others_update() 
             })
             .collect::<Vec<_>>()
     };
-    dns.srv.lock().insert("_grpc._tcp.echo".into(), srv(&["a.internal", "b.internal"]));
+    dns.srv
+        .lock()
+        .insert("_grpc._tcp.echo".into(), srv(&["a.internal", "b.internal"]));
     let registry = DnsRegistry::new(dns.clone())
         .with_srv("echo", "_grpc._tcp.echo")
         .interval(Duration::from_secs(30))
@@ -198,10 +200,16 @@ async fn an_srv_target_that_does_not_resolve_is_skipped_and_the_others_update() 
 
     // b is removed from the SRV set, c added — but c has no A record yet.
     // Before, the whole resolve failed and the set froze with b in it.
-    dns.srv.lock().insert("_grpc._tcp.echo".into(), srv(&["a.internal", "c.internal"]));
+    dns.srv
+        .lock()
+        .insert("_grpc._tcp.echo".into(), srv(&["a.internal", "c.internal"]));
     tokio::time::sleep(Duration::from_secs(30)).await;
     drain(&mut discover, &mut peers);
-    assert_eq!(peers, set(&["10.0.1.1:7000"]), "b must leave although c does not resolve");
+    assert_eq!(
+        peers,
+        set(&["10.0.1.1:7000"]),
+        "b must leave although c does not resolve"
+    );
     assert_eq!(status.state(), RegistryState::Up);
     let note = status.note().expect("a health note names the skipped target");
     assert!(note.contains("c.internal:7000"), "{note}");
