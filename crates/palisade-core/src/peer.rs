@@ -1,5 +1,8 @@
 //! Peers: their identity, the record of which peers a call has tried, and how
-//! per-peer middleware tells a balancer whether a peer may be picked.
+//! per-peer middleware tells a balancer whether a peer may be picked — when
+//! asked ([`CheckAvailability`]) and as it changes ([`FleetMembership`]) —
+//! and lets a balancer whose peers are all open ask for an early probe or a
+//! reset.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -504,7 +507,8 @@ mod tests {
         assert!(!Plain.reset_open());
         let shared = Arc::new(Plain);
         assert!(!shared.join_fleet(sink));
-        assert!(!(&*shared).request_probe());
+        let by_ref: &Plain = &shared;
+        assert!(!<&Plain as CheckAvailability>::request_probe(&by_ref));
     }
 
     #[test]

@@ -22,8 +22,11 @@ use super::set::PeerSet;
 fn draw<K: Hash + Eq + Clone, S>(set: &PeerSet<K, S>) -> usize {
     let pickable = set.pickable();
     let n = pickable.len();
-    let max = set.max_weight();
     let mut p = fastrand::usize(..n);
+    if set.uniform_weights() {
+        return p;
+    }
+    let max = set.max_weight();
     for _ in 0..4 {
         let w = set.peer(pickable[p]).weight;
         if w >= max || fastrand::u32(..max) < w {

@@ -53,10 +53,25 @@ pub(crate) use call::Sent;
 /// How many not-ready peers one `poll_ready` re-polls at most.
 const NOT_READY_POLLS: usize = 8;
 
+/// Keeps a value on a cache line of its own: the set's lock word is written
+/// by every pick (a read lock is an atomic add), and must not evict the
+/// read-mostly fields next to it from the other threads' caches.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub(crate) struct CacheLine<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Everything the clones of one [`PeerDiscovery`](crate::PeerDiscovery) share.
 pub(crate) struct Balancer<D: Discover> {
     pub(crate) settings: Arc<Settings>,
-    set: RwLock<PeerSet<D::Key, D::Service>>,
+    set: CacheLine<RwLock<PeerSet<D::Key, D::Service>>>,
     driver: Mutex<Driver<D>>,
     discover_status: Mutex<DiscoverStatus>,
     wake: Arc<DiscoverWake>,
@@ -66,7 +81,7 @@ pub(crate) struct Balancer<D: Discover> {
     inbox: Arc<Inbox>,
     /// Mirrors the set's not-ready list length, so that `poll_ready` skips
     /// the re-polling without a lock when there is none.
-    not_ready: AtomicUsize,
+    not_ready: CacheLine<AtomicUsize>,
     not_ready_cursor: AtomicUsize,
     next_serial: AtomicU64,
     policy_lock: Mutex<()>,
@@ -89,7 +104,7 @@ impl<D: Discover> Balancer<D> {
         Self {
             metrics: Metrics::new(&settings),
             settings,
-            set: RwLock::new(PeerSet::default()),
+            set: CacheLine(RwLock::new(PeerSet::default())),
             driver: Mutex::new(Driver {
                 discover: Some(Box::pin(discover)),
             }),
@@ -98,7 +113,7 @@ impl<D: Discover> Balancer<D> {
             waker,
             inbox: Arc::new(Inbox::new(waiters.clone())),
             waiters,
-            not_ready: AtomicUsize::new(0),
+            not_ready: CacheLine(AtomicUsize::new(0)),
             not_ready_cursor: AtomicUsize::new(0),
             next_serial: AtomicU64::new(0),
             policy_lock: Mutex::new(()),

@@ -178,6 +178,8 @@ pub(crate) struct PeerSet<K, S> {
     policy: Vec<usize>,
     /// Weight -> number of peers with it (the largest bounds weighted draws).
     weights: BTreeMap<u32, usize>,
+    /// The largest weight, cached for the request path.
+    max_weight: u32,
     probes: ProbeQueue,
     /// The open peers alone, by the end of their cooldown (the same entries
     /// as in `probes`): when the next probe of an open peer is due.
@@ -198,6 +200,7 @@ impl<K, S> Default for PeerSet<K, S> {
             not_ready: Vec::new(),
             policy: Vec::new(),
             weights: BTreeMap::new(),
+            max_weight: 1,
             probes: ProbeQueue::default(),
             open_probes: ProbeQueue::default(),
             counts: Counts::default(),
@@ -288,8 +291,16 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         self.counts
     }
 
+    #[inline]
     pub(crate) fn max_weight(&self) -> u32 {
-        self.weights.last_key_value().map_or(1, |(w, _)| *w)
+        self.max_weight
+    }
+
+    /// Whether every peer has the same weight (draws need no rejection
+    /// sampling, and do not touch the slots).
+    #[inline]
+    pub(crate) fn uniform_weights(&self) -> bool {
+        self.weights.len() <= 1
     }
 
     /// The probe queue's head: the peer to look at next and when.
@@ -532,6 +543,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
 
     fn weight_add(&mut self, weight: u32) {
         *self.weights.entry(weight).or_insert(0) += 1;
+        self.max_weight = self.weights.last_key_value().map_or(1, |(w, _)| *w);
     }
 
     fn weight_remove(&mut self, weight: u32) {
@@ -541,6 +553,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
                 self.weights.remove(&weight);
             }
         }
+        self.max_weight = self.weights.last_key_value().map_or(1, |(w, _)| *w);
     }
 
     /// Checks every view and count against the slots (tests).
