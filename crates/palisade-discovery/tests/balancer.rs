@@ -588,6 +588,82 @@ mod peak_ewma {
         f64::from(fast) / 200.0
     }
 
+    /// Answers its head after `head`, then streams a body that ends (with
+    /// `grpc-status: 0` trailers) after `body`.
+    #[derive(Clone)]
+    struct Streamer(&'static str, Duration, Duration);
+
+    type StreamBody = http_body_util::StreamBody<
+        futures::stream::BoxStream<'static, Result<http_body::Frame<bytes::Bytes>, std::io::Error>>,
+    >;
+
+    impl tower_service::Service<http::Request<()>> for Streamer {
+        type Response = http::Response<StreamBody>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let (name, head, body) = (self.0, self.1, self.2);
+            Box::pin(async move {
+                tokio::time::sleep(head).await;
+                let frames = futures::stream::once(async move {
+                    tokio::time::sleep(body).await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    Ok(http_body::Frame::trailers(trailers))
+                });
+                let mut response =
+                    http::Response::new(http_body_util::StreamBody::new(futures::StreamExt::boxed(frames)));
+                response
+                    .headers_mut()
+                    .insert("x-peer", http::HeaderValue::from_static(name));
+                Ok(response)
+            })
+        }
+    }
+
+    // A peer serving long streams answers its head at once: measured to the
+    // head it is the faster one; measured to the end of its body (as before)
+    // it looked 50 times slower and was starved.
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_measures_latency_to_the_response_head() {
+        use http_body_util::BodyExt;
+        use tower::{Service, ServiceExt};
+        let (tx, discover) = channel_discover();
+        tx.send(Change::Insert(
+            "streaming".into(),
+            AlwaysAvailable::new(Streamer(
+                "streaming",
+                Duration::from_millis(1),
+                Duration::from_millis(500),
+            )),
+        ))
+        .unwrap();
+        tx.send(Change::Insert(
+            "short".into(),
+            AlwaysAvailable::new(Streamer("short", Duration::from_millis(10), Duration::ZERO)),
+        ))
+        .unwrap();
+        let mut lb = PeerDiscoveryLayer::builder()
+            .grpc()
+            .load(LoadMetric::peak_ewma())
+            .build()
+            .unwrap()
+            .layer(discover);
+        let mut streaming = 0;
+        for _ in 0..100 {
+            let response = lb.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+            streaming += usize::from(response.headers()["x-peer"] == "streaming");
+            response.into_body().collect().await.unwrap();
+        }
+        assert!(
+            streaming > 80,
+            "the peer with the fast head got only {streaming} of 100 calls"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn peak_ewma_sends_sequential_calls_to_the_faster_peer() {
         let ewma = share_of_fast(LoadMetric::peak_ewma()).await;
