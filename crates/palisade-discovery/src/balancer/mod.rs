@@ -307,12 +307,19 @@ where
         if self.not_ready.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        self.waiters.register(cx.waker());
-        let set = self.set.read();
-        if !set.pickable().is_empty() || set.not_ready().is_empty() {
+        let blocked = || {
+            let set = self.set.read();
+            set.pickable().is_empty()
+                && !set.not_ready().is_empty()
+                && set.next_due().is_none_or(|(at, _)| at > Instant::now())
+        };
+        if !blocked() {
             return false;
         }
-        set.next_due().is_none_or(|(at, _)| at > Instant::now())
+        // Registered, then checked again: news that came in between is not
+        // lost (it either shows in the check or wakes the waker).
+        self.waiters.register(cx.waker());
+        blocked()
     }
 
     pub(crate) fn health(&self) -> HealthReport {
