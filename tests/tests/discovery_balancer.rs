@@ -150,7 +150,13 @@ async fn an_unavailable_peer_is_routed_around_until_its_cooldown_then_probed_and
     let health = balancer.health();
     let bad = health.peer(&fleet.peer(0)).unwrap();
     assert!(!bad.availability.is_available(), "{health}");
-    assert!(bad.failures >= 1 && bad.last_error.is_none(), "{health}");
+    assert!(bad.failures >= 1, "{health}");
+    // The latest failure, described by its status.
+    assert_eq!(
+        bad.last_error.as_deref(),
+        Some("gRPC status 14 (UNAVAILABLE): palisade-testkit fault"),
+        "{health}"
+    );
     assert_eq!(health.peers.len(), 3, "an open peer stays known");
 
     // Until its cooldown, no further request reaches it.
@@ -170,7 +176,11 @@ async fn an_unavailable_peer_is_routed_around_until_its_cooldown_then_probed_and
         assert!(first.is_none());
     }
     let after = fleet.requests()[0] - open_at;
-    assert!(after >= 10, "the recovered peer got only {after} of 60 calls");
+    assert!(
+        after >= 10,
+        "the recovered peer got only {after} of 60 calls: {}",
+        balancer.health()
+    );
     assert!(
         balancer
             .health()
@@ -392,4 +402,139 @@ async fn under_palisade_retry_a_stopped_peer_is_not_retried_even_when_it_fails_w
         "the stopped peer was hardly tried ({first_tries} first attempts, {retries} retries): no retry was tested"
     );
     assert_eq!(fleet.servers[2].stats().requests(), 0);
+}
+
+/// Each per-peer breaker `make` built, by address, in order.
+type Made = std::sync::Arc<parking_lot::Mutex<Vec<(String, palisade_circuit_breaker::CircuitBreakerHandle)>>>;
+
+impl Fleet {
+    /// Like [`Fleet::client`], recording every breaker made.
+    fn recording_client(&self, failure_threshold: u32) -> (EchoClient<Balancer>, Balancer, Made) {
+        let made = Made::default();
+        let log = made.clone();
+        let breaker = CircuitBreakerLayer::new(
+            CircuitBreakerConfig::builder()
+                .failure_threshold(failure_threshold)
+                .cooldown(COOLDOWN)
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .protocol(Grpc::default());
+        let make: MakeFn = Box::new(move |instance: &Instance| {
+            let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))?.connect_lazy();
+            let peer = breaker.for_peer(instance.id()).layer(channel);
+            log.lock().push((instance.addr().to_owned(), peer.handle()));
+            Ok(peer)
+        });
+        let discover = RegistryDiscover::new(&self.registry, "echo", make);
+        let balancer = PeerDiscoveryLayer::builder()
+            .grpc()
+            .service_name("echo")
+            .registry_status(discover.status())
+            .build()
+            .unwrap()
+            .layer(discover);
+        (EchoClient::new(balancer.clone()), balancer, made)
+    }
+}
+
+// Issue 14, item 3: a metadata change re-inserted the instance, which built a
+// new client and breaker: an open peer came back closed, its history lost.
+#[tokio::test(start_paused = true)]
+async fn an_open_peer_whose_metadata_changes_stays_open_with_its_history() {
+    let fleet = Fleet::start(InMemoryRegistry::without_ttl()).await;
+    let (mut client, balancer, made) = fleet.recording_client(3);
+    fleet.servers[0].faults().set_status(Some(Code::Unavailable));
+    for _ in 0..60 {
+        call_with_retry(&fleet, &mut client).await;
+    }
+    let addr = fleet.servers[0].addr().to_string();
+    let handle = made.lock().iter().find(|(a, _)| *a == addr).unwrap().1.clone();
+    assert_eq!(handle.state(), palisade_circuit_breaker::CircuitState::Open);
+    let before = handle.snapshot();
+    let health = balancer.health();
+    let entry = health.peer(&fleet.peer(0)).unwrap().clone();
+    assert!(
+        matches!(entry.state, palisade_discovery::PeerState::Open { .. }),
+        "{health}"
+    );
+
+    // The provider re-registers with new metadata (same address).
+    let _again = fleet
+        .registry
+        .register(
+            Instance::new("echo", fleet.servers[0].addr())
+                .with_zone("local")
+                .with_metadata("version", "2")
+                .with_weight(2),
+        )
+        .await
+        .unwrap();
+    let reached = fleet.requests()[0];
+    for _ in 0..40 {
+        let (first, _) = call_with_retry(&fleet, &mut client).await;
+        assert!(first.is_none(), "a call reached the open peer");
+    }
+    assert_eq!(fleet.requests()[0], reached, "the open peer got traffic again");
+    // Same breaker (make was not called again), same state and history.
+    assert_eq!(
+        made.lock().iter().filter(|(a, _)| *a == addr).count(),
+        1,
+        "a new client was made"
+    );
+    let after = handle.snapshot();
+    assert_eq!(after.state, palisade_circuit_breaker::CircuitState::Open);
+    assert_eq!(
+        (after.times_opened, after.generation),
+        (before.times_opened, before.generation)
+    );
+    let health = balancer.health();
+    let now = health.peer(&fleet.peer(0)).unwrap();
+    assert_eq!(
+        (now.state, now.failures, now.weight),
+        (entry.state, entry.failures, 2),
+        "{health}"
+    );
+}
+
+// Issue 14, item 7: the latest error with its whole cause chain, never a
+// stale one.
+#[tokio::test(start_paused = true)]
+async fn the_health_report_shows_the_latest_failure_with_its_cause_chain() {
+    let fleet = Fleet::start(InMemoryRegistry::without_ttl()).await;
+    // Breakers that never trip: the peer keeps being tried.
+    let (mut client, balancer) = fleet.client(1_000);
+    fleet.servers[2].refuse_connections().await;
+    for _ in 0..30 {
+        let _ = attempt(&mut client, &AttemptRecord::new()).await;
+    }
+    let health = balancer.health();
+    let refused = health.peer(&fleet.peer(2)).unwrap();
+    let error = refused.last_error.as_deref().unwrap_or_else(|| panic!("{health}"));
+    // Not just "transport error": the cause that says what happened.
+    assert!(error.starts_with("transport error: "), "{error}");
+    assert!(error.to_lowercase().contains("connection refused"), "{error}");
+    let first_at = refused.last_error_at.unwrap();
+
+    // It comes back but answers UNAVAILABLE: the report shows that now.
+    fleet.servers[2].resume_connections().unwrap();
+    fleet.servers[2].faults().set_status(Some(Code::Unavailable));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let failed = fleet.servers[2].stats().requests();
+    for _ in 0..60 {
+        let _ = attempt(&mut client, &AttemptRecord::new()).await;
+    }
+    assert!(
+        fleet.servers[2].stats().requests() > failed,
+        "the peer was not tried again"
+    );
+    let health = balancer.health();
+    let now = health.peer(&fleet.peer(2)).unwrap();
+    assert_eq!(
+        now.last_error.as_deref(),
+        Some("gRPC status 14 (UNAVAILABLE): palisade-testkit fault"),
+        "{health}"
+    );
+    assert!(now.last_error_at.unwrap() > first_at);
 }

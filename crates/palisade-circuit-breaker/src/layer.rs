@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use palisade_core::peer::{Availability, CheckAvailability, PeerId};
+use palisade_core::peer::{Availability, CheckAvailability, FleetMembership, PeerId};
 use palisade_core::protocol::Plain;
 use tower_layer::Layer;
 
@@ -90,5 +90,16 @@ impl<S, P: Clone> Layer<S> for CircuitBreakerLayer<P> {
 impl<P> CheckAvailability for CircuitBreakerLayer<P> {
     fn availability(&self) -> Availability {
         self.shared.availability()
+    }
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        self.shared.join_fleet(membership)
+    }
+
+    fn request_probe(&self) -> bool {
+        self.shared.request_probe()
+    }
+
+    fn reset_open(&self) -> bool {
+        self.shared.reset_open()
     }
 }

@@ -107,7 +107,15 @@
 //! terminal). It answers from `call`, at once, and the inner service is not
 //! called. Behind a balancer, the breaker implements [`CheckAvailability`]
 //! (on the service, the layer and the [`CircuitBreakerHandle`]), so an open
-//! peer is simply not picked.
+//! peer is simply not picked. It joins the balancer's fleet
+//! (`join_fleet`) and reports, once its lock is released and after its
+//! listeners, the availability each transition leaves (open with its
+//! cooldown, half-open, closed) and every probe slot that comes back while
+//! it stays half-open, so the balancer never has to scan its peers. When
+//! every peer is open, a balancer may ask for an early probe
+//! (`request_probe`: open moves to half-open now, within the probe limit)
+//! or a reset (`reset_open`: open or half-open closes with fresh counters
+//! and the base cooldown); a breaker forced open by a handle refuses both.
 //!
 //! # Shared state
 //!

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use palisade_body::TrackResponse;
 use palisade_core::error::BoxError;
-use palisade_core::peer::{Availability, CheckAvailability};
+use palisade_core::peer::{Availability, CheckAvailability, FleetMembership};
 use palisade_core::protocol::Plain;
 use tower_service::Service;
 
@@ -112,5 +112,16 @@ where
 impl<S, P> CheckAvailability for CircuitBreaker<S, P> {
     fn availability(&self) -> Availability {
         self.shared.availability()
+    }
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        self.shared.join_fleet(membership)
+    }
+
+    fn request_probe(&self) -> bool {
+        self.shared.request_probe()
+    }
+
+    fn reset_open(&self) -> bool {
+        self.shared.reset_open()
     }
 }

@@ -8,7 +8,7 @@ use palisade_body::Settle;
 use palisade_core::classify::Outcome;
 use palisade_core::error::CircuitOpen;
 use palisade_core::event::{Event, EventKind, LayerName};
-use palisade_core::peer::{Availability, CheckAvailability, PeerId};
+use palisade_core::peer::{Availability, CheckAvailability, FleetMembership, Memberships, PeerId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     name: Option<PeerId>,
     key: Option<Arc<str>>,
     rejected: AtomicU64,
+    /// The balancers this breaker reports its transitions to.
+    fleet: Memberships,
     #[cfg(feature = "metrics")]
     metrics: Metrics,
 }
@@ -152,6 +154,7 @@ impl Shared {
             name,
             key,
             rejected: AtomicU64::new(0),
+            fleet: Memberships::new(),
             #[cfg(feature = "metrics")]
             metrics,
         });
@@ -336,19 +339,31 @@ impl Shared {
     /// Listeners (user code, which may call back into the breaker) are called
     /// after the lock is released: two transitions made at nearly the same
     /// time by two threads may reach them in either order.
+    ///
+    /// The balancers the breaker belongs to ([`CheckAvailability::join_fleet`])
+    /// are told the availability the transition left, after the listeners and
+    /// outside the lock too, so that a balancer never waits on a breaker's
+    /// lock while holding its own, nor the other way round.
     fn with_machine<R>(&self, f: impl FnOnce(&mut Machine, Instant) -> (R, Option<Transition>), now: Instant) -> R {
-        let (r, t) = {
+        let (r, t, after) = {
             let mut machine = self.machine.lock();
-            let out = f(&mut machine, now);
+            let (r, t) = f(&mut machine, now);
             self.sync(&machine);
             #[cfg(feature = "metrics")]
-            if out.1.is_some() {
+            if t.is_some() {
                 self.metrics.state.set(machine.state().gauge());
             }
-            out
+            // A transition, or a probe slot that came back while the breaker
+            // stays half-open (no event: the state did not change).
+            let freed = machine.take_slot_freed();
+            let after = (t.is_some() || freed).then(|| machine.peek(&self.config, now));
+            (r, t, after)
         };
         if let Some(t) = t {
             self.emit(t);
+        }
+        if let Some(availability) = after {
+            self.fleet.notify(availability);
         }
         r
     }
@@ -395,6 +410,24 @@ impl Shared {
 
     pub(crate) fn reset(&self) {
         self.with_machine(|m, now| ((), Some(m.reset(now))), Instant::now());
+    }
+
+    /// Reports every later transition to `membership` (see
+    /// [`CheckAvailability::join_fleet`]). Joining twice with one membership
+    /// reports once.
+    pub(crate) fn join_fleet(&self, membership: FleetMembership) -> bool {
+        self.fleet.join(membership);
+        true
+    }
+
+    /// See [`Machine::probe_early`].
+    pub(crate) fn request_probe(&self) -> bool {
+        self.with_machine(|m, now| m.probe_early(&self.config, now), Instant::now())
+    }
+
+    /// See [`Machine::reset_open`].
+    pub(crate) fn reset_open(&self) -> bool {
+        self.with_machine(|m, now| m.reset_open(now), Instant::now())
     }
 }
 
@@ -522,5 +555,17 @@ impl CircuitBreakerHandle {
 impl CheckAvailability for CircuitBreakerHandle {
     fn availability(&self) -> Availability {
         self.shared.availability()
+    }
+
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        self.shared.join_fleet(membership)
+    }
+
+    fn request_probe(&self) -> bool {
+        self.shared.request_probe()
+    }
+
+    fn reset_open(&self) -> bool {
+        self.shared.reset_open()
     }
 }

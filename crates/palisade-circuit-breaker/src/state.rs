@@ -191,6 +191,10 @@ pub(crate) struct Machine {
     failed_rounds: u32,
     cooldown: Option<Duration>,
     times_opened: u64,
+    /// A probe slot came back while the breaker stays half-open (a result
+    /// short of closing it, or slots reclaimed): balancers are told, though
+    /// the state did not change. Taken by [`Machine::take_slot_freed`].
+    slot_freed: bool,
 }
 
 impl Machine {
@@ -204,6 +208,7 @@ impl Machine {
             failed_rounds: 0,
             cooldown: None,
             times_opened: 0,
+            slot_freed: false,
         }
     }
 
@@ -250,6 +255,12 @@ impl Machine {
             times_opened: self.times_opened,
             generation: self.generation,
         }
+    }
+
+    /// Whether a probe slot came back since the last call, the breaker
+    /// staying half-open; clears the flag.
+    pub(crate) fn take_slot_freed(&mut self) -> bool {
+        std::mem::take(&mut self.slot_freed)
     }
 
     /// Whether the breaker is open and its cooldown has passed.
@@ -334,6 +345,7 @@ impl Machine {
                     successes,
                     last_admit: now,
                 });
+                self.slot_freed = true;
                 None
             }
             _ => None,
@@ -390,7 +402,13 @@ impl Machine {
         now: Instant,
     ) -> (Availability, Option<Transition>) {
         let transition = self.advance(config, now);
-        let availability = match self.phase {
+        (self.peek(config, now), transition)
+    }
+
+    /// Whether a call would be admitted now, without moving the state: what a
+    /// balancer is told after a transition.
+    pub(crate) fn peek(&self, config: &CircuitBreakerConfig, now: Instant) -> Availability {
+        match self.phase {
             Phase::Closed | Phase::Disabled => Availability::Available,
             Phase::Open { until } => Availability::Unavailable {
                 reason: Unavailable::Open,
@@ -410,8 +428,41 @@ impl Machine {
                     }
                 }
             }
+        }
+    }
+
+    /// An early probe, asked by a balancer whose peers are all open: an open
+    /// breaker moves to half-open now, without waiting for its cooldown.
+    /// Returns whether a call would be admitted now (a free probe slot, or
+    /// closed). A breaker forced open refuses: an operator's choice is not
+    /// the balancer's to undo.
+    pub(crate) fn probe_early(&mut self, config: &CircuitBreakerConfig, now: Instant) -> (bool, Option<Transition>) {
+        let transition = match self.phase {
+            Phase::Open { .. } => Some(self.transition(
+                Phase::HalfOpen {
+                    in_flight: 0,
+                    successes: 0,
+                    last_admit: now,
+                },
+                "early probe requested",
+            )),
+            _ => self.advance(config, now),
         };
-        (availability, transition)
+        (self.peek(config, now).is_available(), transition)
+    }
+
+    /// A reset asked by a balancer whose peers are all open: an open or
+    /// half-open breaker closes with fresh counters and its base cooldown.
+    /// Returns whether calls pass now. A breaker forced open refuses.
+    pub(crate) fn reset_open(&mut self, now: Instant) -> (bool, Option<Transition>) {
+        match self.phase {
+            Phase::Open { .. } | Phase::HalfOpen { .. } => {
+                self.cooldown = None;
+                (true, Some(self.close(now, "reset requested")))
+            }
+            Phase::Closed | Phase::Disabled => (true, None),
+            Phase::ForcedOpen => (false, None),
+        }
     }
 
     /// Records the outcome of a call admitted with `ticket`. `elapsed` is the
@@ -434,12 +485,16 @@ impl Machine {
             } if ticket.probe => {
                 *in_flight = in_flight.saturating_sub(1);
                 match outcome {
-                    Outcome::Ignored => Recorded::NOTHING,
+                    Outcome::Ignored => {
+                        self.slot_freed = true;
+                        Recorded::NOTHING
+                    }
                     Outcome::Success => {
                         *successes += 1;
                         Recorded::counted(if *successes >= config.success_threshold {
                             Some(self.close(now, "probes succeeded"))
                         } else {
+                            self.slot_freed = true;
                             None
                         })
                     }

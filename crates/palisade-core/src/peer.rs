@@ -1,5 +1,8 @@
 //! Peers: their identity, the record of which peers a call has tried, and how
-//! per-peer middleware tells a balancer whether a peer may be picked.
+//! per-peer middleware tells a balancer whether a peer may be picked — when
+//! asked ([`CheckAvailability`]) and as it changes ([`FleetMembership`]) —
+//! and lets a balancer whose peers are all open ask for an early probe or a
+//! reset.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -146,6 +149,12 @@ impl PartialEq for AttemptRecord {
 impl Eq for AttemptRecord {}
 
 /// Whether a peer may be picked now, as its per-peer middleware sees it.
+///
+/// What [`CheckAvailability::availability`] answers, and what per-peer
+/// middleware reports through [`FleetMembership::notify`] when it changes.
+/// Non-exhaustive: a balancer treats a value it does not know as
+/// unavailable, so new states (say, a peer that is failing but kept in
+/// rotation) can be added without breaking it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Availability {
@@ -186,23 +195,225 @@ pub enum Unavailable {
 /// Implemented by per-peer middleware (the circuit breaker) so that a balancer
 /// can skip a peer without calling it and without depending on the middleware.
 ///
+/// Only [`availability`](Self::availability) is required; the other methods
+/// have defaults, so any per-peer service can sit behind a balancer. A
+/// breaker implements them all, which lets a balancer
+///
+/// - keep its set of available peers exact without asking every peer on
+///   every pick ([`join_fleet`](Self::join_fleet): the peer reports each of
+///   its transitions to the balancer),
+/// - recover a fleet whose peers are all open at once, by asking for an early
+///   probe ([`request_probe`](Self::request_probe)) or resetting the breaker
+///   ([`reset_open`](Self::reset_open)).
+///
 /// Asking may move state forward: an open breaker whose cooldown has passed
 /// answers [`Availability::Probe`] and is half-open from then on, so a peer
 /// that nobody calls still gets its probe.
 pub trait CheckAvailability {
     /// Whether this peer may be picked now.
     fn availability(&self) -> Availability;
+
+    /// Joins a balancer's fleet: from now on the peer reports every change of
+    /// its availability to `membership` ([`FleetMembership::notify`]), after
+    /// releasing its own locks. Returns whether it will.
+    ///
+    /// A balancer calls this when the peer joins its set (and again when the
+    /// peer's service is replaced, with the same membership: joining twice
+    /// with one membership must not report twice). A peer that returns
+    /// `false` (the default) is followed lazily instead: the balancer learns
+    /// its availability when it draws it and looks again at an unavailable
+    /// peer when the `retry_in` it gave has passed.
+    ///
+    /// What a peer must report: every transition between available, probe
+    /// (a free probe slot) and unavailable, with the new
+    /// [`Availability`]; and [`Availability::Probe`] again whenever a probe
+    /// slot comes free while it stays half-open. It need not report a probe
+    /// slot being taken: the balancer looks again at a peer whose probe it sent.
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        let _ = membership;
+        false
+    }
+
+    /// Asks for an early probe: an open breaker moves to half-open now,
+    /// without waiting for its cooldown, respecting its probe limit. Returns
+    /// whether the peer takes a call now (a free probe slot, or a closed
+    /// breaker). A breaker forced open by an operator refuses.
+    ///
+    /// The default refuses (`false`): a peer without a breaker has nothing to
+    /// probe early.
+    fn request_probe(&self) -> bool {
+        false
+    }
+
+    /// Resets an open (or half-open) breaker to closed, with fresh counters and
+    /// its base cooldown, as the seed system does when every peer of a service
+    /// is open. Returns whether the peer takes calls now. A breaker forced
+    /// open by an operator refuses.
+    ///
+    /// The default refuses (`false`).
+    fn reset_open(&self) -> bool {
+        false
+    }
 }
 
 impl<T: CheckAvailability + ?Sized> CheckAvailability for Arc<T> {
     fn availability(&self) -> Availability {
         (**self).availability()
     }
+
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        (**self).join_fleet(membership)
+    }
+
+    fn request_probe(&self) -> bool {
+        (**self).request_probe()
+    }
+
+    fn reset_open(&self) -> bool {
+        (**self).reset_open()
+    }
 }
 
 impl<T: CheckAvailability + ?Sized> CheckAvailability for &T {
     fn availability(&self) -> Availability {
         (**self).availability()
+    }
+
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        (**self).join_fleet(membership)
+    }
+
+    fn request_probe(&self) -> bool {
+        (**self).request_probe()
+    }
+
+    fn reset_open(&self) -> bool {
+        (**self).reset_open()
+    }
+}
+
+/// The balancer's side of a [`FleetMembership`]: where one peer's
+/// availability changes arrive.
+///
+/// Implemented by balancers (`palisade-discovery` implements it per peer).
+/// It is called by per-peer middleware on whatever thread made the change,
+/// possibly inside the balancer's own call to the peer, so it must be cheap,
+/// must not block and must not call back into the peer: a balancer records
+/// the change (say, in an atomic and a bounded queue) and applies it later.
+pub trait AvailabilitySink: Send + Sync + 'static {
+    /// The peer's availability is now `availability`.
+    fn availability_changed(&self, availability: Availability);
+
+    /// Whether the balancer still counts the peer as a member. A peer may
+    /// forget a membership that is no longer active (the balancer removed it).
+    fn is_active(&self) -> bool {
+        true
+    }
+}
+
+/// A peer's membership of one balancer's fleet: what the balancer hands the
+/// peer when it joins ([`CheckAvailability::join_fleet`]), and what the peer
+/// reports its availability changes through.
+///
+/// Cheap to clone (a reference count). Per-peer middleware keeps its
+/// memberships and calls [`notify`](Self::notify) on each after every
+/// transition, once its own locks are released.
+///
+/// The membership is the place where a fleet-wide question can be asked of
+/// the balancer later (say, whether a peer may leave rotation at all, when a
+/// cap on ejections applies); for now it carries notifications.
+#[derive(Clone)]
+pub struct FleetMembership {
+    sink: Arc<dyn AvailabilitySink>,
+}
+
+impl FleetMembership {
+    /// A membership reporting to `sink`.
+    pub fn new(sink: Arc<dyn AvailabilitySink>) -> Self {
+        Self { sink }
+    }
+
+    /// Reports that the peer's availability is now `availability`.
+    #[inline]
+    pub fn notify(&self, availability: Availability) {
+        self.sink.availability_changed(availability);
+    }
+
+    /// Whether the balancer still counts the peer as a member.
+    pub fn is_active(&self) -> bool {
+        self.sink.is_active()
+    }
+
+    /// Whether `self` and `other` are the same membership (clones of one).
+    pub fn same_membership(&self, other: &FleetMembership) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.sink), Arc::as_ptr(&other.sink))
+    }
+}
+
+impl fmt::Debug for FleetMembership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetMembership")
+            .field("active", &self.is_active())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The memberships one peer reports to: usually one balancer, sometimes
+/// none (the peer is used standalone) or several (clones of one per-peer
+/// service behind several balancers).
+///
+/// A small copy-on-write list for per-peer middleware: joining copies the
+/// list (rare), notifying reads a snapshot without holding a lock while the
+/// balancers are called, and allocates nothing.
+#[derive(Default)]
+pub struct Memberships {
+    list: Mutex<Option<Arc<[FleetMembership]>>>,
+}
+
+impl Memberships {
+    /// No memberships.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `membership` unless it is there already; drops the memberships
+    /// whose balancer no longer counts the peer.
+    pub fn join(&self, membership: FleetMembership) {
+        let mut list = self.list.lock();
+        let current = list.as_deref().unwrap_or(&[]);
+        if current.iter().any(|m| m.same_membership(&membership)) {
+            return;
+        }
+        let mut next: Vec<FleetMembership> = current.iter().filter(|m| m.is_active()).cloned().collect();
+        next.push(membership);
+        *list = Some(next.into());
+    }
+
+    /// Reports `availability` to every membership. The lock is held only to
+    /// copy the list's reference, never while a balancer is called.
+    pub fn notify(&self, availability: Availability) {
+        let snapshot = self.list.lock().clone();
+        if let Some(list) = snapshot {
+            for membership in list.iter() {
+                membership.notify(availability);
+            }
+        }
+    }
+
+    /// How many memberships there are.
+    pub fn len(&self) -> usize {
+        self.list.lock().as_ref().map_or(0, |l| l.len())
+    }
+
+    /// Whether the peer belongs to no fleet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Memberships {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memberships").field("len", &self.len()).finish()
     }
 }
 
@@ -234,6 +445,70 @@ mod tests {
         assert!(record.contains(&PeerId::from("127.0.0.1:80")));
         assert!(!record.contains(&PeerId::from("b:1")));
         assert_eq!(record.last(), Some(PeerId::from("127.0.0.1:80")));
+    }
+
+    #[derive(Default)]
+    struct Sink {
+        seen: Mutex<Vec<Availability>>,
+        inactive: std::sync::atomic::AtomicBool,
+    }
+
+    impl AvailabilitySink for Sink {
+        fn availability_changed(&self, availability: Availability) {
+            self.seen.lock().push(availability);
+        }
+
+        fn is_active(&self) -> bool {
+            !self.inactive.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn memberships_report_once_each_and_forget_inactive_balancers() {
+        let (a, b) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
+        let ma = FleetMembership::new(a.clone());
+        let memberships = Memberships::new();
+        assert!(memberships.is_empty());
+        memberships.join(ma.clone());
+        // The same membership again (a replaced service re-joining): once.
+        memberships.join(ma.clone());
+        memberships.join(FleetMembership::new(b.clone()));
+        assert_eq!(memberships.len(), 2);
+        let open = Availability::Unavailable {
+            reason: Unavailable::Open,
+            retry_in: Duration::from_secs(10),
+        };
+        memberships.notify(open);
+        assert_eq!(*a.seen.lock(), [open]);
+        assert_eq!(*b.seen.lock(), [open]);
+        // Balancer `a` removed the peer: the next join forgets it.
+        a.inactive.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(!ma.is_active());
+        memberships.join(FleetMembership::new(Arc::new(Sink::default())));
+        assert_eq!(memberships.len(), 2);
+        memberships.notify(Availability::Available);
+        assert_eq!(a.seen.lock().len(), 1, "an inactive membership was forgotten");
+        assert_eq!(*b.seen.lock(), [open, Availability::Available]);
+        assert!(ma.same_membership(&ma.clone()));
+        assert!(!ma.same_membership(&FleetMembership::new(b)));
+    }
+
+    #[test]
+    fn the_defaults_refuse_what_only_a_breaker_can_do() {
+        struct Plain;
+        impl CheckAvailability for Plain {
+            fn availability(&self) -> Availability {
+                Availability::Available
+            }
+        }
+        let sink = FleetMembership::new(Arc::new(Sink::default()));
+        assert!(!Plain.join_fleet(sink.clone()), "a plain peer is followed lazily");
+        assert!(!Plain.request_probe());
+        assert!(!Plain.reset_open());
+        let shared = Arc::new(Plain);
+        assert!(!shared.join_fleet(sink));
+        let by_ref: &Plain = &shared;
+        assert!(!<&Plain as CheckAvailability>::request_probe(&by_ref));
     }
 
     #[test]

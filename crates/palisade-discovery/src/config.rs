@@ -10,6 +10,58 @@ use crate::layer::PeerDiscoveryLayer;
 use crate::load::LoadMetric;
 use crate::registry::RegistryStatus;
 
+/// What the balancer does when no peer can take a call because every peer
+/// that could is open (or half-open with its probe slots taken).
+///
+/// It matters after a fleet-wide blip — a two-second partition, a rolling
+/// restart of a small fleet — which trips every peer's breaker at once:
+/// with [`FailFast`](Self::FailFast) every call then fails for a whole
+/// cooldown (10 s by default), and each failed probe round doubles it. The
+/// policies act only through the peers' [`CheckAvailability`]
+/// (`request_probe`, `reset_open`): a breaker forced open by an operator
+/// refuses both, and so does a peer without a breaker, so such peers are
+/// never picked by a policy.
+///
+/// The default is [`Reset`](Self::Reset), the behaviour of the client this
+/// project descends from: when every peer of a service is open, it resets
+/// that service's breakers and picks again, so a fleet that recovered serves
+/// the very next call. The cost: a fleet that is really down gets, after each
+/// reset, as many calls as its breakers need to trip again (3 per peer with
+/// the default breaker) instead of one probe per peer per cooldown. A retry
+/// budget above the balancer bounds what that adds. Choose
+/// [`ProbeNow`](Self::ProbeNow) for a gentler recovery (one early probe at a
+/// time, and the breakers' cooldown doubling stays meaningful for metrics),
+/// or [`FailFast`](Self::FailFast) to keep every breaker's cooldown.
+///
+/// [`CheckAvailability`]: palisade_core::peer::CheckAvailability
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AllOpenPolicy {
+    /// Fail the call at once with `NoAvailablePeers`; open peers wait out
+    /// their cooldown.
+    FailFast,
+    /// Send this call as the probe of the open peer whose probe is due
+    /// soonest, without waiting for its cooldown (respecting its probe
+    /// limit). A fleet that recovered serves again within one round trip,
+    /// one probe at a time.
+    ProbeNow,
+    /// Reset the open breakers of every peer of this balancer and pick
+    /// again (the default, as the seed system does).
+    #[default]
+    Reset,
+}
+
+impl AllOpenPolicy {
+    /// `fail_fast`, `probe_now` or `reset` (events and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllOpenPolicy::FailFast => "fail_fast",
+            AllOpenPolicy::ProbeNow => "probe_now",
+            AllOpenPolicy::Reset => "reset",
+        }
+    }
+}
+
 /// Validated settings shared by every balancer a layer builds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Settings {
@@ -18,6 +70,7 @@ pub(crate) struct Settings {
     pub(crate) listeners: Listeners,
     pub(crate) registry: Option<RegistryStatus>,
     pub(crate) load: LoadMetric,
+    pub(crate) all_open: AllOpenPolicy,
 }
 
 /// Builds a [`PeerDiscoveryLayer`]; [`build`](Self::build) validates it.
@@ -57,7 +110,8 @@ impl<P> PeerDiscoveryBuilder<P> {
         self.protocol(Http::default())
     }
 
-    /// Names the service, in errors, events and the health report.
+    /// Names the service, in errors, events, the health report and the
+    /// `service` label of every metric.
     pub fn service_name(mut self, name: impl AsRef<str>) -> Self {
         self.settings.service = Some(Arc::from(name.as_ref()));
         self
@@ -70,6 +124,13 @@ impl<P> PeerDiscoveryBuilder<P> {
     /// for why this differs from Envoy. Off by default.
     pub fn panic_threshold(mut self, threshold: f64) -> Self {
         self.settings.panic_threshold = Some(threshold);
+        self
+    }
+
+    /// What to do when every peer is open (default [`AllOpenPolicy::Reset`],
+    /// as the seed system does; see [`AllOpenPolicy`] for the trade-off).
+    pub fn all_open(mut self, policy: AllOpenPolicy) -> Self {
+        self.settings.all_open = policy;
         self
     }
 

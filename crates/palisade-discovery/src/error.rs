@@ -4,4 +4,6 @@
 pub use palisade_core::BoxError;
 pub use palisade_core::error::{ConfigError, NoAvailablePeers};
 
-pub use crate::registry::{InvalidInstance, Unsupported};
+#[cfg(feature = "etcd")]
+pub use crate::registry::etcd::DeregisterFailed;
+pub use crate::registry::{InvalidInstance, Unreachable, Unsupported};

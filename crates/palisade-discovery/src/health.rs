@@ -1,9 +1,16 @@
-//! The balancer's health report.
+//! The balancer's health report: every peer with its breaker's state (open
+//! until when, probing, closed), its client's readiness, its load and its
+//! latest failure with the whole cause chain, and counts a dashboard can show.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use palisade_core::peer::{Availability, PeerId};
+use palisade_core::peer::{Availability, PeerId, Unavailable};
+use tokio::time::Instant;
 
+use crate::config::AllOpenPolicy;
+use crate::future::{LastError, PeerStats};
 use crate::registry::RegistryState;
 
 /// Whether a peer's client could take a call when last polled.
@@ -31,13 +38,72 @@ impl Readiness {
     }
 }
 
+/// A peer's availability as its per-peer middleware (its breaker) states it,
+/// with instants instead of durations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerState {
+    /// Takes calls: the breaker is closed (or the peer has none).
+    Available,
+    /// The breaker is open; its next probe is due at `until`.
+    Open {
+        /// When the cooldown ends.
+        until: Instant,
+    },
+    /// The breaker is half-open: a probe may go now (`slot_free`), or every
+    /// probe slot is in flight.
+    Probing {
+        /// Whether a probe slot is free.
+        slot_free: bool,
+    },
+    /// Unavailable for another reason (a full per-peer bulkhead, a user
+    /// policy) until `until`.
+    Unavailable {
+        /// When it may be available again.
+        until: Instant,
+    },
+}
+
+impl PeerState {
+    /// The state an [`Availability`] answered at `now` stands for.
+    pub fn of(availability: Availability, now: Instant) -> Self {
+        let later = |d: Duration| now.checked_add(d).unwrap_or(now);
+        match availability {
+            Availability::Available => PeerState::Available,
+            Availability::Probe => PeerState::Probing { slot_free: true },
+            Availability::Unavailable {
+                reason: Unavailable::Open,
+                retry_in,
+            } => PeerState::Open { until: later(retry_in) },
+            Availability::Unavailable {
+                reason: Unavailable::ProbesBusy,
+                ..
+            } => PeerState::Probing { slot_free: false },
+            Availability::Unavailable { retry_in, .. } => PeerState::Unavailable { until: later(retry_in) },
+            _ => PeerState::Unavailable { until: now },
+        }
+    }
+
+    /// `available`, `open`, `probing` or `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Available => "available",
+            PeerState::Open { .. } => "open",
+            PeerState::Probing { .. } => "probing",
+            PeerState::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
 /// One peer in a [`HealthReport`].
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct PeerHealth {
     /// The peer.
     pub peer: PeerId,
-    /// What its per-peer middleware (breaker) says now.
+    /// Its breaker's state: open until when, probing, available.
+    pub state: PeerState,
+    /// What its per-peer middleware (breaker) answers now.
     pub availability: Availability,
     /// Whether its client was ready when last polled.
     pub readiness: Readiness,
@@ -49,8 +115,87 @@ pub struct PeerHealth {
     pub successes: u64,
     /// Calls that ended in failure since the peer joined.
     pub failures: u64,
-    /// The last error a call to it returned, if any.
+    /// The latest failure of a call to it, if any: an error with its whole
+    /// cause chain (`transport error: tcp connect error: Connection refused
+    /// (os error 111)`), a failed response (`gRPC status 14 (UNAVAILABLE):
+    /// ...`, `HTTP 503 Service Unavailable`), or a response that failed at
+    /// the end of its stream. Each failure replaces the one before.
     pub last_error: Option<String>,
+    /// When `last_error` happened.
+    pub last_error_at: Option<Instant>,
+}
+
+impl PeerHealth {
+    pub(crate) fn new(
+        peer: PeerId,
+        state: PeerState,
+        availability: Availability,
+        readiness: Readiness,
+        weight: u32,
+        stats: &PeerStats,
+        last: Option<LastError>,
+    ) -> Self {
+        let (last_error, last_error_at) = match last {
+            Some(e) => (Some(e.message), Some(e.at)),
+            None => (None, None),
+        };
+        Self {
+            peer,
+            state,
+            availability,
+            readiness,
+            weight,
+            in_flight: stats.in_flight.load(Ordering::Relaxed),
+            successes: stats.successes.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            last_error,
+            last_error_at,
+        }
+    }
+
+    /// Whether a call may be sent to it now.
+    pub fn is_available(&self) -> bool {
+        self.readiness == Readiness::Ready && self.availability.is_available()
+    }
+}
+
+/// How many peers are in each state, for a dashboard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerCounts {
+    /// Every known peer.
+    pub known: usize,
+    /// Available and ready: a call may go there now.
+    pub available: usize,
+    /// Breaker open.
+    pub open: usize,
+    /// Breaker half-open (a probe due or in flight).
+    pub probing: usize,
+    /// Unavailable for another reason.
+    pub unavailable: usize,
+    /// Available, but the client was not ready (back-pressure).
+    pub not_ready: usize,
+    /// The client failed; not picked until the registry replaces it.
+    pub failed: usize,
+    /// Calls in flight over all peers.
+    pub in_flight: usize,
+}
+
+impl fmt::Display for PeerCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} peers: {} available, {} open, {} probing, {} unavailable, {} not ready, {} failed; {} calls in flight",
+            self.known,
+            self.available,
+            self.open,
+            self.probing,
+            self.unavailable,
+            self.not_ready,
+            self.failed,
+            self.in_flight
+        )
+    }
 }
 
 /// What a balancer knows: its peers and the state of the registry behind it.
@@ -61,21 +206,68 @@ pub struct HealthReport {
     pub service: Option<String>,
     /// The registry's state, if a [`RegistryStatus`](crate::RegistryStatus) was attached.
     pub registry: Option<RegistryState>,
+    /// What the registry noted about its latest answer, if anything (say, a
+    /// DNS SRV target that did not resolve and was skipped).
+    pub registry_note: Option<String>,
     /// The last error of the discover stream, if it failed.
     pub discover_error: Option<String>,
     /// Whether the discover stream ended (the set is then frozen).
     pub discover_ended: bool,
+    /// What the balancer does when every peer is open.
+    pub all_open: AllOpenPolicy,
+    /// When the report was made (the instants in it are on tokio's clock).
+    pub at: Instant,
     /// Every known peer.
     pub peers: Vec<PeerHealth>,
 }
 
 impl HealthReport {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        service: Option<String>,
+        registry: Option<RegistryState>,
+        registry_note: Option<String>,
+        discover_error: Option<String>,
+        discover_ended: bool,
+        all_open: AllOpenPolicy,
+        at: Instant,
+        peers: Vec<PeerHealth>,
+    ) -> Self {
+        Self {
+            service,
+            registry,
+            registry_note,
+            discover_error,
+            discover_ended,
+            all_open,
+            at,
+            peers,
+        }
+    }
+
     /// How many peers may be picked now.
     pub fn available(&self) -> usize {
-        self.peers
-            .iter()
-            .filter(|p| p.readiness == Readiness::Ready && p.availability.is_available())
-            .count()
+        self.peers.iter().filter(|p| p.is_available()).count()
+    }
+
+    /// How many peers are in each state.
+    pub fn counts(&self) -> PeerCounts {
+        let mut counts = PeerCounts {
+            known: self.peers.len(),
+            ..PeerCounts::default()
+        };
+        for p in &self.peers {
+            counts.in_flight += p.in_flight;
+            match (p.readiness, p.state) {
+                (Readiness::Failed, _) => counts.failed += 1,
+                (_, PeerState::Open { .. }) => counts.open += 1,
+                (_, PeerState::Probing { .. }) => counts.probing += 1,
+                (_, PeerState::Unavailable { .. }) => counts.unavailable += 1,
+                (Readiness::NotReady, PeerState::Available) => counts.not_ready += 1,
+                (Readiness::Ready, PeerState::Available) => counts.available += 1,
+            }
+        }
+        counts
     }
 
     /// The entry of `peer`, if known.
@@ -84,24 +276,44 @@ impl HealthReport {
     }
 }
 
+/// `+1.5s` from `at` to `then`, or `-1.5s` for an instant past.
+struct Relative(Instant, Instant);
+
+impl fmt::Display for Relative {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (at, then) = (self.0, self.1);
+        if then >= at {
+            write!(f, "+{:?}", then - at)
+        } else {
+            write!(f, "-{:?}", at - then)
+        }
+    }
+}
+
 impl fmt::Display for HealthReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} peers, {} available",
-            self.service.as_deref().unwrap_or("peers"),
-            self.peers.len(),
-            self.available()
-        )?;
+        write!(f, "{}: {}", self.service.as_deref().unwrap_or("peers"), self.counts())?;
         if let Some(registry) = self.registry {
-            write!(f, ", registry {}", registry.as_str())?;
+            write!(f, "; registry {}", registry.as_str())?;
+        }
+        if let Some(note) = &self.registry_note {
+            write!(f, " ({note})")?;
+        }
+        if let Some(error) = &self.discover_error {
+            write!(f, "; discover error: {error}")?;
         }
         for p in &self.peers {
+            write!(f, "\n  {} ", p.peer)?;
+            match p.state {
+                PeerState::Available => f.write_str("available")?,
+                PeerState::Open { until } => write!(f, "open until {}", Relative(self.at, until))?,
+                PeerState::Probing { slot_free: true } => f.write_str("probing (probe due)")?,
+                PeerState::Probing { slot_free: false } => f.write_str("probing (probes in flight)")?,
+                PeerState::Unavailable { until } => write!(f, "unavailable until {}", Relative(self.at, until))?,
+            }
             write!(
                 f,
-                "\n  {} {:?} {} weight={} in_flight={} ok={} failed={}",
-                p.peer,
-                p.availability,
+                " {} weight={} in_flight={} ok={} failed={}",
                 p.readiness.as_str(),
                 p.weight,
                 p.in_flight,
@@ -110,6 +322,9 @@ impl fmt::Display for HealthReport {
             )?;
             if let Some(e) = &p.last_error {
                 write!(f, " last_error={e:?}")?;
+                if let Some(at) = p.last_error_at {
+                    write!(f, " ({:?} ago)", self.at.saturating_duration_since(at))?;
+                }
             }
         }
         Ok(())

@@ -75,28 +75,45 @@
 //! peer's breaker lets a call through now) and [`PeerWeight`].
 //!
 //! - **Choice.** Power of two choices: two random peers, drawn in proportion
-//!   to their weight, and the one with fewer calls in flight per unit of
-//!   weight wins (or, with [`LoadMetric::PeakEwma`], the lower peak-EWMA
-//!   response time times calls in flight). A call stays "in flight" until
-//!   its response — for http, its response body — has ended (the [`InFlight`] guard rides on the body
-//!   through `palisade_body::track`). Selection is O(1): the peers live in a
-//!   `Vec` with a key index; an update is O(1) (a weight change O(log n)).
-//! - **Availability.** Only peers whose availability says so are picked. A
-//!   peer that answers [`Availability::Probe`](palisade_core::peer::Availability::Probe)
-//!   (its cooldown has passed) is picked at once, so recovering peers get
-//!   their probe and nothing starves: when the balancer sees a peer open, it
-//!   queues it in a min-heap by the instant its probe is due (now + the
-//!   breaker's `retry_in`); every pick peeks the head (O(1)) and, once it is
-//!   due, asks that peer first — with 10,000 peers the probe goes out on the
-//!   first call after the cooldown, not after thousands of random draws.
-//!   (A peer enters the queue the first time the balancer sees it open: in a
-//!   draw, or in the scan below.) When random draws keep meeting
-//!   unavailable peers, one scan of the set finds any available peer: the
-//!   balancer never fails while a peer is available.
+//!   to their weight from the peers that can take a call now, and the one
+//!   with fewer calls in flight per unit of weight wins (or, with
+//!   [`LoadMetric::PeakEwma`], the lower peak-EWMA response time times calls
+//!   in flight). A call stays "in flight" until its response — for http,
+//!   its response body — has ended (the [`InFlight`] guard rides on the body
+//!   through `palisade_body::track`). Peak-EWMA samples the time to the
+//!   *response head* (or the error), not to the end of the body, so a peer
+//!   serving long streams does not look slow; the in-flight count still
+//!   lasts to the end of the body.
+//! - **Availability, kept exact.** When a peer joins, the balancer hands it
+//!   a [`FleetMembership`](palisade_core::peer::FleetMembership)
+//!   ([`CheckAvailability::join_fleet`](palisade_core::peer::CheckAvailability::join_fleet));
+//!   a breaker reports every transition through it (opened with its
+//!   cooldown, half-open, closed, a probe slot back). Reports land in the
+//!   peer's cell and a bounded inbox (each peer at most once) and are applied
+//!   on the next `poll_ready` or `call`, never under a lock the breaker holds
+//!   and never taking the set's lock from the breaker. So the balancer keeps
+//!   an exact set of the peers a call may go to, and selection is O(1)
+//!   however many peers are unavailable: 10,000 peers with 9,990 open cost
+//!   what 10 healthy ones cost. The chosen peer is still asked before it is
+//!   called (one atomic load for a closed breaker), so a report not yet
+//!   applied never sends a call to an open peer. A peer that does not report
+//!   (`join_fleet` returns `false`, the trait's default) is followed lazily:
+//!   its availability is learnt when it is picked, and an unavailable one is
+//!   looked at again when the `retry_in` it gave has passed (at least 1 s).
+//! - **Probes first.** Every peer that is not plainly available is in a probe
+//!   queue, a min-heap by when to look at it again: an open peer at the end
+//!   of its cooldown, a half-open peer with a free probe slot at once, a
+//!   peer whose probes are all in flight a second later (its breaker reports
+//!   when a slot comes back). Every call peeks the head (O(1), a clock read
+//!   only while some peer is out) and, once it is due, asks that peer first
+//!   — with 10,000 peers the probe goes out on the first call after the
+//!   cooldown, not after thousands of random draws. The queue follows every
+//!   transition, an operator's too: a peer forced open and then reset, which
+//!   trips again, is probed when its new cooldown ends.
 //! - **Attempt record.** A retry avoids the peers that earlier attempts of
 //!   the same call used (the [`AttemptRecord`](palisade_core::peer::AttemptRecord)
 //!   in the request's extensions, read through the protocol's `Inspect`) —
-//!   unless no other peer is available. The chosen peer is appended to the
+//!   unless no other peer can take it. The chosen peer is appended to the
 //!   record when the request carries one (the retry layer puts an empty record
 //!   in; the balancer does not insert one, so plain calls allocate nothing).
 //!   The record is a shared handle: the copies of the request a retry layer
@@ -105,54 +122,102 @@
 //!   timeout) and has no response. On http responses the balancer also
 //!   names the peer ([`PeerId`](palisade_core::peer::PeerId) in the response
 //!   extensions, see [`TagPeer`]) for calls that carry a record.
-//! - **Readiness.** `poll_ready` applies the discover's changes, re-polls up
-//!   to 8 peers that were not ready, and is then always ready: the choice
-//!   happens in `call`, which polls the chosen peer's readiness without a
-//!   waker. A peer that is not ready is skipped (not evicted, unlike tower's
-//!   p2c) and comes back when a later `poll_ready` finds it ready. A peer
-//!   whose `poll_ready` failed is kept, reported, and not picked until the
-//!   discover inserts it again. Either leaves the available sample (and the
-//!   panic threshold's count) until it is ready again.
+//! - **Every peer open** ([`AllOpenPolicy`], set with
+//!   [`PeerDiscoveryBuilder::all_open`]). When no peer can take a call because
+//!   every peer that could is open — after a two-second partition, or a
+//!   rolling restart of a small fleet, trips them all — the default,
+//!   [`AllOpenPolicy::Reset`], resets the open breakers of this balancer and
+//!   picks again, as the client this project descends from does: a fleet
+//!   that recovered serves the very next call instead of failing for a
+//!   whole cooldown (10 s, doubling with every failed probe round). The
+//!   price is that a fleet that is really down is retried after each reset
+//!   (as many calls as its breakers need to trip again); a retry budget above
+//!   bounds it. [`AllOpenPolicy::ProbeNow`] sends the call as an early probe
+//!   of the peer due soonest instead (one at a time, respecting the probe
+//!   limit), and [`AllOpenPolicy::FailFast`] keeps every cooldown. A breaker
+//!   forced open by an operator refuses both (so does a peer without a
+//!   breaker), and is then left out of the policy until it reports a change,
+//!   so the policy costs O(open peers) once per fleet-wide trip, not per
+//!   call. One caller acts at a time; the others wait for it and pick.
+//! - **Readiness and back-pressure.** `poll_ready` applies the discover's
+//!   changes and the peers' reports, and re-polls up to 8 peers whose client
+//!   was not ready. It is ready as long as some peer can take a call (or
+//!   none can at all: then `call` fails fast, below). When every available
+//!   peer's client is busy (a tonic channel whose buffer is full) it returns
+//!   `Pending`, as a tower `Buffer` does, and the task is woken when one has
+//!   room again or when anything changes: a busy client is back-pressure,
+//!   not "no available peers". A caller therefore waits in `ready()` (a
+//!   tonic client does); as with any tower service, a timeout layer applied
+//!   in `call` does not bound that wait — put tower's `LoadShed` above to
+//!   turn it into an immediate `Overloaded` error. A peer found not ready
+//!   in `call` (it lost a race for the last slot) is skipped; if no other
+//!   can take the call, it fails with `NoAvailablePeers` counting that peer
+//!   as excluded. A peer is never evicted for not being ready (unlike
+//!   tower's p2c); a peer whose `poll_ready` failed is kept, reported, and
+//!   not picked until the discover inserts it again.
 //! - **No peer available.** `call` answers at once with
 //!   [`NoAvailablePeers`](error::NoAvailablePeers), naming how many peers are
 //!   known, open, probing and excluded (not ready, failed, other reasons) and
-//!   when the earliest probe is due. `poll_ready` never fails for it — nor for
-//!   an empty set: a call made before the registry answered fails fast, and a
+//!   when the earliest probe of an open peer is due, from counts kept as the
+//!   set changes (no scan). `poll_ready` never fails for it — nor for an
+//!   empty set: a call made before the registry answered fails fast, and a
 //!   retry layer retries it after its backoff.
 //! - **Panic threshold** (optional, Envoy-style): below that share of
-//!   available peers (as last seen), the attempt record no longer excludes
-//!   peers, so retries spread over the few peers that are left instead of
-//!   failing for want of an unused one. An available peer is always
-//!   preferred, and an open peer is never picked. This differs from Envoy,
+//!   available peers, the attempt record no longer excludes peers, so
+//!   retries spread over the few peers that are left instead of piling on
+//!   the unused ones. An open peer is never picked. This differs from Envoy,
 //!   which routes to every host below the threshold: there, an unhealthy
 //!   host may still answer, while here a peer is unavailable because its
 //!   breaker is open, and the breaker would refuse the call at once with
 //!   `CircuitOpen` — routing to it only turns calls that a healthy peer could
 //!   serve into failures. Readiness is not relaxed either: a client that is
 //!   not ready cannot take the call.
-//! - **Set changes.** A removed peer's service and state are dropped at once;
-//!   calls in flight keep their own future and finish. Inserting a key again
-//!   replaces its service in place (its load counters carry over, since calls
-//!   to the old client are still in flight against the same peer).
+//! - **Set changes.** A removed peer's service and state are dropped (outside
+//!   the lock); calls in flight keep their own future and finish. Inserting
+//!   a known key again replaces its service in place: its load counters,
+//!   outcome counts, latest error and probe-queue place carry over, its
+//!   weight is updated, and its availability is whatever the new service
+//!   answers — the same breaker behind a clone stays open.
+//!   [`RegistryDiscover`] relies on this: a metadata or weight change of an
+//!   instance whose address did not change re-inserts a clone of the
+//!   service it made for that address, so the peer keeps its client and its
+//!   breaker's state and history; a changed address is a new peer.
 //! - **Discover errors.** A `Discover` is a `TryStream`: an error item is
 //!   logged and shown in the health report, the last known set keeps
 //!   serving, and the discover is polled again on the next `poll_ready` (an
 //!   error does not end discovery). A discover that ends leaves the last
-//!   known set serving for good.
-//! - **Events.** The balancer's events (peer added/removed, availability
-//!   flips, rejections) are emitted after its lock is released, so a
-//!   listener may call back into it (say, [`PeerDiscovery::health`]).
-//! - **Shared state.** Clones share the peer set and the discover (a mutex
-//!   held for the short, non-async choice). Every balancer built by one layer
-//!   shares its settings and listeners.
+//!   known set serving for good. The discover is polled only when its waker
+//!   said it has news.
+//! - **Threads.** Clones share one balancer. The peer set is read-mostly
+//!   behind an `RwLock`: every pick takes the read lock, so threads calling
+//!   through clones choose at the same time; the write lock is taken to
+//!   apply news. A pick locks only the chosen peer's service, for its
+//!   `poll_ready` + `call`. Random draws use a per-thread generator. No lock
+//!   is held across an `.await`, and no user code (a breaker's listener, a
+//!   peer's `poll_ready`) runs under the write lock.
 //! - **Health.** [`PeerDiscovery::health`] lists every peer with its
-//!   availability, readiness, load, outcome counts and last error, and the
-//!   registry's state when a [`RegistryStatus`] is attached.
-//! - **Events.** `PeerAdded` / `PeerRemoved` per change and `Rejected` for
-//!   each "no available peers", through `palisade_core::event` listeners and
-//!   tracing; the registry's `up`/`down` edges as `StateChange` events from
-//!   [`RegistryDiscover`]. With the `metrics` feature, a peer-count gauge and
-//!   a rejection counter.
+//!   breaker's state ([`PeerState`]: open until when, probing, available),
+//!   readiness, weight, load, outcome counts and its latest failure with the
+//!   whole cause chain (`transport error: tcp connect error: Connection
+//!   refused (os error 111)`, `gRPC status 14 (UNAVAILABLE): ...`), counts
+//!   by state for a dashboard ([`HealthReport::counts`]), the all-open
+//!   policy, and the registry's state and note when a [`RegistryStatus`] is
+//!   attached. Any listener may call it.
+//! - **Events.** `PeerAdded` / `PeerRemoved` per change; a `StateChange`
+//!   (`available` <-> `unavailable`, with the reason — `breaker open` and its
+//!   cooldown, `probing`, `client not ready`, `client failed` — and the
+//!   service as the key) when a peer enters or leaves the set a call may go
+//!   to; a `StateChange` from `all_open` to the policy's name when the
+//!   all-open policy acts; `Rejected` for each "no available peers"; the
+//!   registry's `up`/`down` edges from [`RegistryDiscover`]. All through
+//!   `palisade_core::event` listeners and tracing, emitted once the
+//!   balancer's locks are released, so a listener may call back into it.
+//! - **Metrics** (feature `metrics`), each with the `service` label (the
+//!   [`service_name`](PeerDiscoveryBuilder::service_name), `-` when unnamed):
+//!   gauges `palisade_discovery_peers`, `palisade_discovery_available_peers`,
+//!   `palisade_discovery_open_peers`, `palisade_discovery_probing_peers`;
+//!   counters `palisade_discovery_no_available_peers_total` and
+//!   `palisade_discovery_all_open_total{policy}`.
 //!
 //! # Registries
 //!
@@ -164,54 +229,56 @@
 //! into a tower `Discover`, diffing resynchronisations so that nothing is lost
 //! or duplicated, and works with tower's own balancer too.
 //!
-//! - [`InMemoryRegistry`]: TTL and heartbeats in one process (or no TTL).
+//! - [`InMemoryRegistry`]: TTL and heartbeats in one process (or no TTL);
+//!   the seed system's defaults (a heartbeat every 10 s, expiry 20 s after
+//!   the last one), and an outage switch for tests and demos
+//!   ([`InMemoryRegistry::set_reachable`]).
 //! - [`StaticRegistry`]: a fixed list.
 //! - `EtcdRegistry` (feature `etcd`): keys under a prefix bound to leases,
 //!   read-then-watch from the read revision, reconnect with backoff and
-//!   re-read.
+//!   re-read; a provider's `shutdown()` retries the lease revocation against
+//!   the live members within a bound and says clearly if it finally cannot.
 //! - `DnsRegistry` (feature `dns`): periodic re-resolution of a host name
-//!   (A/AAAA) or an SRV name through hickory-resolver, or any `Resolve`.
+//!   (A/AAAA) or an SRV name through hickory-resolver, or any `Resolve`; an
+//!   SRV target that does not resolve is skipped (the health report notes
+//!   it) and the others update.
 //!
 //! When a registry is unreachable its watch reports `Down` and the balancer
 //! keeps serving the last known set; on reconnection the set is resynchronised.
+//!
+//! The registries (the control plane) live in this crate, apart from the
+//! balancer (the data path) in their own module: the balancer consumes any
+//! `Discover` and never calls a registry, and the heavy backends are behind
+//! features, so a user of the balancer alone compiles only the small
+//! in-memory and static registries.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod balancer;
 mod config;
-mod discover;
-#[cfg(feature = "dns")]
-mod dns;
 pub mod error;
-#[cfg(feature = "etcd")]
-mod etcd;
 mod future;
 mod health;
 mod layer;
 mod load;
-mod memory;
 mod peer;
 mod registry;
 mod service;
-mod state;
-mod static_list;
 mod tag;
 
-pub use config::PeerDiscoveryBuilder;
-pub use discover::{MakePeer, RegistryDiscover};
-#[cfg(feature = "dns")]
-pub use dns::{DnsRegistry, HickoryResolver, Resolve, SrvTarget};
-#[cfg(feature = "etcd")]
-pub use etcd::{EtcdRegistry, EtcdRegistryBuilder};
+pub use config::{AllOpenPolicy, PeerDiscoveryBuilder};
 pub use future::{InFlight, ResponseFuture};
-pub use health::{HealthReport, PeerHealth, Readiness};
+pub use health::{HealthReport, PeerCounts, PeerHealth, PeerState, Readiness};
 pub use layer::PeerDiscoveryLayer;
 pub use load::LoadMetric;
-pub use memory::InMemoryRegistry;
 pub use peer::{AlwaysAvailable, PeerWeight, Weighted};
+#[cfg(feature = "dns")]
+pub use registry::dns::{DnsRegistry, HickoryResolver, Resolve, SrvTarget};
+#[cfg(feature = "etcd")]
+pub use registry::etcd::{DeregisterFailed, EtcdRegistry, EtcdRegistryBuilder};
 pub use registry::{
-    Instance, KeepAlive, MAX_FIELD_LEN, MAX_METADATA, Registration, Registry, RegistryState, RegistryStatus,
-    WatchEvent, WatchStream,
+    InMemoryRegistry, Instance, KeepAlive, MAX_FIELD_LEN, MAX_METADATA, MakePeer, Registration, Registry,
+    RegistryDiscover, RegistryState, RegistryStatus, StaticRegistry, WatchEvent, WatchStream,
 };
 pub use service::PeerDiscovery;
-pub use static_list::StaticRegistry;
 pub use tag::TagPeer;

@@ -18,6 +18,13 @@ pub enum LoadMetric {
     /// at once (the average jumps to a slower sample) and forgiven gradually
     /// (it decays toward faster samples with time constant `decay`). Costs a
     /// clock read per call and per pick.
+    ///
+    /// The sample is the time to the peer's *answer*: its response head, or
+    /// its error — not the end of a streamed body, so a peer serving long
+    /// streams does not look slow and get starved (the in-flight count,
+    /// which also weighs in, still lasts until the body ends). A fast error
+    /// counts as a fast answer: keeping a failing peer out is the breaker's
+    /// job, not the load metric's.
     PeakEwma {
         /// The response time assumed for a peer that has not answered yet.
         default_rtt: Duration,

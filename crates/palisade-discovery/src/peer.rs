@@ -4,7 +4,7 @@
 
 use std::task::{Context, Poll};
 
-use palisade_core::peer::{Availability, CheckAvailability};
+use palisade_core::peer::{Availability, CheckAvailability, FleetMembership};
 use tower_service::Service;
 
 /// The relative share of traffic a peer should get (default 1).
@@ -58,10 +58,24 @@ impl<S> AlwaysAvailable<S> {
     }
 }
 
+/// Never changes, so it "reports" every change (there are none): the
+/// balancer keeps it in the available set without asking.
 impl<S> CheckAvailability for AlwaysAvailable<S> {
     #[inline]
     fn availability(&self) -> Availability {
         Availability::Available
+    }
+
+    fn join_fleet(&self, _: FleetMembership) -> bool {
+        true
+    }
+
+    fn request_probe(&self) -> bool {
+        true
+    }
+
+    fn reset_open(&self) -> bool {
+        true
     }
 }
 
@@ -125,6 +139,18 @@ impl<S: CheckAvailability> CheckAvailability for Weighted<S> {
     #[inline]
     fn availability(&self) -> Availability {
         self.inner.availability()
+    }
+
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        self.inner.join_fleet(membership)
+    }
+
+    fn request_probe(&self) -> bool {
+        self.inner.request_probe()
+    }
+
+    fn reset_open(&self) -> bool {
+        self.inner.reset_open()
     }
 }
 

@@ -7,27 +7,26 @@ use std::task::{Context, Poll};
 
 use palisade_body::TrackResponse;
 use palisade_core::BoxError;
-use palisade_core::peer::{AttemptRecord, CheckAvailability};
+use palisade_core::peer::CheckAvailability;
 use palisade_core::protocol::{Inspect, Plain};
-use parking_lot::Mutex;
 use tower::discover::Discover;
 use tower_service::Service;
 
+use crate::balancer::{Balancer, Sent};
 use crate::config::Settings;
 use crate::future::{InFlight, ResponseFuture};
 use crate::health::HealthReport;
 use crate::peer::PeerWeight;
-use crate::state::{Shared, emit_deferred};
 use crate::tag::TagPeer;
 
 /// A balancer over a [`Discover`] of per-peer services that routes around
 /// unavailable peers. See the [crate docs](crate) for the behaviour.
 ///
 /// Clones share the peer set (and the discover), so a tonic client built on
-/// it can be cloned into many tasks.
+/// it can be cloned into many tasks; clones choose in parallel (the set is
+/// read-mostly).
 pub struct PeerDiscovery<D: Discover, P = Plain> {
-    shared: Arc<Mutex<Shared<D>>>,
-    settings: Arc<Settings>,
+    shared: Arc<Balancer<D>>,
     protocol: P,
 }
 
@@ -35,7 +34,6 @@ impl<D: Discover, P: Clone> Clone for PeerDiscovery<D, P> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            settings: self.settings.clone(),
             protocol: self.protocol.clone(),
         }
     }
@@ -44,7 +42,7 @@ impl<D: Discover, P: Clone> Clone for PeerDiscovery<D, P> {
 impl<D: Discover, P: fmt::Debug> fmt::Debug for PeerDiscovery<D, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerDiscovery")
-            .field("service", &self.settings.service)
+            .field("service", &self.shared.settings.service)
             .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
@@ -61,13 +59,9 @@ where
 }
 
 impl<D: Discover, P> PeerDiscovery<D, P> {
-    pub(crate) fn from_parts(discover: D, settings: Arc<Settings>, protocol: P) -> Self
-    where
-        D: Discover,
-    {
+    pub(crate) fn from_parts(discover: D, settings: Arc<Settings>, protocol: P) -> Self {
         Self {
-            shared: Arc::new(Mutex::new(Shared::new(discover))),
-            settings,
+            shared: Arc::new(Balancer::new(discover, settings)),
             protocol,
         }
     }
@@ -82,7 +76,7 @@ where
 {
     /// How many peers are known (available or not).
     pub fn len(&self) -> usize {
-        self.shared.lock().len()
+        self.shared.len()
     }
 
     /// Whether no peer is known.
@@ -90,20 +84,17 @@ where
         self.len() == 0
     }
 
-    /// The health report: every known peer with its availability, readiness,
-    /// load and last error, and the registry's state if one was attached.
+    /// The health report: every known peer with its breaker's state (open
+    /// until when, probing, available), readiness, load and latest failure,
+    /// counts by state, and the registry's state if one was attached.
     ///
-    /// The balancer's own events are emitted after its lock is released, so
-    /// its listeners may call this. Do not call it from an event listener of
-    /// a per-peer middleware (a breaker's): the balancer may be asking that
-    /// middleware for its availability while it holds its lock.
+    /// It may be called from any listener, the balancer's own (its events
+    /// are emitted after its locks are released) or a per-peer breaker's
+    /// (a peer whose service is busy on this very thread is reported from
+    /// what the balancer last learnt of it).
     pub fn health(&self) -> HealthReport {
-        self.shared.lock().health(&self.settings)
+        self.shared.health()
     }
-}
-
-fn record_of<'r, P: Inspect<Req>, Req>(protocol: &P, req: &'r Req) -> Option<&'r AttemptRecord> {
-    protocol.attempt_record(req)
 }
 
 impl<D, P, Req> Service<Req> for PeerDiscovery<D, P>
@@ -122,52 +113,27 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<<D::Service as Service<Req>>::Future, P>;
 
-    /// Applies the discover's pending changes and re-polls a few peers that
-    /// were not ready. Always ready: when no peer can take a call, `call`
-    /// answers [`NoAvailablePeers`](palisade_core::error::NoAvailablePeers) at once.
+    /// Applies the discover's pending changes and the peers' reports, and
+    /// re-polls a few peers whose client was not ready. Ready unless every
+    /// available peer's client is busy (back-pressure: it waits, as a tower
+    /// `Buffer` does, and is woken when one is ready); never an error. When
+    /// no peer is available at all, `call` answers
+    /// [`NoAvailablePeers`](palisade_core::error::NoAvailablePeers) at once.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let mut shared = self.shared.lock();
-        shared.drain_discover(cx, &self.settings);
+        let shared = &*self.shared;
+        shared.drive_discover();
+        shared.apply_inbox();
         shared.poll_not_ready::<Req>(cx);
-        let events = shared.take_deferred();
-        drop(shared);
-        emit_deferred(events, &self.settings);
+        if shared.must_wait(cx) {
+            return Poll::Pending;
+        }
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
-        let mut shared = self.shared.lock();
-        let chosen = loop {
-            match shared.choose(record_of(&self.protocol, &req), &self.settings) {
-                Ok(i) => {
-                    if shared.try_ready::<Req>(i) {
-                        break i;
-                    }
-                    // Not ready: now flagged, so the next choice skips it.
-                }
-                Err(error) => {
-                    let events = shared.take_deferred();
-                    drop(shared);
-                    emit_deferred(events, &self.settings);
-                    return ResponseFuture::failed(error);
-                }
-            }
-        };
-        let mut tag = None;
-        if let Some(record) = self
-            .protocol
-            .extensions_mut(&mut req)
-            .and_then(|e| e.get_mut::<AttemptRecord>())
-        {
-            let peer = shared.peer_id(chosen).clone();
-            record.record(peer.clone());
-            tag = Some(peer);
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.shared.call(&self.protocol, req) {
+            Ok(Sent { future, guard, peer }) => ResponseFuture::called(future, guard, self.protocol.clone(), peer),
+            Err(error) => ResponseFuture::failed(error),
         }
-        let guard = InFlight::new(shared.stats(chosen).clone());
-        let future = shared.call(chosen, req);
-        let events = shared.take_deferred();
-        drop(shared);
-        emit_deferred(events, &self.settings);
-        ResponseFuture::called(future, guard, self.protocol.clone(), tag)
     }
 }

@@ -14,7 +14,7 @@ use palisade_core::error::NoAvailablePeers;
 use palisade_core::event::{Event, EventKind};
 use palisade_core::options::CallOptionsExt;
 use palisade_core::peer::{AttemptRecord, Availability, PeerId, Unavailable};
-use palisade_discovery::{PeerDiscovery, PeerDiscoveryLayer, Readiness};
+use palisade_discovery::{AllOpenPolicy, PeerDiscovery, PeerDiscoveryLayer, Readiness};
 use tower::discover::Change;
 use tower_layer::Layer;
 
@@ -43,8 +43,8 @@ fn spreads_calls_over_available_peers_only() {
     assert_eq!(lb.len(), 3, "the open peer stays known");
 }
 
-#[test]
-fn no_available_peers_fails_from_call_with_counts() {
+#[tokio::test(start_paused = true)]
+async fn no_available_peers_fails_from_call_with_counts() {
     let peers: Vec<_> = ["a", "b", "c", "d"].iter().map(|n| Ctl::new(n)).collect();
     let (_tx, mut lb) = balancer(&peers);
     peers[0].open(Duration::from_secs(5));
@@ -82,16 +82,19 @@ fn a_peer_due_for_its_probe_is_picked_first() {
     let (_tx, mut lb) = balancer(&peers);
     // Warm up so that every peer is known.
     call_now(&mut lb, ()).unwrap();
-    peers[7].set(Availability::Probe);
-    // Within a few calls the probe-ready peer is drawn and picked at once.
-    let mut picked = false;
-    for _ in 0..200 {
-        if call_now(&mut lb, ()).unwrap() == "p7" {
-            picked = true;
-            break;
-        }
+    // Each time a breaker goes half-open, the very next call is its probe:
+    // not one call in 25 (two draws in 50), as plain p2c would give it.
+    for k in [7, 19, 33, 48, 0] {
+        peers[k].open(Duration::from_secs(5));
+        assert_ne!(call_now(&mut lb, ()).unwrap(), format!("p{k}"));
+        peers[k].set(Availability::Probe);
+        assert_eq!(
+            call_now(&mut lb, ()).unwrap(),
+            format!("p{k}"),
+            "the probe went elsewhere"
+        );
+        peers[k].set(Availability::Available);
     }
-    assert!(picked, "the peer due for a probe never got it");
 }
 
 fn http_request(record: &AttemptRecord) -> http::Request<()> {
@@ -294,37 +297,46 @@ fn weights_are_honoured() {
     assert!((0.68..0.82).contains(&share), "heavy peer got {share}");
 }
 
-#[test]
-fn panic_threshold_never_routes_to_open_peers_and_relaxes_the_record() {
-    let peers: Vec<_> = (0..4).map(|i| Ctl::new(&format!("p{i}"))).collect();
+/// 10 peers, 7 open: 30% available. With `threshold`, retries naming p9 go
+/// to p9 how many times in 300?
+fn retries_to_the_used_peer(threshold: Option<f64>) -> usize {
+    let peers: Vec<_> = (0..10).map(|i| Ctl::new(&format!("p{i}"))).collect();
     let (tx, discover) = channel_discover();
     for c in &peers {
         tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
     }
-    let mut lb = PeerDiscoveryLayer::builder()
-        .panic_threshold(0.5)
-        .protocol(HttpRequests)
-        .build()
-        .unwrap()
-        .layer(discover);
-    // Learn the set first, then open three peers (their fakes refuse calls,
-    // as a real breaker does with CircuitOpen).
+    let mut builder = PeerDiscoveryLayer::builder().protocol(HttpRequests);
+    if let Some(t) = threshold {
+        builder = builder.panic_threshold(t);
+    }
+    let mut lb = builder.build().unwrap().layer(discover);
     call_now(&mut lb, http::Request::new(())).unwrap();
-    for p in &peers[..3] {
+    for p in &peers[..7] {
         p.open(Duration::from_secs(5));
     }
-    for _ in 0..400 {
-        // Every call succeeds: 1 of 4 available is below 50%, yet the healthy
-        // peer exists and is always preferred.
-        assert_eq!(call_now(&mut lb, http::Request::new(())).unwrap(), "p3");
+    let mut to_p9 = 0;
+    for _ in 0..300 {
+        let record = AttemptRecord::new();
+        record.record(PeerId::from("p9"));
+        let name = call_now(&mut lb, http_request(&record)).unwrap();
+        assert!(["p7", "p8", "p9"].contains(&name.as_str()), "an open peer got {name}");
+        to_p9 += usize::from(name == "p9");
     }
     let refused: usize = peers.iter().map(|p| p.refused.load(Ordering::SeqCst)).sum();
-    assert_eq!(refused, 0, "panic mode sent calls to open peers");
-    // A record naming the only available peer does not exclude it in panic
-    // mode: the call goes there rather than to an open peer.
-    let record = AttemptRecord::new();
-    record.record(PeerId::from("p3"));
-    assert_eq!(call_now(&mut lb, http_request(&record)).unwrap(), "p3");
+    assert_eq!(refused, 0, "a call went to an open peer");
+    to_p9
+}
+
+#[test]
+fn below_the_panic_threshold_the_attempt_record_stops_excluding_peers() {
+    // No panic mode: two fresh peers are left, the retry never goes back.
+    assert_eq!(retries_to_the_used_peer(None), 0);
+    // 30% available is above a 20% threshold: still excluded.
+    assert_eq!(retries_to_the_used_peer(Some(0.2)), 0);
+    // Below a 50% threshold the record no longer excludes: the retries
+    // spread over all three available peers (about a third each).
+    let panicked = retries_to_the_used_peer(Some(0.5));
+    assert!((50..200).contains(&panicked), "{panicked} of 300 retries went to p9");
     let err = PeerDiscoveryLayer::builder().panic_threshold(1.5).build().unwrap_err();
     assert_eq!(err.field(), "panic_threshold");
 }
@@ -336,7 +348,11 @@ async fn a_peer_whose_cooldown_passed_is_probed_on_the_next_call_among_many() {
     for c in &peers {
         tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
     }
-    let mut lb = PeerDiscoveryLayer::builder().build().unwrap().layer(discover);
+    let mut lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
+        .build()
+        .unwrap()
+        .layer(discover);
     call_now(&mut lb, ()).unwrap();
     // Every peer is seen open once (a scan), then all but one recover while
     // p42 stays open until its cooldown passes (the others' queue entries,
@@ -572,6 +588,82 @@ mod peak_ewma {
         f64::from(fast) / 200.0
     }
 
+    /// Answers its head after `head`, then streams a body that ends (with
+    /// `grpc-status: 0` trailers) after `body`.
+    #[derive(Clone)]
+    struct Streamer(&'static str, Duration, Duration);
+
+    type StreamBody = http_body_util::StreamBody<
+        futures::stream::BoxStream<'static, Result<http_body::Frame<bytes::Bytes>, std::io::Error>>,
+    >;
+
+    impl tower_service::Service<http::Request<()>> for Streamer {
+        type Response = http::Response<StreamBody>;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let (name, head, body) = (self.0, self.1, self.2);
+            Box::pin(async move {
+                tokio::time::sleep(head).await;
+                let frames = futures::stream::once(async move {
+                    tokio::time::sleep(body).await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    Ok(http_body::Frame::trailers(trailers))
+                });
+                let mut response =
+                    http::Response::new(http_body_util::StreamBody::new(futures::StreamExt::boxed(frames)));
+                response
+                    .headers_mut()
+                    .insert("x-peer", http::HeaderValue::from_static(name));
+                Ok(response)
+            })
+        }
+    }
+
+    // A peer serving long streams answers its head at once: measured to the
+    // head it is the faster one; measured to the end of its body (as before)
+    // it looked 50 times slower and was starved.
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_measures_latency_to_the_response_head() {
+        use http_body_util::BodyExt;
+        use tower::{Service, ServiceExt};
+        let (tx, discover) = channel_discover();
+        tx.send(Change::Insert(
+            "streaming".into(),
+            AlwaysAvailable::new(Streamer(
+                "streaming",
+                Duration::from_millis(1),
+                Duration::from_millis(500),
+            )),
+        ))
+        .unwrap();
+        tx.send(Change::Insert(
+            "short".into(),
+            AlwaysAvailable::new(Streamer("short", Duration::from_millis(10), Duration::ZERO)),
+        ))
+        .unwrap();
+        let mut lb = PeerDiscoveryLayer::builder()
+            .grpc()
+            .load(LoadMetric::peak_ewma())
+            .build()
+            .unwrap()
+            .layer(discover);
+        let mut streaming = 0;
+        for _ in 0..100 {
+            let response = lb.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+            streaming += usize::from(response.headers()["x-peer"] == "streaming");
+            response.into_body().collect().await.unwrap();
+        }
+        assert!(
+            streaming > 80,
+            "the peer with the fast head got only {streaming} of 100 calls"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn peak_ewma_sends_sequential_calls_to_the_faster_peer() {
         let ewma = share_of_fast(LoadMetric::peak_ewma()).await;
@@ -598,9 +690,17 @@ fn availability_flips_are_emitted_as_state_changes() {
     let a = Ctl::new("a");
     tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
     let mut lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
         .listener(Arc::new(move |e: &Event<'_>| {
-            if let EventKind::StateChange { from, to, .. } = e.kind {
-                log.lock().push((e.peer.map(|p| p.to_string()), from, to));
+            if let EventKind::StateChange {
+                from,
+                to,
+                reason,
+                cooldown,
+            } = e.kind
+            {
+                log.lock()
+                    .push((e.peer.map(|p| p.to_string()), from, to, reason, cooldown.is_some()));
             }
         }))
         .build()
@@ -609,14 +709,18 @@ fn availability_flips_are_emitted_as_state_changes() {
     call_now(&mut lb, ()).unwrap();
     a.open(Duration::from_secs(1));
     assert!(call_now(&mut lb, ()).is_err());
+    // Half-open: the call is its probe (a probing peer is not "available"
+    // until its breaker closes).
     a.set(Availability::Probe);
+    call_now(&mut lb, ()).unwrap();
+    a.set(Availability::Available);
     call_now(&mut lb, ()).unwrap();
     let a_id = Some("a".to_owned());
     assert_eq!(
         *changes.lock(),
         [
-            (a_id.clone(), "available", "unavailable"),
-            (a_id, "unavailable", "available")
+            (a_id.clone(), "available", "unavailable", "breaker open", true),
+            (a_id, "unavailable", "available", "available", false)
         ]
     );
 }
@@ -659,6 +763,7 @@ fn a_listener_may_call_back_into_the_balancer() {
     let (peek, count) = (slot.clone(), seen.clone());
     let (tx, discover) = channel_discover();
     let lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
         .listener(Arc::new(move |_: &Event<'_>| {
             // Before the fix this deadlocked: events were emitted under the lock.
             if let Some(lb) = peek.get() {
@@ -726,4 +831,209 @@ fn not_ready_peers_are_skipped_in_panic_mode_and_come_back_when_ready() {
         seen.insert(call_now(&mut lb, http::Request::new(())).unwrap());
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+/// `n` peers behind a balancer with `policy`; every peer known.
+fn fleet(n: usize, policy: AllOpenPolicy) -> (Vec<Arc<Ctl>>, Balancer) {
+    let peers: Vec<_> = (0..n).map(|i| Ctl::new(&format!("p{i}"))).collect();
+    let (tx, discover) = channel_discover();
+    for c in &peers {
+        tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
+    }
+    std::mem::forget(tx);
+    let mut lb = PeerDiscoveryLayer::builder()
+        .all_open(policy)
+        .build()
+        .unwrap()
+        .layer(discover);
+    call_now(&mut lb, ()).unwrap();
+    (peers, lb)
+}
+
+fn asked(peers: &[Arc<Ctl>]) -> usize {
+    peers.iter().map(|p| p.asked()).sum()
+}
+
+#[test]
+fn a_pick_asks_a_bounded_number_of_peers_however_many_are_unavailable() {
+    let (peers, mut lb) = fleet(10_000, AllOpenPolicy::FailFast);
+    // 99.9% open (reported as they open): the 10 available are found at once.
+    for p in &peers[10..] {
+        p.open(Duration::from_secs(60));
+    }
+    for _ in 0..200 {
+        let before = asked(&peers);
+        let name = call_now(&mut lb, ()).unwrap();
+        let n: usize = name[1..].parse().unwrap();
+        assert!(n < 10, "an open peer got the call");
+        // The winner is asked (no scan, no draw among the open ones).
+        assert!(
+            asked(&peers) - before <= 2,
+            "a pick asked {} peers",
+            asked(&peers) - before
+        );
+    }
+    // All open: fail fast from counts, without asking anyone.
+    for p in &peers[..10] {
+        p.open(Duration::from_secs(60));
+    }
+    for _ in 0..100 {
+        let before = asked(&peers);
+        let err = call_now(&mut lb, ()).unwrap_err();
+        let none = err.downcast_ref::<NoAvailablePeers>().unwrap();
+        assert_eq!((none.known(), none.open()), (10_000, 10_000));
+        assert_eq!(asked(&peers), before, "failing fast asked peers");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_peer_open_with_reset_the_breakers_are_reset_and_the_call_goes_through() {
+    let (peers, mut lb) = fleet(3, AllOpenPolicy::Reset);
+    for p in &peers {
+        p.open(Duration::from_secs(10));
+    }
+    assert!(call_now(&mut lb, ()).is_ok(), "the seed's policy serves at once");
+    assert!(peers.iter().all(|p| p.resets.load(Ordering::SeqCst) == 1));
+    assert!(peers.iter().all(|p| *p.availability.lock() == Availability::Available));
+    // Peers an operator forced open refuse: the call fails fast, and they are
+    // not asked again on every call (the policy stays O(1) per call).
+    for p in &peers {
+        p.forced.store(true, Ordering::SeqCst);
+        p.open(Duration::from_secs(365 * 86_400));
+    }
+    assert!(call_now(&mut lb, ()).is_err());
+    let resets: usize = peers.iter().map(|p| p.resets.load(Ordering::SeqCst)).sum();
+    for _ in 0..50 {
+        assert!(call_now(&mut lb, ()).is_err());
+    }
+    assert_eq!(
+        peers.iter().map(|p| p.resets.load(Ordering::SeqCst)).sum::<usize>(),
+        resets
+    );
+    // Reset by the operator and tripped again: asked again.
+    peers[1].forced.store(false, Ordering::SeqCst);
+    peers[1].set(Availability::Available);
+    peers[1].open(Duration::from_secs(10));
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_peer_open_with_probe_now_the_call_probes_the_peer_due_soonest() {
+    let (peers, mut lb) = fleet(3, AllOpenPolicy::ProbeNow);
+    peers[0].open(Duration::from_secs(30));
+    peers[1].open(Duration::from_secs(5));
+    peers[2].open(Duration::from_secs(20));
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p1", "the probe due soonest goes first");
+    let requested: Vec<usize> = peers.iter().map(|p| p.probe_requests.load(Ordering::SeqCst)).collect();
+    assert_eq!(requested, [0, 1, 0]);
+    assert!(peers.iter().all(|p| p.resets.load(Ordering::SeqCst) == 0));
+    // The next call probes the next one (p1's probe slot is its own).
+    peers[1].open(Duration::from_secs(10));
+    assert_eq!(
+        call_now(&mut lb, ()).unwrap(),
+        "p1",
+        "p1's new cooldown ends before p2's"
+    );
+    // Fail fast does nothing of the sort.
+    let (peers, mut lb) = fleet(3, AllOpenPolicy::FailFast);
+    for p in &peers {
+        p.open(Duration::from_secs(10));
+    }
+    let err = call_now(&mut lb, ()).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<NoAvailablePeers>().unwrap().next_probe_in(),
+        Some(Duration::from_secs(10))
+    );
+    assert!(
+        peers
+            .iter()
+            .all(|p| p.probe_requests.load(Ordering::SeqCst) == 0 && p.resets.load(Ordering::SeqCst) == 0)
+    );
+}
+
+#[test]
+fn a_busy_client_is_back_pressure_not_no_available_peers() {
+    use std::task::{Context, Wake, Waker};
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let peers: Vec<_> = ["a", "b"].iter().map(|n| Ctl::new(n)).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    call_now(&mut lb, ()).unwrap();
+    // Both clients fill up (a tonic channel's buffer): found out as picked.
+    for p in &peers {
+        p.set_ready(false);
+    }
+    assert!(call_now(&mut lb, ()).is_err());
+    let flag = Arc::new(Flag::default());
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    // The caller now waits in poll_ready, as over a tower Buffer...
+    assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut cx).is_pending());
+    assert!(!flag.0.load(Ordering::SeqCst));
+    // ...and is woken when a client has room again.
+    peers[1].set_ready(true);
+    assert!(flag.0.load(Ordering::SeqCst), "the waiting caller was not woken");
+    assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut cx).is_ready());
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "b");
+}
+
+#[test]
+fn inserting_a_known_key_again_keeps_its_state_and_history() {
+    let a = Ctl::new("a");
+    let b = Ctl::new("b");
+    let (tx, mut lb) = balancer(&[a.clone(), b.clone()]);
+    call_now(&mut lb, ()).unwrap();
+    a.hold.store(true, Ordering::SeqCst);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut fut = tower_service::Service::call(&mut lb, ());
+        if poll_once(&mut fut).is_pending() {
+            held.push(fut);
+        }
+    }
+    let in_flight = lb.health().peer(&PeerId::from("a")).unwrap().in_flight;
+    assert!(in_flight >= 1);
+    a.open(Duration::from_secs(10));
+    // The registry re-inserts a clone of the same per-peer service (a
+    // metadata change): still open, same load counters.
+    tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
+    for _ in 0..20 {
+        assert_eq!(call_now(&mut lb, ()).unwrap(), "b");
+    }
+    let health = lb.health();
+    let entry = health.peer(&PeerId::from("a")).unwrap();
+    assert!(
+        matches!(entry.state, palisade_discovery::PeerState::Open { .. }),
+        "{health}"
+    );
+    assert_eq!(entry.in_flight, in_flight);
+    assert_eq!(a.fleet.len(), 1, "joined once for both versions");
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reports_is_followed_lazily() {
+    let quiet = Ctl::silent("quiet");
+    let (tx, discover) = channel_discover();
+    tx.send(Change::Insert("quiet".into(), Peer(quiet.clone()))).unwrap();
+    let mut lb = PeerDiscoveryLayer::builder()
+        .all_open(AllOpenPolicy::FailFast)
+        .build()
+        .unwrap()
+        .layer(discover);
+    call_now(&mut lb, ()).unwrap();
+    // It opens without saying so: found out when picked, then looked at
+    // again when the retry_in it gave has passed.
+    quiet.open(Duration::from_secs(3));
+    let lb_health = |lb: &Balancer| lb.health().counts();
+    let _ = call_now(&mut lb, ());
+    assert_eq!(lb_health(&lb).open, 1);
+    quiet.set(Availability::Available);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "quiet");
 }

@@ -166,3 +166,65 @@ async fn srv_records_use_the_lowest_priority_and_carry_weights() {
     assert!(registry.register(Instance::new("echo", "x:1")).await.is_err());
     assert!(DnsRegistry::new(dns).interval(Duration::ZERO).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_srv_target_that_does_not_resolve_is_skipped_and_the_others_update() {
+    let dns = FakeDns::default();
+    dns.set("a.internal", &["10.0.1.1"]);
+    dns.set("b.internal", &["10.0.1.2"]);
+    let srv = |targets: &[&str]| {
+        targets
+            .iter()
+            .map(|t| SrvTarget {
+                target: (*t).into(),
+                port: 7000,
+                weight: 1,
+                priority: 10,
+            })
+            .collect::<Vec<_>>()
+    };
+    dns.srv
+        .lock()
+        .insert("_grpc._tcp.echo".into(), srv(&["a.internal", "b.internal"]));
+    let registry = DnsRegistry::new(dns.clone())
+        .with_srv("echo", "_grpc._tcp.echo")
+        .interval(Duration::from_secs(30))
+        .unwrap();
+    let mut discover: Discover = RegistryDiscover::new(&registry, "echo", clone_instance);
+    let status = discover.status();
+    let mut peers = BTreeSet::new();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drain(&mut discover, &mut peers);
+    assert_eq!(peers, set(&["10.0.1.1:7000", "10.0.1.2:7000"]));
+    assert_eq!(status.note(), None);
+
+    // b is removed from the SRV set, c added — but c has no A record yet.
+    // Before, the whole resolve failed and the set froze with b in it.
+    dns.srv
+        .lock()
+        .insert("_grpc._tcp.echo".into(), srv(&["a.internal", "c.internal"]));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drain(&mut discover, &mut peers);
+    assert_eq!(
+        peers,
+        set(&["10.0.1.1:7000"]),
+        "b must leave although c does not resolve"
+    );
+    assert_eq!(status.state(), RegistryState::Up);
+    let note = status.note().expect("a health note names the skipped target");
+    assert!(note.contains("c.internal:7000"), "{note}");
+
+    // c gets its record: it joins and the note clears.
+    dns.set("c.internal", &["10.0.1.3"]);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drain(&mut discover, &mut peers);
+    assert_eq!(peers, set(&["10.0.1.1:7000", "10.0.1.3:7000"]));
+    assert_eq!(status.note(), None);
+
+    // No target resolves at all: a failure, the last set kept.
+    dns.srv.lock().insert("_grpc._tcp.echo".into(), srv(&["x.internal"]));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drain(&mut discover, &mut peers);
+    assert_eq!(peers, set(&["10.0.1.1:7000", "10.0.1.3:7000"]));
+    assert_eq!(status.state(), RegistryState::Down);
+}

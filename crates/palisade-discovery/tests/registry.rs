@@ -42,9 +42,11 @@ fn answer_addr(instance: &Instance) -> Result<AlwaysAvailable<Addr>, palisade_co
     Ok(AlwaysAvailable::new(Addr(instance.addr().to_owned())))
 }
 
-async fn next_change<M: palisade_discovery::MakePeer + Unpin>(
-    d: &mut RegistryDiscover<M>,
-) -> Change<PeerId, Weighted<M::Service>> {
+async fn next_change<M>(d: &mut RegistryDiscover<M>) -> Change<PeerId, Weighted<M::Service>>
+where
+    M: palisade_discovery::MakePeer + Unpin,
+    M::Service: Clone,
+{
     d.try_next().await.unwrap().expect("discover ended")
 }
 
@@ -365,4 +367,84 @@ async fn an_instance_whose_client_cannot_be_made_is_skipped_not_panicked_on() {
         assert_eq!(answer, "10.0.0.1:80");
     }
     assert_eq!(lb.len(), 1);
+}
+
+#[test]
+fn the_in_memory_defaults_are_the_seed_systems() {
+    let registry = InMemoryRegistry::new();
+    assert_eq!(registry.ttl(), Some(Duration::from_secs(20)));
+    assert_eq!(registry.heartbeat(), Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_task_outlives_the_in_memory_registry() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let registry = InMemoryRegistry::with_ttl(Duration::from_secs(6)).unwrap();
+    // An expiry task and two heartbeat tasks; the handles outlive the registry.
+    let a = registry.register(Instance::new("echo", "a:1")).await.unwrap();
+    let b = registry.register(Instance::new("echo", "b:1")).await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(metrics.num_alive_tasks(), before + 3);
+    drop(registry);
+    // Without waiting for any timer: the tasks see the registry gone.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before, "a task outlived its registry");
+    drop((a, b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_memory_outage_keeps_the_last_set_serving_and_resynchronises_after() {
+    let registry = InMemoryRegistry::with_ttl(Duration::from_secs(6)).unwrap();
+    let mut kept = Vec::new();
+    for addr in ["a:1", "b:1", "c:1"] {
+        kept.push(Some(registry.register(Instance::new("echo", addr)).await.unwrap()));
+    }
+    let discover = RegistryDiscover::new(&registry, "echo", answer_addr);
+    let status = discover.status();
+    let mut lb = PeerDiscoveryLayer::builder()
+        .registry_status(status.clone())
+        .build()
+        .unwrap()
+        .layer(discover);
+    lb.ready().await.unwrap();
+    assert_eq!(lb.len(), 3);
+
+    registry.set_reachable(false);
+    assert!(!registry.is_reachable());
+    // Registering fails with a typed error; a provider leaves meanwhile.
+    let err = registry.register(Instance::new("echo", "d:1")).await.unwrap_err();
+    assert!(err.is::<palisade_discovery::error::Unreachable>(), "{err}");
+    drop(kept[0].take());
+    // Long past the TTL: nothing expires while the registry is down, and the
+    // balancer keeps serving the last known set, including the peer that left.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(lb.ready().await.unwrap().call(()).await.unwrap());
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["a:1".to_owned(), "b:1".to_owned(), "c:1".to_owned()])
+    );
+    assert_eq!(lb.health().registry, Some(RegistryState::Down));
+    assert_eq!(registry.instances("echo").len(), 2);
+
+    // Back: resynchronised (the departed peer goes), and registering works.
+    registry.set_reachable(true);
+    let _d = registry.register(Instance::new("echo", "d:1")).await.unwrap();
+    lb.ready().await.unwrap();
+    tokio::task::yield_now().await;
+    lb.ready().await.unwrap();
+    let ids: BTreeSet<_> = lb.health().peers.iter().map(|p| p.peer.to_string()).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["b:1".to_owned(), "c:1".to_owned(), "d:1".to_owned()])
+    );
+    assert_eq!(lb.health().registry, Some(RegistryState::Up));
+    // The survivors' heartbeats resumed: still registered a TTL later.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(registry.instances("echo").len(), 3);
 }

@@ -16,7 +16,8 @@ use crate::net::ConnCtx;
 /// Each request reads the faults when it reaches its handler and applies them
 /// in this order: [latency](Faults::set_latency), [hang](Faults::set_hang),
 /// [close the connection](Faults::set_close_connection),
-/// [fail the next K requests](Faults::fail_next), [status](Faults::set_status),
+/// [fail the next K requests](Faults::fail_next),
+/// [fail a random share](Faults::set_failure_rate), [status](Faults::set_status),
 /// then, for a response stream, the stream failure (`fail_stream_after`).
 /// Without faults the server answers normally.
 #[derive(Debug)]
@@ -25,11 +26,13 @@ pub struct Faults<C> {
     hang: watch::Sender<bool>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Config<C> {
     status: Option<C>,
     fail_next: u32,
     fail_next_status: Option<C>,
+    /// A share of requests to fail, drawn from a seeded generator.
+    failure_rate: Option<(f64, C, fastrand::Rng)>,
     latency: Option<Duration>,
     close_connection: bool,
     close_next: u32,
@@ -42,6 +45,7 @@ impl<C> Default for Config<C> {
             status: None,
             fail_next: 0,
             fail_next_status: None,
+            failure_rate: None,
             latency: None,
             close_connection: false,
             close_next: 0,
@@ -82,6 +86,15 @@ impl<C: Copy> Faults<C> {
         let mut config = self.config.lock();
         config.fail_next = k;
         config.fail_next_status = Some(status);
+    }
+
+    /// Fails each request with `status` with probability `rate` (clamped to
+    /// `0..=1`), drawn from a generator seeded with `seed`, so that a run is
+    /// repeatable: the same seed fails the same requests, in arrival order.
+    /// `rate` 0 switches it off. A brownout, as opposed to an outage.
+    pub fn set_failure_rate(&self, rate: f64, status: C, seed: u64) {
+        let rate = rate.clamp(0.0, 1.0);
+        self.config.lock().failure_rate = (rate > 0.0).then(|| (rate, status, fastrand::Rng::with_seed(seed)));
     }
 
     /// How many of the failures asked with [`Faults::fail_next`] are left.
@@ -155,6 +168,10 @@ impl<C: Copy> Faults<C> {
             } else if config.fail_next > 0 {
                 config.fail_next -= 1;
                 config.fail_next_status.or(config.status)
+            } else if let Some((rate, status, rng)) = &mut config.failure_rate
+                && rng.f64() < *rate
+            {
+                Some(*status)
             } else {
                 config.status
             };

@@ -13,7 +13,8 @@
 //! Both share:
 //!
 //! - [`Faults`]: answer with a status ([`Faults::set_status`],
-//!   [`Faults::fail_next`]), add latency ([`Faults::set_latency`]), hang until
+//!   [`Faults::fail_next`], a seeded random share with
+//!   [`Faults::set_failure_rate`]), add latency ([`Faults::set_latency`]), hang until
 //!   cancelled or released ([`Faults::set_hang`]), close the connection
 //!   ([`Faults::set_close_connection`], [`Faults::close_next`]) and fail a
 //!   response stream after N messages (`fail_stream_after`).

@@ -377,3 +377,41 @@ async fn several_servers_answer_with_their_names() {
     assert!(servers[1].client().unary(req("x", b"")).await.is_err());
     assert!(servers[0].client().unary(req("x", b"")).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_seeded_failure_rate_fails_about_that_share_the_same_way_every_run() {
+    async fn run(seed: u64) -> Vec<bool> {
+        let server = EchoServer::start("brownout").await.unwrap();
+        let mut client = server.client();
+        server.faults().set_failure_rate(0.3, Code::Unavailable, seed);
+        let mut failed = Vec::new();
+        for _ in 0..200 {
+            let result = client
+                .unary(EchoRequest {
+                    message: "hi".into(),
+                    payload: Default::default(),
+                })
+                .await;
+            if let Err(status) = &result {
+                assert_eq!(status.code(), Code::Unavailable);
+            }
+            failed.push(result.is_err());
+        }
+        server.faults().set_failure_rate(0.0, Code::Unavailable, seed);
+        assert!(
+            client
+                .unary(EchoRequest {
+                    message: "hi".into(),
+                    payload: Default::default(),
+                })
+                .await
+                .is_ok()
+        );
+        failed
+    }
+    let first = run(7).await;
+    let share = first.iter().filter(|f| **f).count();
+    assert!((40..80).contains(&share), "{share} of 200 failed at a 30% rate");
+    assert_eq!(run(7).await, first, "the same seed fails the same requests");
+    assert_ne!(run(8).await, first);
+}

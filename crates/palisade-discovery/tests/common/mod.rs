@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::Stream;
-use palisade_core::peer::{Availability, CheckAvailability, Unavailable};
+use palisade_core::peer::{Availability, CheckAvailability, FleetMembership, Memberships, Unavailable};
 use palisade_discovery::PeerWeight;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +32,18 @@ pub struct Ctl {
     pub hold: AtomicBool,
     pub held: Mutex<Vec<oneshot::Sender<()>>>,
     pub waker: Mutex<Option<Waker>>,
+    /// Whether it reports its availability changes to the balancers it
+    /// joined, as a breaker does (the default); when not, the balancer
+    /// follows it lazily.
+    pub notifies: AtomicBool,
+    pub fleet: Memberships,
+    /// How many early probes and resets the balancer asked for.
+    pub probe_requests: AtomicUsize,
+    pub resets: AtomicUsize,
+    /// Whether it refuses early probes and resets (a breaker forced open).
+    pub forced: AtomicBool,
+    /// How many times the balancer asked its availability.
+    pub asked: AtomicUsize,
 }
 
 impl Ctl {
@@ -51,10 +63,32 @@ impl Ctl {
             hold: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
             waker: Mutex::new(None),
+            notifies: AtomicBool::new(true),
+            fleet: Memberships::new(),
+            probe_requests: AtomicUsize::new(0),
+            resets: AtomicUsize::new(0),
+            forced: AtomicBool::new(false),
+            asked: AtomicUsize::new(0),
         })
     }
 
+    /// A peer that never reports (followed lazily by the balancer).
+    pub fn silent(name: &str) -> Arc<Ctl> {
+        let ctl = Self::new(name);
+        ctl.notifies.store(false, Ordering::SeqCst);
+        ctl
+    }
+
+    /// Sets the availability and, like a breaker, reports it.
     pub fn set(&self, a: Availability) {
+        *self.availability.lock() = a;
+        if self.notifies.load(Ordering::SeqCst) {
+            self.fleet.notify(a);
+        }
+    }
+
+    /// Sets the availability without reporting it.
+    pub fn set_quietly(&self, a: Availability) {
         *self.availability.lock() = a;
     }
 
@@ -76,6 +110,10 @@ impl Ctl {
         self.calls.load(Ordering::SeqCst)
     }
 
+    pub fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+
     pub fn release_all(&self) {
         for tx in self.held.lock().drain(..) {
             let _ = tx.send(());
@@ -89,7 +127,45 @@ pub struct Peer(pub Arc<Ctl>);
 
 impl CheckAvailability for Peer {
     fn availability(&self) -> Availability {
+        self.0.asked.fetch_add(1, Ordering::SeqCst);
         *self.0.availability.lock()
+    }
+
+    fn join_fleet(&self, membership: FleetMembership) -> bool {
+        if !self.0.notifies.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.0.fleet.join(membership);
+        true
+    }
+
+    /// Like a breaker: an open peer goes to probe at once, unless forced.
+    fn request_probe(&self) -> bool {
+        self.0.probe_requests.fetch_add(1, Ordering::SeqCst);
+        if self.0.forced.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = *self.0.availability.lock();
+        match now {
+            Availability::Unavailable {
+                reason: Unavailable::Open,
+                ..
+            } => {
+                self.0.set(Availability::Probe);
+                true
+            }
+            other => other.is_available(),
+        }
+    }
+
+    /// Like a breaker: an open or probing peer is reset to available, unless forced.
+    fn reset_open(&self) -> bool {
+        self.0.resets.fetch_add(1, Ordering::SeqCst);
+        if self.0.forced.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.0.set(Availability::Available);
+        true
     }
 }
 

@@ -10,6 +10,14 @@
 //! [`WatchEvent::Down`]: the last known set keeps serving and the lookup is
 //! retried with the backoff until it answers again. SRV answers use the
 //! lowest priority present; the SRV weight becomes the instance weight.
+//!
+//! An SRV target that does not resolve (no A/AAAA record, a failed lookup)
+//! is skipped with a warning and the others update normally: the answer
+//! comes out as a `Reset` of the targets that resolved, followed by a
+//! [`WatchEvent::Degraded`] naming the skipped ones, which the health report
+//! shows as the registry's note until an answer resolves every target. One
+//! bad target no longer freezes the whole set. Only when no target resolves
+//! is the answer treated as a failure (`Down`, the last set kept).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -190,8 +198,16 @@ impl<R: Resolve> DnsRegistry<R> {
     }
 }
 
-async fn resolve<R: Resolve>(resolver: &R, service: &str, target: &Target) -> Result<Vec<Instance>, BoxError> {
+/// What one resolution found: the instances, and the SRV targets skipped
+/// because they did not resolve (with why).
+struct Answer {
+    instances: Vec<Instance>,
+    skipped: Vec<String>,
+}
+
+async fn resolve<R: Resolve>(resolver: &R, service: &str, target: &Target) -> Result<Answer, BoxError> {
     let mut instances = Vec::new();
+    let mut skipped = Vec::new();
     match target {
         Target::Host { host, port } => {
             for ip in resolver.lookup_ip(host).await? {
@@ -200,22 +216,27 @@ async fn resolve<R: Resolve>(resolver: &R, service: &str, target: &Target) -> Re
         }
         Target::Srv(name) => {
             let records = resolver.lookup_srv(name).await?;
-            let Some(priority) = records.iter().map(|r| r.priority).min() else {
-                return Ok(instances);
-            };
-            for record in records.iter().filter(|r| r.priority == priority) {
-                for ip in resolver.lookup_ip(&record.target).await? {
-                    instances.push(
-                        Instance::new(service, SocketAddr::new(ip, record.port))
-                            .with_weight(u32::from(record.weight.max(1))),
-                    );
+            if let Some(priority) = records.iter().map(|r| r.priority).min() {
+                for record in records.iter().filter(|r| r.priority == priority) {
+                    match resolver.lookup_ip(&record.target).await {
+                        Ok(ips) if !ips.is_empty() => {
+                            for ip in ips {
+                                instances.push(
+                                    Instance::new(service, SocketAddr::new(ip, record.port))
+                                        .with_weight(u32::from(record.weight.max(1))),
+                                );
+                            }
+                        }
+                        Ok(_) => skipped.push(format!("{}:{} (no address)", record.target, record.port)),
+                        Err(error) => skipped.push(format!("{}:{} ({error})", record.target, record.port)),
+                    }
                 }
             }
         }
     }
     instances.sort_by(|a, b| a.addr().cmp(b.addr()));
     instances.dedup_by(|a, b| a.addr() == b.addr());
-    Ok(instances)
+    Ok(Answer { instances, skipped })
 }
 
 async fn watch_loop<R: Resolve>(
@@ -229,20 +250,32 @@ async fn watch_loop<R: Resolve>(
     let mut attempt = 0u32;
     let mut previous = None;
     let mut reported_down = false;
+    let mut skipped_before: Vec<String> = Vec::new();
     loop {
         let wait = match resolve(&*resolver, &service, &target).await {
-            Ok(instances) if !instances.is_empty() => {
+            Ok(answer) if !answer.instances.is_empty() => {
                 reported_down = false;
                 attempt = 0;
                 previous = None;
-                if tx.send(WatchEvent::Reset(instances)).await.is_err() {
+                if tx.send(WatchEvent::Reset(answer.instances)).await.is_err() {
                     return;
                 }
+                if !answer.skipped.is_empty() {
+                    let reason = format!("SRV targets skipped: {}", answer.skipped.join(", "));
+                    if answer.skipped != skipped_before {
+                        tracing::warn!(target: "palisade", layer = "discovery", %service, %reason, "DNS SRV targets did not resolve; serving the others");
+                    }
+                    if tx.send(WatchEvent::Degraded { reason }).await.is_err() {
+                        return;
+                    }
+                }
+                skipped_before = answer.skipped;
                 interval
             }
             outcome => {
                 let reason = match outcome {
-                    Ok(_) => "empty answer".to_owned(),
+                    Ok(answer) if answer.skipped.is_empty() => "empty answer".to_owned(),
+                    Ok(answer) => format!("no SRV target resolved: {}", answer.skipped.join(", ")),
                     Err(e) => e.to_string(),
                 };
                 if !reported_down {

@@ -49,6 +49,15 @@ enum Pending {
     Remove(PeerId),
 }
 
+/// What the discover knows of one instance: its latest version, and the
+/// service made for its address (kept, so that a later version with the same
+/// address reuses it).
+struct Known<S> {
+    instance: Instance,
+    // Boxed so that the discover stays `Unpin` whatever the service is.
+    service: Option<Box<S>>,
+}
+
 /// A [`Discover`](tower::discover::Discover) of the instances of one service
 /// in a [`Registry`]: a stream of `Change::Insert(PeerId, Weighted<S>)` and
 /// `Change::Remove(PeerId)`, keyed by the instance's address.
@@ -58,25 +67,31 @@ enum Pending {
 ///
 /// - A resynchronisation (the registry's full set) is diffed against the
 ///   known set: only real changes come out, so nothing is lost or duplicated.
-/// - A changed instance (new weight, zone) is inserted again, which replaces
-///   the peer's service.
+/// - An instance's identity is its address. A change that keeps the address
+///   (a new weight, zone or metadata) keeps the peer: the discover inserts a
+///   clone of the service it made for that address, with the new weight, so
+///   the balancer updates the peer in place and its breaker keeps its state
+///   and history (clones of a breaker share them). `make` is called once per
+///   address for as long as the address stays registered; to rebuild a
+///   client after a metadata change, deregister the instance and register it
+///   again. A changed address is a new peer.
 /// - When the registry goes down the stream says nothing more until it is
 ///   back: the balancer keeps serving the last known set. Both edges are
 ///   logged and emitted as `StateChange` events (`up` / `down`), and
 ///   [`status`](Self::status) tells the state.
 /// - It never yields an error; when the registry's watch ends (the registry
 ///   was dropped) the stream ends and the balancer keeps its set.
-pub struct RegistryDiscover<M> {
+pub struct RegistryDiscover<M: MakePeer> {
     service: String,
     watch: WatchStream,
     make: M,
-    known: HashMap<PeerId, Instance>,
+    known: HashMap<PeerId, Known<M::Service>>,
     queue: VecDeque<Pending>,
     status: RegistryStatus,
     listeners: Listeners,
 }
 
-impl<M> fmt::Debug for RegistryDiscover<M> {
+impl<M: MakePeer> fmt::Debug for RegistryDiscover<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryDiscover")
             .field("service", &self.service)
@@ -119,7 +134,7 @@ impl<M: MakePeer> RegistryDiscover<M> {
 
     /// The instances known now.
     pub fn known(&self) -> impl Iterator<Item = &Instance> {
-        self.known.values()
+        self.known.values().map(|k| &k.instance)
     }
 
     fn transition(&self, to: RegistryState, reason: &'static str) {
@@ -144,6 +159,7 @@ impl<M: MakePeer> RegistryDiscover<M> {
         match event {
             WatchEvent::Reset(instances) => {
                 self.transition(RegistryState::Up, "registry answered");
+                self.status.set_note(None);
                 let mut fresh: HashMap<PeerId, Instance> = HashMap::with_capacity(instances.len());
                 for instance in instances {
                     if instance.service() != self.service {
@@ -151,27 +167,25 @@ impl<M: MakePeer> RegistryDiscover<M> {
                     }
                     fresh.insert(instance.id(), instance);
                 }
-                for id in self.known.keys() {
-                    if !fresh.contains_key(id) {
-                        self.queue.push_back(Pending::Remove(id.clone()));
-                    }
+                let gone: Vec<PeerId> = self
+                    .known
+                    .keys()
+                    .filter(|id| !fresh.contains_key(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.known.remove(&id);
+                    self.queue.push_back(Pending::Remove(id));
                 }
-                for (id, instance) in &fresh {
-                    if self.known.get(id) != Some(instance) {
-                        self.queue.push_back(Pending::Insert(instance.clone()));
-                    }
+                for (id, instance) in fresh {
+                    self.upsert(id, instance);
                 }
-                self.known = fresh;
             }
             WatchEvent::Upsert(instance) => {
                 if instance.service() != self.service {
                     return;
                 }
-                let id = instance.id();
-                if self.known.get(&id) != Some(&instance) {
-                    self.known.insert(id, instance.clone());
-                    self.queue.push_back(Pending::Insert(instance));
-                }
+                self.upsert(instance.id(), instance);
             }
             WatchEvent::Delete(id) => {
                 if self.known.remove(&id).is_some() {
@@ -183,11 +197,60 @@ impl<M: MakePeer> RegistryDiscover<M> {
                 self.transition(RegistryState::Down, "registry unreachable");
             }
             WatchEvent::Up => self.transition(RegistryState::Up, "registry reachable again"),
+            WatchEvent::Degraded { reason } => {
+                tracing::warn!(target: "palisade", layer = "discovery", service = %self.service, %reason, "registry answer incomplete");
+                self.status.set_note(Some(reason));
+            }
         }
+    }
+
+    /// Records the latest version of an instance; queues an insert when it
+    /// is new or changed.
+    fn upsert(&mut self, id: PeerId, instance: Instance) {
+        match self.known.get_mut(&id) {
+            Some(known) if known.instance == instance => {}
+            Some(known) => {
+                known.instance = instance.clone();
+                self.queue.push_back(Pending::Insert(instance));
+            }
+            None => {
+                self.known.insert(
+                    id,
+                    Known {
+                        instance: instance.clone(),
+                        service: None,
+                    },
+                );
+                self.queue.push_back(Pending::Insert(instance));
+            }
+        }
+    }
+
+    /// The service for `instance`: a clone of the one made for its address,
+    /// or a new one.
+    fn service_for(&mut self, instance: &Instance) -> Result<M::Service, BoxError>
+    where
+        M::Service: Clone,
+    {
+        let id = instance.id();
+        if let Some(service) = self.known.get(&id).and_then(|k| k.service.as_deref()) {
+            return Ok(service.clone());
+        }
+        let service = self.make.make_peer(instance)?;
+        if let Some(known) = self.known.get_mut(&id) {
+            known.service = Some(Box::new(service.clone()));
+        }
+        Ok(service)
     }
 }
 
-impl<M: MakePeer + Unpin> Stream for RegistryDiscover<M> {
+/// A stream of changes; `M::Service` is `Clone` so that a changed instance
+/// with the same address keeps its service (see the type's docs).
+impl<M> Stream for RegistryDiscover<M>
+where
+    M: MakePeer + Unpin,
+    M::Service: Clone,
+{
     type Item = Result<Change<PeerId, Weighted<M::Service>>, Infallible>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -195,7 +258,7 @@ impl<M: MakePeer + Unpin> Stream for RegistryDiscover<M> {
         loop {
             if let Some(pending) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(match pending {
-                    Pending::Insert(instance) => match this.make.make_peer(&instance) {
+                    Pending::Insert(instance) => match this.service_for(&instance) {
                         Ok(service) => Change::Insert(instance.id(), Weighted::new(service, instance.weight())),
                         Err(error) => {
                             let id = instance.id();

@@ -5,10 +5,18 @@
 //!   `lease_ttl`. The [`Registration`] handle keeps the lease alive on a
 //!   spawned task (a keep-alive every third of the TTL); when etcd is
 //!   unreachable it retries with the configured backoff, and if the lease
-//!   expired meanwhile it grants a new one and writes the key again. Dropping
-//!   the handle revokes the lease (on a spawned task, best effort);
-//!   [`Registration::shutdown`] revokes it and waits; [`Registration::abandon`]
-//!   stops the keep-alives and lets etcd expire the key after the TTL.
+//!   expired meanwhile it grants a new one and writes the key again.
+//!   [`Registration::shutdown`] revokes the lease and waits for etcd to
+//!   confirm; a revocation that fails (a member just died and the request
+//!   went to it, an election in progress) is retried with the backoff, on a
+//!   fresh connection to the configured endpoints after the first failure,
+//!   until it succeeds or `shutdown_timeout` (default 5 s) has passed; it
+//!   then fails with [`DeregisterFailed`], which names the key, the lease,
+//!   the attempts and the last error, and says that the key expires with its
+//!   lease. A lease already gone counts as revoked. Dropping the handle does
+//!   the same on a spawned task (best effort, a warning if it finally fails);
+//!   [`Registration::abandon`] stops the keep-alives and lets etcd expire the
+//!   key after the TTL.
 //! - **Consumer side.** A watch reads the prefix (a [`WatchEvent::Reset`]),
 //!   then watches it from the read revision + 1, so no change between the read
 //!   and the watch is lost. When the connection or the watch fails (etcd
@@ -49,6 +57,7 @@ struct Config {
     /// `None` only if the default failed to build (it cannot): then 500 ms.
     backoff: Option<Backoff>,
     max_value_len: usize,
+    shutdown_timeout: Duration,
 }
 
 /// A [`Registry`] in etcd (v3 API), through `etcd-client`.
@@ -86,6 +95,7 @@ impl EtcdRegistry {
                 request_timeout: Duration::from_secs(5),
                 backoff,
                 max_value_len: 16 * 1024,
+                shutdown_timeout: Duration::from_secs(5),
             },
         }
     }
@@ -128,6 +138,13 @@ impl EtcdRegistryBuilder {
         self
     }
 
+    /// How long [`Registration::shutdown`] keeps trying to revoke the lease
+    /// (default 5 s, non-zero) before it reports [`DeregisterFailed`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
     /// The longest value accepted from etcd (default 16 KiB); longer ones are skipped.
     pub fn max_value_len(mut self, len: usize) -> Self {
         self.config.max_value_len = len;
@@ -161,6 +178,7 @@ impl EtcdRegistryBuilder {
         for (field, d) in [
             ("connect_timeout", c.connect_timeout),
             ("request_timeout", c.request_timeout),
+            ("shutdown_timeout", c.shutdown_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::new("etcd registry", field, "must be non-zero"));
@@ -220,8 +238,103 @@ impl Config {
     }
 }
 
+/// A provider's shutdown could not revoke its etcd lease within
+/// `shutdown_timeout`: the key stays until the lease expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeregisterFailed {
+    key: String,
+    lease: i64,
+    attempts: u32,
+    elapsed: Duration,
+    lease_ttl: Duration,
+    last_error: String,
+}
+
+impl DeregisterFailed {
+    /// The key that stays registered.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How many revocations were tried.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The last attempt's error, with its cause chain.
+    pub fn last_error(&self) -> &str {
+        &self.last_error
+    }
+}
+
+impl std::fmt::Display for DeregisterFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "could not deregister {} from etcd: lease {} not revoked after {} attempts in {:?} (last error: {}); \
+             the key expires with its lease within {:?}",
+            self.key, self.lease, self.attempts, self.elapsed, self.last_error, self.lease_ttl
+        )
+    }
+}
+
+impl std::error::Error for DeregisterFailed {}
+
+/// Whether etcd answered that the lease is gone already (it expired, or an
+/// earlier attempt went through): the registration is removed either way.
+fn lease_gone(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            // gRPC NOT_FOUND (5): "etcdserver: requested lease not found".
+            let code: i32 = status.code().into();
+            code == 5 || status.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}
+
+/// Revokes `lease`, retrying within `config.shutdown_timeout`: after a
+/// failure, with a fresh connection to the configured endpoints (so that a
+/// request is not sent again down a connection to a dead member), after the
+/// backoff's delay.
+async fn revoke(mut client: Client, config: &Config, key: &str, lease: i64) -> Result<(), DeregisterFailed> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + config.shutdown_timeout;
+    let mut attempts = 0u32;
+    let mut previous = None;
+    loop {
+        attempts += 1;
+        let last_error = match tokio::time::timeout_at(deadline, client.lease_revoke(lease)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) if lease_gone(&error) => return Ok(()),
+            Ok(Err(error)) => crate::future::error_chain(&error),
+            Err(_) => format!("no answer within {:?}", config.shutdown_timeout),
+        };
+        let delay = config.delay(attempts - 1, previous);
+        previous = Some(delay);
+        let now = tokio::time::Instant::now();
+        if now + delay >= deadline {
+            return Err(DeregisterFailed {
+                key: key.to_owned(),
+                lease,
+                attempts,
+                elapsed: now.saturating_duration_since(started),
+                lease_ttl: config.lease_ttl,
+                last_error,
+            });
+        }
+        tracing::debug!(target: "palisade", layer = "discovery", %key, lease, attempts, error = %last_error, "revoking an etcd lease failed; retrying");
+        tokio::time::sleep(delay).await;
+        if let Ok(Ok(fresh)) = tokio::time::timeout_at(deadline, config.connect()).await {
+            client = fresh;
+        }
+    }
+}
+
 struct Keeper {
     client: Client,
+    config: Arc<Config>,
+    key: String,
     lease: Arc<AtomicI64>,
     task: JoinHandle<()>,
 }
@@ -229,10 +342,12 @@ struct Keeper {
 impl KeepAlive for Keeper {
     fn deregister(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
         self.task.abort();
-        let mut client = self.client.clone();
         let lease = self.lease.load(Ordering::Acquire);
+        let Keeper {
+            client, config, key, ..
+        } = *self;
         async move {
-            client.lease_revoke(lease).await?;
+            revoke(client, &config, &key, lease).await?;
             Ok(())
         }
         .boxed()
@@ -240,12 +355,14 @@ impl KeepAlive for Keeper {
 
     fn deregister_now(self: Box<Self>) {
         self.task.abort();
-        let mut client = self.client.clone();
         let lease = self.lease.load(Ordering::Acquire);
+        let Keeper {
+            client, config, key, ..
+        } = *self;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = client.lease_revoke(lease).await {
-                    tracing::warn!(target: "palisade", layer = "discovery", %error, "revoking an etcd lease failed; it expires after its TTL");
+                if let Err(error) = revoke(client, &config, &key, lease).await {
+                    tracing::warn!(target: "palisade", layer = "discovery", %error, "dropped registration not removed");
                 }
             });
         }
@@ -373,8 +490,23 @@ impl Registry for EtcdRegistry {
             let mut client = config.connect().await?;
             let lease = Arc::new(AtomicI64::new(grant_and_put(&mut client, &config, &key, &value).await?));
             let runtime = tokio::runtime::Handle::try_current()?;
-            let task = runtime.spawn(keep_registration(client.clone(), config, key, value, lease.clone()));
-            Ok(Registration::new(instance, Box::new(Keeper { client, lease, task })))
+            let task = runtime.spawn(keep_registration(
+                client.clone(),
+                config.clone(),
+                key.clone(),
+                value,
+                lease.clone(),
+            ));
+            Ok(Registration::new(
+                instance,
+                Box::new(Keeper {
+                    client,
+                    config,
+                    key,
+                    lease,
+                    task,
+                }),
+            ))
         }
         .boxed()
     }
