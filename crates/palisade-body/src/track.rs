@@ -120,6 +120,7 @@ pub trait TrackResponse<Res, E, S: Settle>: Classify<Res, E> {
 /// Classifies `result` with `classifier` and settles `settle` when the outcome
 /// is known: at once for errors and non-http responses, at the end of the body
 /// for http responses.
+#[inline]
 pub fn track<C, Res, E, S>(
     classifier: &C,
     result: Result<Res, E>,
