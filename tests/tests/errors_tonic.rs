@@ -41,8 +41,10 @@ fn echo() -> tonic::Request<EchoRequest> {
 fn assert_arrives_as<E: std::error::Error + 'static>(status: &Status, code: Code) -> &E {
     assert_eq!(status.code(), code, "{status:?}");
     let source = status.source().expect("tonic keeps our error as the source");
-    let typed =
-        find_error::<E>(source).unwrap_or_else(|| panic!("no {} behind {status:?}", std::any::type_name::<E>()));
+    let typed = source
+        .downcast_ref::<E>()
+        .unwrap_or_else(|| panic!("the source is not a {}: {status:?}", std::any::type_name::<E>()));
+    assert!(find_error::<E>(status).is_some(), "found from the status too");
     assert_eq!(status.message(), typed.to_string(), "the message is ours");
     let found = PalisadeError::find(status).expect("found from the status itself");
     assert_eq!(tonic::Code::from(found.grpc_code()), code);
