@@ -16,7 +16,7 @@ use palisade::BoxError;
 use palisade::bulkhead::{BulkheadConfig, BulkheadLayer};
 use palisade::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use palisade::core::backoff::{Backoff, Jitter};
-use palisade::core::error::{CircuitOpen, TimedOut};
+use palisade::core::error::{CircuitOpen, TimedOut, find_error};
 use palisade::core::protocol::Grpc;
 use palisade::retry::RetryLayer;
 use palisade::timeout::{TimeoutKind, TimeoutLayer};
@@ -24,18 +24,6 @@ use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
 use tower::ServiceBuilder;
-
-/// Finds a Palisade error behind a tonic status (tonic keeps it as the source).
-fn cause<E: std::error::Error + 'static>(status: &tonic::Status) -> Option<&E> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
-    while let Some(error) = next {
-        if let Some(found) = error.downcast_ref::<E>() {
-            return Some(found);
-        }
-        next = error.source();
-    }
-    None
-}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -108,9 +96,12 @@ async fn main() -> Result<(), BoxError> {
     // The server hangs: attempts time out and each timeout is a breaker failure.
     server.faults().set_hang(true);
     let status = client.unary(hello()).await.unwrap_err();
-    let timed_out = cause::<TimedOut>(&status).map(ToString::to_string);
+    // The status code is the one a gRPC caller expects (DEADLINE_EXCEEDED),
+    // and the typed error is still behind it (tonic keeps it as the source).
+    let timed_out = find_error::<TimedOut>(&status).map(ToString::to_string);
     println!(
-        "2. the hanging server: {}",
+        "2. the hanging server: {:?}, {}",
+        status.code(),
         timed_out.unwrap_or_else(|| status.to_string())
     );
     println!("   breaker is now {:?}", breaker_state.state());
@@ -118,10 +109,11 @@ async fn main() -> Result<(), BoxError> {
     // Open: refused at once, the server sees nothing.
     let before = server.stats().requests();
     let status = client.unary(hello()).await.unwrap_err();
-    let refused = cause::<CircuitOpen>(&status).map(ToString::to_string);
+    let refused = find_error::<CircuitOpen>(&status).map(ToString::to_string);
     println!(
-        "3. refused without a request ({} new requests): {}",
+        "3. refused without a request ({} new requests): {:?}, {}",
         server.stats().requests() - before,
+        status.code(),
         refused.unwrap_or_else(|| status.to_string())
     );
     server.faults().set_hang(false);

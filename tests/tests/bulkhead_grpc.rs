@@ -66,8 +66,13 @@ async fn a_server_stream_holds_its_permit_until_it_ends() {
 
     // The single slot is taken: another call is refused at once.
     let refused = client.clone().server_stream(stream_request(1)).await.unwrap_err();
-    assert_eq!(refused.code(), Code::Unknown);
+    assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("bulkhead full"), "{refused:?}");
+    assert_eq!(
+        server.stats().requests(),
+        1,
+        "the refused call never reached the server"
+    );
 
     assert_eq!(stream.message().await.unwrap().unwrap().sequence, 1);
     assert_eq!(stream.message().await.unwrap().unwrap().sequence, 2);
@@ -135,10 +140,48 @@ async fn a_stream_dropped_half_read_frees_its_permit_and_admits_a_waiter() {
 }
 
 #[tokio::test]
-async fn towers_concurrency_limit_releases_at_the_headers() {
-    // For contrast: tower's ConcurrencyLimit gives the permit back when the
-    // response head arrives, so two streams run under a limit of one.
+async fn a_second_stream_waits_for_the_first_under_palisade_while_towers_concurrency_limit_runs_both() {
+    // One slot, one queue place: a second stream queues behind an open first
+    // stream, and starts only when the first has ended.
     let server = EchoServer::start("a").await.unwrap();
+    let (client, handle) = setup(&server, 1).await;
+    let mut a = client
+        .clone()
+        .server_stream(stream_request(2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a.message().await.unwrap().is_some());
+    let mut second = client.clone();
+    let b = tokio::spawn(async move {
+        let mut b = second.server_stream(stream_request(2)).await?.into_inner();
+        let mut n = 0;
+        while b.message().await?.is_some() {
+            n += 1;
+        }
+        Ok::<_, tonic::Status>(n)
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while handle.queued() != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        server.stats().requests(),
+        1,
+        "palisade: the second stream did not reach the server while the first was open"
+    );
+    assert!(a.message().await.unwrap().is_some());
+    assert!(a.message().await.unwrap().is_none());
+    assert_eq!(b.await.unwrap().unwrap(), 2, "it ran once the first had ended");
+    assert_eq!(server.stats().requests(), 2);
+    wait_for(&handle, 0).await;
+
+    // The same under tower's ConcurrencyLimit, which gives its permit back
+    // when the response head arrives: both streams run at once.
+    let server = EchoServer::start("b").await.unwrap();
     let channel = server.endpoint().connect().await.unwrap();
     let svc = ServiceBuilder::new().concurrency_limit(1).service(channel);
     let mut client = EchoClient::new(svc);
@@ -146,6 +189,7 @@ async fn towers_concurrency_limit_releases_at_the_headers() {
     assert!(a.message().await.unwrap().is_some());
     let mut b = client.server_stream(stream_request(2)).await.unwrap().into_inner();
     assert!(b.message().await.unwrap().is_some(), "tower let a second stream run");
+    assert_eq!(server.stats().requests(), 2);
 }
 
 #[tokio::test]

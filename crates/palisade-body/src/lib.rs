@@ -16,8 +16,10 @@
 //! - [`BodyLimits`] optionally end a body that takes too long in total or
 //!   between frames, with a typed [`TimedOut`](palisade_core::error::TimedOut).
 //! - [`track`](track::track) joins a `palisade-core` classifier to a layer's
-//!   [`Settle`](track::Settle) guard: the guard learns the call's outcome when
-//!   it is known (see the [`track`] module).
+//!   [`Settle`] guard: the guard learns the call's outcome when
+//!   it is known, and a body dropped before its end counts as the
+//!   classifier's [`AbandonPolicy`](palisade_core::classify::AbandonPolicy)
+//!   says (see the [`track`](mod@track) module).
 //!
 //! # Example
 //!

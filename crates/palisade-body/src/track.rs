@@ -10,13 +10,19 @@
 //! - an http response ([`Http`], [`Grpc`]): when its body ends. At end of
 //!   stream the verdict is the head's (or, for gRPC, the trailers'); a body
 //!   error is a failure (or what the end-of-stream classifier says); a body
-//!   dropped before its end settles a failure already known from the head (a
-//!   503 dropped unread is still a 503) and otherwise nothing, which the
-//!   guard's `Drop` treats as [`Outcome::Ignored`];
+//!   dropped before its end is what the classifier's
+//!   [`AbandonPolicy`] says ([`AbandonPolicy::on_body_dropped`]): by default
+//!   a success known from the head is a success (a client that checks the
+//!   status and drops the body got its answer), a failure known from the
+//!   head stays a failure (a 503 dropped unread is still a 503), and a
+//!   verdict that waited for the trailers is ignored;
 //! - an error: at once, with the classifier's verdict on the error.
+//!
+//! An ignored outcome of a dropped body is not settled: the guard is dropped
+//! unsettled, and its `Drop` treats that as [`Outcome::Ignored`].
 
 use palisade_core::classify::{
-    Classify, ClassifyEos, ClassifyFn, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict,
+    AbandonPolicy, Classify, ClassifyEos, ClassifyFn, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict,
 };
 use palisade_core::protocol::{Grpc, GrpcEos, Http, Plain};
 
@@ -51,12 +57,22 @@ impl<A: Settle, B: Settle> Settle for (A, B) {
 pub struct SettleOnEnd<E, S> {
     verdict: Verdict<E>,
     settle: S,
+    /// The outcome if the body is dropped before its end, decided from the
+    /// abandon policy when the hook is made.
+    dropped: Outcome,
 }
 
 impl<E: ClassifyEos, S: Settle> SettleOnEnd<E, S> {
-    /// Settles `settle` at the end of the body, from `verdict`.
-    pub fn new(verdict: Verdict<E>, settle: S) -> Self {
-        Self { verdict, settle }
+    /// Settles `settle` at the end of the body, from `verdict`; a body dropped
+    /// before its end counts as `policy` says
+    /// ([`AbandonPolicy::on_body_dropped`]).
+    pub fn new(verdict: Verdict<E>, settle: S, policy: AbandonPolicy) -> Self {
+        let dropped = policy.on_body_dropped(&verdict);
+        Self {
+            verdict,
+            settle,
+            dropped,
+        }
     }
 }
 
@@ -67,11 +83,10 @@ impl<E: ClassifyEos, S: Settle> OnEnd for SettleOnEnd<E, S> {
             (BodyEnd::Eos(trailers), Verdict::AtEndOfStream(eos)) => eos.classify_eos(trailers),
             (BodyEnd::Error(_), Verdict::Now(_)) => Outcome::Failure,
             (BodyEnd::Error(error), Verdict::AtEndOfStream(eos)) => eos.classify_body_error(error),
-            // A failure read from the head is final: a fallback or a caller that
-            // drops a 503 unread must not hide it from the breaker.
-            (BodyEnd::Dropped, Verdict::Now(Outcome::Failure)) => Outcome::Failure,
-            // Otherwise the outcome is unknown: the guard's Drop releases it as ignored.
-            (BodyEnd::Dropped, _) => return,
+            // Ignored: the guard's Drop releases it unsettled.
+            (BodyEnd::Dropped, _) if self.dropped == Outcome::Ignored => return,
+            // The policy's verdict (a failure read from the head always stays one).
+            (BodyEnd::Dropped, _) => self.dropped,
         };
         self.settle.settle(outcome);
     }
@@ -105,6 +120,7 @@ pub trait TrackResponse<Res, E, S: Settle>: Classify<Res, E> {
 /// Classifies `result` with `classifier` and settles `settle` when the outcome
 /// is known: at once for errors and non-http responses, at the end of the body
 /// for http responses.
+#[inline]
 pub fn track<C, Res, E, S>(
     classifier: &C,
     result: Result<Res, E>,
@@ -134,7 +150,7 @@ fn settle_now<S: Settle>(verdict: Verdict<NeverAtEos>, settle: S) {
     }
 }
 
-impl<Res, E, S: Settle> TrackResponse<Res, E, S> for Plain {
+impl<Res, E: 'static, S: Settle> TrackResponse<Res, E, S> for Plain {
     type Response = Res;
 
     #[inline]
@@ -162,6 +178,7 @@ macro_rules! track_http_body {
         impl<B, E, S> TrackResponse<http::Response<B>, E, S> for $classifier
         where
             B: http_body::Body,
+            E: 'static,
             S: Settle,
         {
             type Response = http::Response<TrackedBody<B, $eos, S>>;
@@ -173,7 +190,9 @@ macro_rules! track_http_body {
                 settle: S,
                 limits: BodyLimits,
             ) -> Self::Response {
-                response.map(|body| CompletionBody::with_limits(body, SettleOnEnd::new(verdict, settle), limits))
+                let policy = Classify::<http::Response<B>, E>::abandon_policy(self);
+                response
+                    .map(|body| CompletionBody::with_limits(body, SettleOnEnd::new(verdict, settle, policy), limits))
             }
         }
     };

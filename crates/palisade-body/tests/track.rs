@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use palisade_body::{BodyLimits, Settle, track};
-use palisade_core::classify::{ClassifyExt, Outcome};
+use palisade_core::classify::{AbandonPolicy, ClassifyExt, Outcome};
 use palisade_core::protocol::{Grpc, Http, Plain};
 
 /// A guard that writes down how it was settled, or that it was dropped unsettled.
@@ -126,7 +126,7 @@ async fn grpc_body_error_mid_stream_is_a_failure() {
 }
 
 #[tokio::test]
-async fn a_body_dropped_before_its_end_settles_nothing() {
+async fn a_grpc_body_dropped_before_its_trailers_settles_nothing_by_default() {
     let (probe, log) = Probe::new();
     let response = http::Response::new(grpc_body(Some("14"), false));
     let response = track::<_, _, (), _>(&Grpc::default(), Ok(response), probe, BodyLimits::NONE).unwrap();
@@ -145,12 +145,71 @@ async fn a_failure_known_from_the_head_counts_even_if_the_body_is_dropped_unread
     drop(response);
     assert_eq!(*log.lock().unwrap(), ["failure"]);
 
-    // A success known from the head is not final: the body could still fail.
+    // Whatever the abandon policy says.
+    let lenient = Http::default().with_abandon_policy(AbandonPolicy::new().with_body_dropped(Outcome::Ignored));
+    let (probe, log) = Probe::new();
+    let response = http::Response::builder()
+        .status(503)
+        .body(Full::new(Bytes::from_static(b"busy")))
+        .unwrap();
+    drop(track::<_, _, (), _>(&lenient, Ok(response), probe, BodyLimits::NONE).unwrap());
+    assert_eq!(*log.lock().unwrap(), ["failure"]);
+}
+
+#[tokio::test]
+async fn a_2xx_whose_body_is_dropped_unread_is_a_success_by_default() {
+    // A hyper client that checks `status()` and drops the body got its answer.
     let (probe, log) = Probe::new();
     let response = http::Response::new(Full::new(Bytes::from_static(b"ok")));
     let response = track::<_, _, (), _>(&Http::default(), Ok(response), probe, BodyLimits::NONE).unwrap();
+    assert!(log.lock().unwrap().is_empty(), "nothing before the body ends or goes");
     drop(response);
-    assert_eq!(*log.lock().unwrap(), ["unsettled"]);
+    assert_eq!(*log.lock().unwrap(), ["success"]);
+
+    // Half-read, too.
+    let (probe, log) = Probe::new();
+    let frames: Frames = vec![
+        Ok(Frame::data(Bytes::from_static(b"a"))),
+        Ok(Frame::data(Bytes::from_static(b"b"))),
+    ];
+    let response = http::Response::new(StreamBody::new(futures::stream::iter(frames)));
+    let response = track::<_, _, (), _>(&Http::default(), Ok(response), probe, BodyLimits::NONE).unwrap();
+    let mut body = response.into_body();
+    assert!(body.frame().await.is_some());
+    drop(body);
+    assert_eq!(*log.lock().unwrap(), ["success"]);
+
+    // A policy can say otherwise.
+    for (outcome, expected) in [(Outcome::Ignored, "unsettled"), (Outcome::Failure, "failure")] {
+        let http = Http::default().with_abandon_policy(AbandonPolicy::new().with_body_dropped(outcome));
+        let (probe, log) = Probe::new();
+        let response = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+        drop(track::<_, _, (), _>(&http, Ok(response), probe, BodyLimits::NONE).unwrap());
+        assert_eq!(*log.lock().unwrap(), [expected]);
+    }
+
+    // A body read to its end is judged at its end, not as dropped.
+    let (probe, log) = Probe::new();
+    let response = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+    let response = track::<_, _, (), _>(&Http::default(), Ok(response), probe, BodyLimits::NONE).unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(*log.lock().unwrap(), ["success"]);
+}
+
+#[tokio::test]
+async fn a_grpc_stream_dropped_before_its_trailers_follows_the_policy() {
+    let strict = Grpc::default().with_abandon_policy(AbandonPolicy::new().with_trailers_dropped(Outcome::Failure));
+    let (probe, log) = Probe::new();
+    let response = http::Response::new(grpc_body(Some("0"), false));
+    drop(track::<_, _, (), _>(&strict, Ok(response), probe, BodyLimits::NONE).unwrap());
+    assert_eq!(*log.lock().unwrap(), ["failure"]);
+
+    // The policy rides along a closure refinement.
+    let refined = strict.errors_with(|_: &()| Outcome::Ignored);
+    let (probe, log) = Probe::new();
+    let response = http::Response::new(grpc_body(Some("0"), false));
+    drop(track::<_, _, (), _>(&refined, Ok(response), probe, BodyLimits::NONE).unwrap());
+    assert_eq!(*log.lock().unwrap(), ["failure"]);
 }
 
 #[tokio::test]

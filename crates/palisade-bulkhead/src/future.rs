@@ -6,15 +6,20 @@ use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use palisade_body::{BodyLimits, TrackResponse, track};
 use palisade_core::BoxError;
-use palisade_core::error::BulkheadRejection;
+use palisade_core::classify::Outcome;
+use palisade_core::error::{BulkheadRejection, DeadlineExceeded, PolledAfterCompletion};
+use palisade_core::event::LayerName;
+use palisade_core::options::CallOptions;
+use palisade_core::protocol::Inspect;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::shared::{BulkheadPermit, Shared, Waiter};
+use crate::shared::{BulkheadPermit, RunningPermit, Shared, Waiter};
 use crate::state::Acquire;
 
 pin_project! {
@@ -23,8 +28,14 @@ pin_project! {
     ///
     /// Admitted at once, it only drives the inner call. Queued, it owns a
     /// clone of the inner service and the request, waits for its turn (at
-    /// most `max_wait`), then drives the service's `poll_ready` and `call`.
-    /// Dropping it while queued leaves the queue at once.
+    /// most `max_wait`, and never past the call's deadline), then drives the
+    /// service's `poll_ready` and `call`. Dropping it while queued leaves the
+    /// queue at once. Dropped while the inner call runs, the call counts for
+    /// an adaptive limit as the protocol's
+    /// [`call_dropped`](palisade_core::classify::AbandonPolicy::call_dropped)
+    /// says (by default not at all; the permit's guard does it, so the future
+    /// itself has no drop logic). Polled again after it completed, it fails
+    /// with [`PolledAfterCompletion`].
     pub struct ResponseFuture<S, Req, P>
     where
         S: Service<Req>,
@@ -41,7 +52,7 @@ pin_project! {
         Calling {
             #[pin]
             future: F,
-            permit: Option<BulkheadPermit>,
+            permit: RunningPermit,
         },
         // Boxed: the queued path is the slow path, and keeping its fields out
         // of line keeps the admitted-at-once future small.
@@ -55,6 +66,15 @@ pin_project! {
     }
 }
 
+/// Which limit a queued call's timer stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitLimit {
+    /// The bulkhead's `max_wait`.
+    MaxWait(Duration),
+    /// The call's deadline, which falls before `max_wait` runs out.
+    Deadline,
+}
+
 pin_project! {
     #[project = QueuedProj]
     struct Queued<S, Req> {
@@ -62,8 +82,14 @@ pin_project! {
         permit: Option<BulkheadPermit>,
         service: Option<S>,
         request: Option<Req>,
+        // The wait's bound (`max_wait` or the deadline, whichever is first),
+        // when there is one: no timer otherwise.
         #[pin]
         sleep: Option<Sleep>,
+        limit: WaitLimit,
+        // What the call counts as if its future is dropped while it runs
+        // (handed to the permit when the inner call starts).
+        cancelled: Outcome,
     }
 }
 
@@ -83,6 +109,21 @@ where
     }
 }
 
+/// About thirty years: a `max_wait` too long to add to now is the same as none.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// When a queued call stops waiting, and why: at `max_wait`, or at the call's
+/// deadline if that comes first. `None` when neither applies (no timer).
+fn wait_bound(max_wait: Option<Duration>, deadline: Option<Instant>) -> Option<(Instant, WaitLimit)> {
+    let now = Instant::now();
+    let max_wait = max_wait.map(|wait| (now.checked_add(wait).unwrap_or(now + FAR), WaitLimit::MaxWait(wait)));
+    match (max_wait, deadline) {
+        (Some((at, limit)), Some(deadline)) if at < deadline => Some((at, limit)),
+        (_, Some(deadline)) => Some((deadline, WaitLimit::Deadline)),
+        (max_wait, None) => max_wait,
+    }
+}
+
 /// The slow path of [`admit`], out of line so that the free-slot path stays
 /// small: queues or rejects the call (`Ok`), or hands the request back when a
 /// slot turned out to be free after all (`Err`).
@@ -93,9 +134,11 @@ fn admit_slow<S, Req, P>(
     inner: &mut S,
     request: Req,
     protocol: P,
+    cancelled: Outcome,
 ) -> Result<ResponseFuture<S, Req, P>, (Req, P)>
 where
     S: Service<Req> + Clone,
+    P: Inspect<Req>,
 {
     match shared.pool.acquire() {
         Acquire::Granted => Err((request, protocol)),
@@ -118,7 +161,14 @@ where
             // behind (unready, to be polled again by the caller).
             let clone = inner.clone();
             let service = mem::replace(inner, clone);
-            let sleep = shared.max_wait.map(tokio::time::sleep);
+            let deadline = protocol
+                .call_options(&request)
+                .and_then(CallOptions::deadline)
+                .map(|d| d.instant());
+            let (sleep, limit) = match wait_bound(shared.max_wait, deadline) {
+                Some((at, limit)) => (Some(tokio::time::sleep_until(at)), limit),
+                None => (None, WaitLimit::Deadline),
+            };
             Ok(ResponseFuture {
                 state: State::Waiting {
                     queued: Box::pin(Queued {
@@ -127,6 +177,8 @@ where
                         service: Some(service),
                         request: Some(request),
                         sleep,
+                        limit,
+                        cancelled,
                     }),
                 },
                 protocol,
@@ -137,35 +189,41 @@ where
 
 /// Admits `request` to `shared`'s bulkhead: calls `inner` now when a slot is
 /// free, queues a clone of the (ready) service otherwise, or rejects.
+/// `cancelled` is what the call counts as if its future is dropped while the
+/// inner call runs.
 #[inline]
 pub(crate) fn admit<S, Req, P>(
     shared: &Arc<Shared>,
     inner: &mut S,
     request: Req,
     protocol: P,
+    cancelled: Outcome,
 ) -> ResponseFuture<S, Req, P>
 where
     S: Service<Req> + Clone,
+    P: Inspect<Req>,
 {
     let (request, protocol) = if shared.pool.try_acquire() {
         (request, protocol)
     } else {
-        match admit_slow(shared, inner, request, protocol) {
+        match admit_slow(shared, inner, request, protocol, cancelled) {
             Ok(future) => return future,
             Err(granted) => granted,
         }
     };
     // The permit exists before the inner call: if `call` panics, unwinding
     // drops it and the slot comes back.
-    let permit = BulkheadPermit::new(shared.clone());
+    let permit = RunningPermit::new(BulkheadPermit::new(shared.clone()), cancelled);
     let future = inner.call(request);
     ResponseFuture {
-        state: State::Calling {
-            future,
-            permit: Some(permit),
-        },
+        state: State::Calling { future, permit },
         protocol,
     }
+}
+
+#[cold]
+fn polled_after_completion() -> BoxError {
+    PolledAfterCompletion::new(LayerName::Bulkhead).into()
 }
 
 impl<S, Req, P> Future for ResponseFuture<S, Req, P>
@@ -182,9 +240,11 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future, permit } => {
                     let result = ready!(future.poll(cx));
-                    let Some(permit) = permit.take() else {
+                    // An adaptive limit measures latency to here, the head (or
+                    // the error), not to the end of a long stream.
+                    let Some(permit) = permit.take_at_head() else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err("bulkhead response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     let tracked = track(&*this.protocol, result, permit, BodyLimits::NONE);
                     this.state.set(State::Done);
@@ -197,11 +257,13 @@ where
                         service,
                         request,
                         sleep,
+                        limit,
+                        cancelled,
                     } = queued.as_mut().project();
                     if permit.is_none() {
                         let Some(w) = waiter.as_mut() else {
                             this.state.set(State::Done);
-                            return Poll::Ready(Err("bulkhead response future polled after completion".into()));
+                            return Poll::Ready(Err(polled_after_completion()));
                         };
                         match w.poll(cx) {
                             Poll::Ready(p) => *permit = Some(p),
@@ -210,24 +272,34 @@ where
                                     return Poll::Pending;
                                 };
                                 ready!(sleep.poll(cx));
-                                match w.give_up() {
-                                    // The permit arrived as the wait ran out: use it.
-                                    Some(p) => *permit = Some(p),
-                                    None => {
-                                        let shared = w.shared();
-                                        let waited = shared.max_wait.unwrap_or_default();
-                                        let error = shared.reject(BulkheadRejection::WaitTimedOut(waited));
-                                        this.state.set(State::Done);
-                                        return Poll::Ready(Err(error.into()));
+                                let granted = w.give_up();
+                                let error: BoxError = match *limit {
+                                    WaitLimit::MaxWait(waited) => match granted {
+                                        // The permit arrived as the wait ran out: use it.
+                                        Some(p) => {
+                                            *permit = Some(p);
+                                            *waiter = None;
+                                            continue;
+                                        }
+                                        None => w.shared().reject(BulkheadRejection::WaitTimedOut(waited)).into(),
+                                    },
+                                    // Past the deadline the call cannot be sent: a
+                                    // permit that arrived just now is passed on.
+                                    WaitLimit::Deadline => {
+                                        drop(granted);
+                                        w.shared().deadline_passed_in_queue();
+                                        DeadlineExceeded::before_send().into()
                                     }
-                                }
+                                };
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(error));
                             }
                         }
                         *waiter = None;
                     }
                     let Some(svc) = service.as_mut() else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err("bulkhead response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     if let Err(error) = ready!(svc.poll_ready(cx)) {
                         // The permit is dropped with the state: the slot comes back.
@@ -236,26 +308,59 @@ where
                     }
                     let (Some(mut svc), Some(req), Some(p)) = (service.take(), request.take(), permit.take()) else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err("bulkhead response future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
-                    // As above: a panic in `call` drops `p` while unwinding.
+                    let permit = RunningPermit::new(p, *cancelled);
+                    // As above: a panic in `call` drops the permit while unwinding.
                     let future = svc.call(req);
-                    this.state.set(State::Calling {
-                        future,
-                        permit: Some(p),
-                    });
+                    this.state.set(State::Calling { future, permit });
                 }
                 StateProj::Rejected { error } => {
                     let error = error.take();
                     this.state.set(State::Done);
-                    return Poll::Ready(Err(
-                        error.unwrap_or_else(|| "bulkhead response future polled after completion".into())
-                    ));
+                    return Poll::Ready(Err(error.unwrap_or_else(polled_after_completion)));
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err("bulkhead response future polled after completion".into()));
+                    return Poll::Ready(Err(polled_after_completion()));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_earlier_of_max_wait_and_the_deadline_bounds_the_wait() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(wait_bound(None, None), None, "no limit, no timer");
+        assert_eq!(
+            wait_bound(Some(ms(50)), None),
+            Some((now + ms(50), WaitLimit::MaxWait(ms(50))))
+        );
+        assert_eq!(
+            wait_bound(None, Some(now + ms(20))),
+            Some((now + ms(20), WaitLimit::Deadline))
+        );
+        assert_eq!(
+            wait_bound(Some(ms(50)), Some(now + ms(20))),
+            Some((now + ms(20), WaitLimit::Deadline))
+        );
+        assert_eq!(
+            wait_bound(Some(ms(10)), Some(now + ms(20))),
+            Some((now + ms(10), WaitLimit::MaxWait(ms(10))))
+        );
+        // A tie is the deadline's: the call could not be sent anyway.
+        assert_eq!(
+            wait_bound(Some(ms(20)), Some(now + ms(20))),
+            Some((now + ms(20), WaitLimit::Deadline))
+        );
+        assert_eq!(
+            wait_bound(Some(Duration::MAX), None).map(|(_, l)| l),
+            Some(WaitLimit::MaxWait(Duration::MAX))
+        );
     }
 }

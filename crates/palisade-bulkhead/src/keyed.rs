@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 
 use palisade_body::TrackResponse;
 use palisade_core::BoxError;
+use palisade_core::classify::Classify;
 use palisade_core::protocol::{Inspect, Plain};
 use parking_lot::RwLock;
 use tokio::time::Instant;
@@ -230,7 +231,7 @@ impl<S, P, K, Req> Service<Req> for KeyedBulkhead<S, P, K>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    P: TrackResponse<S::Response, S::Error, BulkheadPermit> + Clone,
+    P: TrackResponse<S::Response, S::Error, BulkheadPermit> + Inspect<Req> + Clone,
     K: KeyFor<Req, P>,
 {
     type Response = P::Response;
@@ -244,7 +245,8 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = self.keyed.partition(self.key.key(&self.protocol, &request));
-        admit(&shared, &mut self.inner, request, self.protocol.clone())
+        let cancelled = Classify::<S::Response, S::Error>::abandon_policy(&self.protocol).call_dropped();
+        admit(&shared, &mut self.inner, request, self.protocol.clone(), cancelled)
     }
 }
 

@@ -41,6 +41,17 @@
 //!   limit and the queue size. A queued caller that waits `max_wait` (unbounded
 //!   unless set) gets [`WaitTimedOut`](error::BulkheadRejection::WaitTimedOut).
 //!   `max_queue(0)` rejects as soon as every slot is busy.
+//! - **A queued call never waits past its deadline.** With a protocol that
+//!   carries per-call options ([`Http`](palisade_core::protocol::Http),
+//!   [`Grpc`](palisade_core::protocol::Grpc)), a queued call whose
+//!   [deadline](palisade_core::options::CallOptions::deadline) comes before
+//!   `max_wait` runs out leaves the queue at the deadline with
+//!   [`DeadlineExceeded`](palisade_core::error::DeadlineExceeded) (not
+//!   `BulkheadFull`: it was the caller's time that ran out, and the built-in
+//!   classifiers count that as nobody's failure), and its place goes to the
+//!   next caller; it never reaches the inner service. A call admitted at once
+//!   is not timed by the bulkhead (the timeout layers below bound it), and a
+//!   queued call with neither a deadline nor `max_wait` creates no timer.
 //! - **The permit lives until the response is really finished.** With
 //!   [`Http`](palisade_core::protocol::Http) or
 //!   [`Grpc`](palisade_core::protocol::Grpc) (see
@@ -62,8 +73,13 @@
 //! - Live limit changes through a [`BulkheadHandle`]: lowering the limit
 //!   revokes no permit, raising it admits queued callers at once.
 //! - Adaptive limits ([`AimdConfig`], [`GradientConfig`]) move the limit
-//!   between a floor and a ceiling from each call's outcome and latency; see
-//!   [`policy`].
+//!   between a floor and a ceiling from each call's outcome and its latency
+//!   to the response head; see [`policy`]. A response future dropped while
+//!   its call runs counts as the protocol's
+//!   [`AbandonPolicy`](palisade_core::classify::AbandonPolicy) says
+//!   (ignored by default).
+//! - A response future polled after it completed fails with
+//!   [`PolledAfterCompletion`](palisade_core::error::PolledAfterCompletion).
 //! - Events: a rejection and a limit change reach `tracing` and the
 //!   configured [`Listener`](palisade_core::event::Listener)s (layer
 //!   `bulkhead`, events `rejected` and `limit_changed`). With the `metrics`

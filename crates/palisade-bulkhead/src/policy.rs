@@ -2,10 +2,15 @@
 //!
 //! Both algorithms see every call whose outcome is known (the permit's
 //! [`Settle`](palisade_body::Settle)), with its latency measured from the
-//! moment the permit was granted to the moment the outcome was known — for an
-//! http or gRPC response, the end of its body. Calls whose outcome is
-//! [`Ignored`](palisade_core::classify::Outcome::Ignored) (a body dropped
-//! unread, a business error a classifier ignores) move nothing.
+//! moment the permit was granted to the moment the **response head** (or the
+//! error) arrived — not to the end of the body: a peer that serves long
+//! streams promptly is not slow, and measuring to the end of its streams
+//! would starve it. The outcome itself still waits for the end of the body
+//! (a gRPC status in the trailers). Calls whose outcome is
+//! [`Ignored`](palisade_core::classify::Outcome::Ignored) (a business error a
+//! classifier ignores, the caller's deadline, a gRPC stream dropped before its
+//! trailers) move nothing; what other abandoned calls mean is the protocol's
+//! [`AbandonPolicy`](palisade_core::classify::AbandonPolicy).
 //!
 //! Neither grows the limit while it is not used: a call that finishes with
 //! fewer than half the limit in flight says nothing about whether more

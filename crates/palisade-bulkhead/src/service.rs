@@ -5,7 +5,8 @@ use std::task::{Context, Poll};
 
 use palisade_body::TrackResponse;
 use palisade_core::BoxError;
-use palisade_core::protocol::Plain;
+use palisade_core::classify::Classify;
+use palisade_core::protocol::{Inspect, Plain};
 use tower_service::Service;
 
 use crate::config::BulkheadConfig;
@@ -94,7 +95,7 @@ impl<S, P, Req> Service<Req> for Bulkhead<S, P>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    P: TrackResponse<S::Response, S::Error, BulkheadPermit> + Clone,
+    P: TrackResponse<S::Response, S::Error, BulkheadPermit> + Inspect<Req> + Clone,
 {
     type Response = P::Response;
     type Error = BoxError;
@@ -108,6 +109,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        admit(&self.shared, &mut self.inner, request, self.protocol.clone())
+        let cancelled = Classify::<S::Response, S::Error>::abandon_policy(&self.protocol).call_dropped();
+        admit(&self.shared, &mut self.inner, request, self.protocol.clone(), cancelled)
     }
 }

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     listeners: Listeners,
     key: Option<Box<str>>,
     adaptive: Option<Mutex<LimitState>>,
+    /// The origin of an adaptive limit's call times.
+    origin: Instant,
     #[cfg(feature = "metrics")]
     gauges: Gauges,
 }
@@ -69,6 +71,7 @@ impl Shared {
             max_wait: config.max_wait,
             listeners: config.listeners.clone(),
             adaptive: config.adaptive.map(|a| Mutex::new(LimitState::new(a, limit))),
+            origin: Instant::now(),
             #[cfg(feature = "metrics")]
             gauges: Gauges::new(key.as_deref()),
             key,
@@ -76,6 +79,12 @@ impl Shared {
         #[cfg(feature = "metrics")]
         shared.gauges.limit.set(limit as f64);
         shared
+    }
+
+    /// Nanoseconds since `origin` (saturating at about 584 years).
+    #[inline]
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn key(&self) -> Option<&str> {
@@ -98,6 +107,17 @@ impl Shared {
         #[cfg(feature = "metrics")]
         self.gauges.rejected.increment(1);
         BulkheadFull::new(self.pool.limit(), self.pool.max_queue(), reason)
+    }
+
+    /// A queued call's deadline passed before it got a slot: it leaves with
+    /// `DeadlineExceeded` (counted with the refusals).
+    #[cold]
+    pub(crate) fn deadline_passed_in_queue(&self) {
+        self.emit(EventKind::Rejected {
+            reason: "deadline passed while queued",
+        });
+        #[cfg(feature = "metrics")]
+        self.gauges.rejected.increment(1);
     }
 
     pub(crate) fn queue_changed(&self) {
@@ -174,11 +194,72 @@ impl Shared {
 /// [`TrackedBody`](palisade_body::TrackedBody)) until the body ends, fails or
 /// is dropped. Dropping it returns the slot to the bulkhead — also when the
 /// call is cancelled or the inner service panics. With an adaptive limit, its
-/// [`Settle`] feeds the call's outcome and latency (from admission) to the
-/// algorithm.
+/// [`Settle`] feeds the call's outcome and latency to the algorithm: the
+/// latency from admission to the response head (or the error), not to the end
+/// of the body, so that a peer serving long streams does not look slow. A
+/// call whose future is dropped before the response arrived feeds the
+/// protocol's
+/// [`call_dropped`](palisade_core::classify::AbandonPolicy::call_dropped)
+/// outcome, if that is not `Ignored`.
 pub struct BulkheadPermit {
     shared: Arc<Shared>,
-    start: Option<Instant>,
+    latency: Latency,
+}
+
+/// What an adaptive limit learns of a call's latency: two words, so that the
+/// permit stays three words and every write to it is a whole word (a byte
+/// written into a value that is then moved as words stalls the copy, which
+/// the free-slot path would pay on every call).
+///
+/// - `start == UNTIMED`: no adaptive limit, nothing is measured;
+/// - otherwise the call was admitted `start` ns after the bulkhead's origin
+///   (about 584 years of range), and `mark` is either one of the `RUNNING_*`
+///   values (no response yet; dropped now, the call counts as that outcome)
+///   or the latency to the response head (or error) in ns.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    start: u64,
+    mark: u64,
+}
+
+impl Latency {
+    const UNTIMED: u64 = u64::MAX;
+    const RUNNING_IGNORED: u64 = u64::MAX;
+    const RUNNING_SUCCESS: u64 = u64::MAX - 1;
+    const RUNNING_FAILURE: u64 = u64::MAX - 2;
+
+    const fn untimed() -> Self {
+        Latency {
+            start: Self::UNTIMED,
+            mark: 0,
+        }
+    }
+
+    fn is_timed(self) -> bool {
+        self.start != Self::UNTIMED
+    }
+
+    /// Whether the call is timed and its response has not arrived.
+    fn is_running(self) -> bool {
+        self.is_timed() && self.mark >= Self::RUNNING_FAILURE
+    }
+
+    fn running_mark(cancelled: Outcome) -> u64 {
+        match cancelled {
+            Outcome::Ignored => Self::RUNNING_IGNORED,
+            Outcome::Success => Self::RUNNING_SUCCESS,
+            Outcome::Failure => Self::RUNNING_FAILURE,
+        }
+    }
+
+    /// What a call dropped while running counts as.
+    fn cancelled(self) -> Outcome {
+        match self.mark {
+            Self::RUNNING_SUCCESS => Outcome::Success,
+            Self::RUNNING_FAILURE => Outcome::Failure,
+            _ => Outcome::Ignored,
+        }
+    }
 }
 
 impl fmt::Debug for BulkheadPermit {
@@ -195,16 +276,93 @@ impl BulkheadPermit {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         #[cfg(feature = "metrics")]
         shared.gauges.in_flight.increment(1.0);
-        let start = shared.adaptive.is_some().then(Instant::now);
-        Self { shared, start }
+        let latency = if shared.adaptive.is_some() {
+            Latency {
+                start: shared.nanos(),
+                mark: Latency::RUNNING_IGNORED,
+            }
+        } else {
+            Latency::untimed()
+        };
+        Self { shared, latency }
+    }
+
+    /// Time since admission.
+    fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.shared.nanos().saturating_sub(self.latency.start))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fix_latency(&mut self) {
+        // Below the RUNNING_* marks: 2^64 - 3 ns is some 584 years.
+        let latency = self.shared.nanos().saturating_sub(self.latency.start);
+        self.latency.mark = latency.min(Latency::RUNNING_FAILURE - 1);
+    }
+
+    /// Dropped while its call ran: an adaptive limit hears the call's `cancelled` outcome.
+    #[cold]
+    #[inline(never)]
+    fn dropped_while_running(&self) {
+        let cancelled = self.latency.cancelled();
+        if cancelled != Outcome::Ignored {
+            self.shared.observe(cancelled, self.elapsed());
+        }
+    }
+}
+
+/// The permit of a call whose inner future runs, held by the response future
+/// until the response (or error) arrives. Dropped with it, the call was
+/// cancelled: an adaptive limit hears the protocol's `call_dropped` outcome.
+/// (Kept apart from [`BulkheadPermit`], whose `Drop` stays a bare release.)
+pub(crate) struct RunningPermit(Option<BulkheadPermit>);
+
+impl RunningPermit {
+    /// `permit`'s call starts; dropped before its response it counts as `cancelled`.
+    #[inline]
+    pub(crate) fn new(mut permit: BulkheadPermit, cancelled: Outcome) -> Self {
+        if permit.latency.is_timed() {
+            permit.latency.mark = Latency::running_mark(cancelled);
+        }
+        Self(Some(permit))
+    }
+
+    /// The response head (or the error) arrived: the permit goes on with it,
+    /// its call's latency fixed now. `None` once taken.
+    #[inline]
+    pub(crate) fn take_at_head(&mut self) -> Option<BulkheadPermit> {
+        // Out of line: the adaptive path reads the clock, the others pay one compare.
+        if let Some(permit) = &mut self.0
+            && permit.latency.is_timed()
+        {
+            permit.fix_latency();
+        }
+        self.0.take()
+    }
+}
+
+impl Drop for RunningPermit {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(permit) = &self.0
+            && permit.latency.is_timed()
+        {
+            permit.dropped_while_running();
+        }
     }
 }
 
 impl Settle for BulkheadPermit {
     #[inline]
     fn settle(self, outcome: Outcome) {
-        if let Some(start) = self.start {
-            self.shared.observe(outcome, start.elapsed());
+        if self.latency.is_timed() {
+            let latency = if self.latency.is_running() {
+                // Settled without a response (a dropped future): its time so far.
+                self.elapsed()
+            } else {
+                Duration::from_nanos(self.latency.mark)
+            };
+            self.shared.observe(outcome, latency);
         }
         // Drop returns the slot.
     }

@@ -246,21 +246,30 @@ async fn a_panicking_inner_service_returns_its_permit() {
 async fn one_layer_value_and_clones_share_one_bulkhead_unlike_tower() {
     let hold = || service_fn(|_: u32| futures::future::pending::<Result<u32, Infallible>>());
 
-    // Palisade: two services from one layer value, and a clone, share one slot.
+    // Two services from one layer value, and a clone, share one slot: while
+    // `a` holds it, `b` and `c` are refused...
     let layer = BulkheadLayer::new(config(1, 0));
     let mut a = layer.layer(hold());
     let mut b = layer.layer(hold());
     let mut c = a.clone();
     a.ready().await.unwrap();
-    let _held = a.call(1);
+    let held = a.call(1);
     for svc in [&mut b, &mut c] {
         svc.ready().await.unwrap();
         let err = svc.call(2).now_or_never().unwrap().unwrap_err();
         assert!(err.is::<BulkheadFull>());
     }
     assert_eq!(layer.handle().in_flight(), 1);
+    // ...and once `a` gives it back, `b` gets it, and `a` is refused.
+    drop(held);
+    b.ready().await.unwrap();
+    let _b_held = b.call(3);
+    assert_eq!(layer.handle().in_flight(), 1);
+    a.ready().await.unwrap();
+    assert!(a.call(4).now_or_never().unwrap().unwrap_err().is::<BulkheadFull>());
 
-    // tower: ConcurrencyLimitLayer makes a semaphore per wrapped service.
+    // In the same situation tower's ConcurrencyLimitLayer, which makes a
+    // semaphore per wrapped service, admits the second service's call.
     let tower_layer = tower::limit::ConcurrencyLimitLayer::new(1);
     let mut ta = tower_layer.layer(hold());
     let mut tb = tower_layer.layer(hold());
@@ -269,6 +278,99 @@ async fn one_layer_value_and_clones_share_one_bulkhead_unlike_tower() {
     assert!(
         tb.ready().now_or_never().is_some(),
         "tower's second service has its own semaphore"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_callers_deadline_ends_its_wait_with_deadline_exceeded_and_frees_its_place() {
+    use palisade_core::error::DeadlineExceeded;
+    use palisade_core::options::{CallOptionsExt, Deadline};
+
+    let probe = Probe::default();
+    let p = probe.clone();
+    let inner = service_fn(move |request: http::Request<u32>| {
+        let probe = p.clone();
+        let id = *request.body();
+        async move {
+            probe.enter(id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            probe.exit(id);
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+        }
+    });
+    // max_wait 50 ms; the deadlines below fall before it, or after it.
+    let config = BulkheadConfig::builder()
+        .max_concurrent(1)
+        .max_queue(1)
+        .max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let layer = BulkheadLayer::new(config).protocol(Http::default());
+    let handle = layer.handle();
+    let mut svc = layer.layer(inner);
+    let request = |id: u32, deadline: Option<u64>| {
+        let mut request = http::Request::new(id);
+        if let Some(ms) = deadline {
+            request
+                .call_options_mut()
+                .set_deadline(Deadline::after(Duration::from_millis(ms)));
+        }
+        request
+    };
+    svc.ready().await.unwrap();
+    let first = tokio::spawn(svc.call(request(0, None))); // holds the slot for 100 ms
+    settle().await;
+
+    // A deadline in 20 ms: the wait ends then, with the deadline's error.
+    svc.ready().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let err = svc.call(request(1, Some(20))).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "not BulkheadFull: {err}");
+    assert!(!err.downcast_ref::<DeadlineExceeded>().unwrap().was_sent());
+    assert_eq!(start.elapsed(), Duration::from_millis(20));
+    assert_eq!(handle.queued(), 0, "its queue place was given back");
+
+    // Its place is free: the next caller queues (a full queue would refuse it).
+    // A deadline later than max_wait: max_wait ends the wait, as before.
+    svc.ready().await.unwrap();
+    let err = svc.call(request(2, Some(500))).await.unwrap_err();
+    let full = err.downcast_ref::<BulkheadFull>().expect("max_wait came first");
+    assert_eq!(
+        full.reason(),
+        BulkheadRejection::WaitTimedOut(Duration::from_millis(50))
+    );
+
+    // A deadline that has already passed: it leaves at once.
+    svc.ready().await.unwrap();
+    let err = svc.call(request(3, Some(0))).await.unwrap_err();
+    assert!(err.is::<DeadlineExceeded>(), "{err}");
+
+    first.await.unwrap().unwrap();
+    assert_eq!(
+        *probe.started.lock(),
+        [0],
+        "no call that ran out of time reached the inner service"
+    );
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_free_slot_the_deadline_is_left_to_the_layers_below() {
+    use palisade_core::options::{CallOptionsExt, Deadline};
+    let inner = service_fn(|_: http::Request<u32>| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+    });
+    let mut svc = BulkheadLayer::new(config(1, 1)).protocol(Http::default()).layer(inner);
+    let mut request = http::Request::new(0);
+    request
+        .call_options_mut()
+        .set_deadline(Deadline::after(Duration::from_millis(10)));
+    svc.ready().await.unwrap();
+    assert!(
+        svc.call(request).await.is_ok(),
+        "admitted at once: the bulkhead does not time it"
     );
 }
 
@@ -646,4 +748,114 @@ async fn many_threads_never_exceed_the_limit_and_lose_no_wakeup() {
     .expect("no lost wakeup");
     assert!(probe.max.load(Ordering::SeqCst) <= 3);
     assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+/// Answers with a head after `head_ms` and a body that ends `body_ms` later.
+fn streaming(
+    head_ms: u64,
+    body_ms: u64,
+) -> impl Service<
+    http::Request<u32>,
+    Response = http::Response<StreamBody<futures::channel::mpsc::UnboundedReceiver<Chunk>>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send {
+    service_fn(move |_: http::Request<u32>| async move {
+        tokio::time::sleep(Duration::from_millis(head_ms)).await;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Chunk>();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(body_ms)).await;
+            let _ = tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"done"))));
+        });
+        Ok::<_, Infallible>(http::Response::new(StreamBody::new(rx)))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_limit_measures_latency_to_the_response_head_not_the_end_of_the_stream() {
+    // Heads in 10 ms, bodies that stream for 500 ms: a healthy peer serving
+    // long streams. AIMD counts 100 ms or more as slow.
+    let config = BulkheadConfig::builder()
+        .max_concurrent(4)
+        .max_queue(100)
+        .aimd(AimdConfig {
+            floor: 1,
+            ceiling: 30,
+            latency_threshold: Duration::from_millis(100),
+            ..AimdConfig::default()
+        })
+        .build()
+        .unwrap();
+    let layer = BulkheadLayer::new(config).protocol(Http::default());
+    let handle = layer.handle();
+    let mut svc = layer.layer(streaming(10, 500));
+    for _ in 0..3 {
+        let mut calls = Vec::new();
+        for id in 0..8 {
+            svc.ready().await.unwrap();
+            let call = svc.call(http::Request::new(id));
+            calls.push(tokio::spawn(async move {
+                let response = call.await.unwrap();
+                // Read to the end: the permit (and the verdict) wait for it.
+                response.into_body().collect().await.unwrap();
+            }));
+        }
+        for call in calls {
+            call.await.unwrap();
+        }
+    }
+    assert!(
+        handle.max_concurrent() > 4,
+        "fast heads grow the limit although the streams are long: {}",
+        handle.max_concurrent()
+    );
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_feeds_an_adaptive_limit_as_the_policy_says() {
+    use palisade_core::classify::{AbandonPolicy, Outcome};
+    let hang = service_fn(|_: http::Request<u32>| {
+        futures::future::pending::<Result<http::Response<http_body_util::Empty<Bytes>>, Infallible>>()
+    });
+    let aimd = || {
+        BulkheadConfig::builder()
+            .max_concurrent(4)
+            .aimd(AimdConfig::default())
+            .build()
+            .unwrap()
+    };
+    for (policy, expected) in [
+        (AbandonPolicy::DEFAULT, 4),
+        (AbandonPolicy::new().with_call_dropped(Outcome::Failure), 3),
+    ] {
+        let layer = BulkheadLayer::new(aimd()).protocol(Http::default().with_abandon_policy(policy));
+        let handle = layer.handle();
+        let mut svc = layer.layer(hang);
+        svc.ready().await.unwrap();
+        let mut call = Box::pin(svc.call(http::Request::new(0)));
+        assert!((&mut call).now_or_never().is_none());
+        drop(call);
+        assert_eq!(handle.in_flight(), 0);
+        assert_eq!(handle.max_concurrent(), expected, "{policy:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_future_polled_after_completion_fails_with_the_typed_error() {
+    use palisade_core::error::PolledAfterCompletion;
+    use palisade_core::event::LayerName;
+    let ok = service_fn(|id: u32| std::future::ready(Ok::<_, Infallible>(id)));
+    let mut svc = BulkheadLayer::new(config(1, 0)).layer(ok);
+    svc.ready().await.unwrap();
+    let mut call = Box::pin(svc.call(7));
+    assert_eq!((&mut call).await.unwrap(), 7);
+    let again = call.now_or_never().unwrap().unwrap_err();
+    assert_eq!(
+        again
+            .downcast_ref::<PolledAfterCompletion>()
+            .map(PolledAfterCompletion::layer),
+        Some(LayerName::Bulkhead)
+    );
 }

@@ -1,6 +1,7 @@
 //! A proptest of the bulkhead against a small reference model: random
 //! arrivals, completions (success and error), body ends, body errors, body
-//! drops, cancellations, `max_wait` timeouts and live limit changes.
+//! drops, cancellations, `max_wait` timeouts, call deadlines that pass while
+//! queued, and live limit changes.
 //!
 //! After every step the real bulkhead must agree with the model on permits
 //! held and callers queued (so in-flight never exceeds the limit except for
@@ -23,6 +24,8 @@ use http_body::{Body, Frame};
 use http_body_util::StreamBody;
 use palisade_bulkhead::error::{BoxError, BulkheadFull, BulkheadRejection};
 use palisade_bulkhead::{Bulkhead, BulkheadConfig, BulkheadHandle, BulkheadLayer};
+use palisade_core::error::DeadlineExceeded;
+use palisade_core::options::{CallOptionsExt, Deadline};
 use palisade_core::protocol::Http;
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -51,14 +54,15 @@ struct Ctl {
 #[derive(Clone)]
 struct Svc(Arc<Mutex<Ctl>>);
 
-impl Service<u32> for Svc {
+impl Service<http::Request<u32>> for Svc {
     type Response = http::Response<InnerBody>;
     type Error = Boom;
     type Future = Pin<Box<dyn Future<Output = InnerResult> + Send>>;
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Boom>> {
         Poll::Ready(Ok(()))
     }
-    fn call(&mut self, id: u32) -> Self::Future {
+    fn call(&mut self, request: http::Request<u32>) -> Self::Future {
+        let id = *request.body();
         let (tx, rx) = oneshot::channel();
         let mut ctl = self.0.lock();
         ctl.results.insert(id, tx);
@@ -68,13 +72,15 @@ impl Service<u32> for Svc {
 }
 
 type Bh = Bulkhead<Svc, Http>;
-type Fut = <Bh as Service<u32>>::Future;
-type Resp = <Bh as Service<u32>>::Response;
+type Fut = <Bh as Service<http::Request<u32>>>::Future;
+type Resp = <Bh as Service<http::Request<u32>>>::Response;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     QueueFull,
     WaitTimedOut,
+    /// The call's deadline passed while it was queued.
+    DeadlineExceeded,
     Failed,
     Gone,
 }
@@ -87,7 +93,12 @@ enum Real {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum M {
-    Queued { deadline: u64 },
+    /// Waiting until `until` at most; `by_deadline`: that is the call's
+    /// deadline (else `max_wait`).
+    Queued {
+        until: u64,
+        by_deadline: bool,
+    },
     Running,
     Body,
     Ended(Ended),
@@ -95,7 +106,8 @@ enum M {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Arrive,
+    /// A call, with a deadline this many ms from now if `Some`.
+    Arrive(Option<u64>),
     Complete(Index, bool),
     EndBody(Index, bool),
     DropBody(Index),
@@ -106,7 +118,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => Just(Op::Arrive),
+        4 => proptest::option::weighted(0.4, 0u64..120).prop_map(Op::Arrive),
         3 => (any::<Index>(), any::<bool>()).prop_map(|(i, ok)| Op::Complete(i, ok)),
         2 => (any::<Index>(), any::<bool>()).prop_map(|(i, e)| Op::EndBody(i, e)),
         1 => any::<Index>().prop_map(Op::DropBody),
@@ -142,18 +154,47 @@ impl Model {
         self.grant();
     }
 
-    fn arrive(&mut self) {
+    fn arrive(&mut self, deadline: Option<u64>) {
         let id = self.calls.len() as u32;
         if self.queue.is_empty() && self.in_flight < self.limit {
+            // A free slot: the deadline is for the layers below.
             self.in_flight += 1;
             self.calls.push(M::Running);
             self.started.push(id);
         } else if self.queue.len() < self.max_queue {
-            let deadline = self.max_wait.map_or(u64::MAX, |w| self.now + w);
+            let max_wait = self.max_wait.map_or(u64::MAX, |w| self.now + w);
+            let deadline = deadline.map_or(u64::MAX, |d| self.now + d);
+            // A tie is the deadline's.
+            let (until, by_deadline) = if deadline <= max_wait {
+                (deadline, true)
+            } else {
+                (max_wait, false)
+            };
             self.queue.push_back(id);
-            self.calls.push(M::Queued { deadline });
+            self.calls.push(M::Queued { until, by_deadline });
         } else {
             self.calls.push(M::Ended(Ended::QueueFull));
+        }
+    }
+
+    /// Queued calls whose wait is over leave the queue.
+    fn expire(&mut self) {
+        let now = self.now;
+        let expired: Vec<(u32, bool)> = self
+            .queue
+            .iter()
+            .filter_map(|&id| match self.calls[id as usize] {
+                M::Queued { until, by_deadline } if until <= now => Some((id, by_deadline)),
+                _ => None,
+            })
+            .collect();
+        for (id, by_deadline) in expired {
+            self.queue.retain(|&q| q != id);
+            self.calls[id as usize] = M::Ended(if by_deadline {
+                Ended::DeadlineExceeded
+            } else {
+                Ended::WaitTimedOut
+            });
         }
     }
 
@@ -171,6 +212,8 @@ fn classify(error: &BoxError) -> Ended {
             BulkheadRejection::QueueFull => Ended::QueueFull,
             _ => Ended::WaitTimedOut,
         }
+    } else if error.is::<DeadlineExceeded>() {
+        Ended::DeadlineExceeded
     } else if error.is::<Boom>() {
         Ended::Failed
     } else {
@@ -261,11 +304,18 @@ fn run(limit: usize, max_queue: usize, max_wait: Option<u64>, ops: Vec<Op>) -> R
 
         for op in ops {
             match op {
-                Op::Arrive => {
+                Op::Arrive(deadline) => {
                     let id = model.calls.len() as u32;
-                    model.arrive();
+                    model.arrive(deadline);
+                    model.expire();
+                    let mut request = http::Request::new(id);
+                    if let Some(ms) = deadline {
+                        request
+                            .call_options_mut()
+                            .set_deadline(Deadline::after(Duration::from_millis(ms)));
+                    }
                     prop_assert!(svc.poll_ready(&mut cx).is_ready(), "poll_ready never waits for a slot");
-                    real.push(Real::Pending(Box::pin(svc.call(id))));
+                    real.push(Real::Pending(Box::pin(svc.call(request))));
                 }
                 Op::Complete(i, ok) => {
                     let Some(id) = model.pick(&i, |m| *m == M::Running) else {
@@ -336,17 +386,7 @@ fn run(limit: usize, max_queue: usize, max_wait: Option<u64>, ops: Vec<Op>) -> R
                 Op::Advance(ms) => {
                     tokio::time::advance(Duration::from_millis(ms)).await;
                     model.now += ms;
-                    let now = model.now;
-                    let expired: Vec<u32> = model
-                        .queue
-                        .iter()
-                        .copied()
-                        .filter(|&id| matches!(model.calls[id as usize], M::Queued { deadline } if deadline <= now))
-                        .collect();
-                    for id in expired {
-                        model.queue.retain(|&q| q != id);
-                        model.calls[id as usize] = M::Ended(Ended::WaitTimedOut);
-                    }
+                    model.expire();
                 }
                 Op::SetLimit(n) => {
                     handle.set_max_concurrent(n).unwrap();

@@ -101,6 +101,12 @@ impl CircuitBreakerConfig {
         self.backoff.cap()
     }
 
+    /// The shortest cooldown jitter can produce: half the base cooldown (see
+    /// [`CircuitBreakerConfigBuilder::jitter`]).
+    pub fn cooldown_floor(&self) -> Duration {
+        self.backoff.base() / 2
+    }
+
     /// The most probes in flight while half-open.
     pub fn half_open_max_probes(&self) -> u32 {
         self.half_open_max_probes
@@ -261,7 +267,19 @@ impl CircuitBreakerConfigBuilder {
         self
     }
 
-    /// Randomises cooldowns. Default [`Jitter::None`].
+    /// Randomises cooldowns, so that the clients of a peer that failed for
+    /// all of them at once do not all probe it at the same moment. Default
+    /// [`Jitter::None`].
+    ///
+    /// A jittered cooldown is never shorter than **half the base cooldown**
+    /// ([`CircuitBreakerConfig::cooldown_floor`]): full jitter, or
+    /// proportional jitter with a low bound under one half, would otherwise
+    /// draw cooldowns near zero and probe a peer that has just failed at
+    /// once, which is what rejecting `cooldown(0)` is meant to prevent. A
+    /// draw below the floor is raised to it. Half the base rather than the
+    /// base itself, because jittering only above the base would leave the
+    /// first round, the one in which every client tripped together, without
+    /// any spread. [`Jitter::Equal`] never goes below the floor anyway.
     pub fn jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
         self

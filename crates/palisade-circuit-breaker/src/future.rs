@@ -4,8 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use palisade_body::{BodyLimits, TrackResponse, track};
-use palisade_core::error::{BoxError, CircuitOpen};
+use palisade_body::{BodyLimits, Settle, TrackResponse, track};
+use palisade_core::classify::{Outcome, ProbeVerdict, Verdict};
+use palisade_core::error::{BoxError, CircuitOpen, PolledAfterCompletion};
+use palisade_core::event::LayerName;
 use pin_project_lite::pin_project;
 
 use crate::shared::CallGuard;
@@ -17,13 +19,22 @@ pin_project! {
     ///
     /// When the inner call completes, the guard follows the response to its
     /// real end through [`palisade_body::track()`]: at once for non-http
-    /// responses and errors, at the end of the body for http responses.
-    /// Dropping the future before then records nothing and frees a probe slot.
+    /// responses and errors, at the end of the body for http responses
+    /// (what a body dropped before its end means is the protocol's
+    /// [`AbandonPolicy`](palisade_core::classify::AbandonPolicy)). A half-open
+    /// probe is judged at its response head instead, unless the policy's
+    /// [`ProbeVerdict`] says [`AtEnd`](ProbeVerdict::AtEnd). Dropping the
+    /// future before the response counts as the policy's
+    /// [`call_dropped`](palisade_core::classify::AbandonPolicy::call_dropped)
+    /// (by default nothing; the guard's `Drop` does it, so the future has no
+    /// drop logic of its own) and frees a probe slot. Polled again after it
+    /// completed, it fails with [`PolledAfterCompletion`].
     #[derive(Debug)]
     pub struct ResponseFuture<F, P> {
         #[pin]
         kind: Kind<F, P>,
     }
+
 }
 
 pin_project! {
@@ -80,7 +91,11 @@ where
                     return Poll::Ready(Err(polled_after_completion()));
                 }
                 let result = ready!(future.poll(cx));
-                let guard = std::mem::replace(guard, CallGuard::SPENT);
+                let mut guard = std::mem::replace(guard, CallGuard::SPENT);
+                guard.response_arrived();
+                if guard.is_probe() {
+                    return Poll::Ready(track_probe(&*protocol, result, guard));
+                }
                 Poll::Ready(track(&*protocol, result, guard, BodyLimits::NONE).map_err(Into::into))
             }
             KindProj::Rejected { error } => Poll::Ready(match error.take() {
@@ -91,7 +106,42 @@ where
     }
 }
 
+/// Settles a half-open probe. With [`ProbeVerdict::AtHead`] (the default) a
+/// response is judged by its head: a head that is not a failure is a success
+/// even if its verdict would wait for the end of the stream, and the body
+/// goes on without the guard, so a long stream does not hold the probe slot
+/// (and a client that only streams can close its breaker). Errors, and
+/// [`ProbeVerdict::AtEnd`], are tracked as any other call.
+#[cold]
+#[inline(never)]
+fn track_probe<P, Res, E>(protocol: &P, result: Result<Res, E>, guard: CallGuard) -> Result<P::Response, BoxError>
+where
+    E: Into<BoxError>,
+    P: TrackResponse<Res, E, CallGuard>,
+{
+    let at_head = matches!(protocol.abandon_policy().probe_verdict(), ProbeVerdict::AtHead);
+    match result {
+        Ok(response) if at_head => {
+            let verdict = protocol.classify_response(&response);
+            let outcome = match &verdict {
+                Verdict::Now(outcome) => *outcome,
+                Verdict::AtEndOfStream(_) => Outcome::Success,
+            };
+            tracing::debug!(
+                target: "palisade",
+                layer = "circuit_breaker",
+                event = "probe_judged_at_head",
+                outcome = outcome.as_str(),
+                "a probe's response head decided it"
+            );
+            guard.settle(outcome);
+            Ok(protocol.track_response(response, verdict, CallGuard::SPENT, BodyLimits::NONE))
+        }
+        result => track(protocol, result, guard, BodyLimits::NONE).map_err(Into::into),
+    }
+}
+
 #[cold]
 fn polled_after_completion() -> BoxError {
-    "circuit breaker response future polled after completion".into()
+    PolledAfterCompletion::new(LayerName::CircuitBreaker).into()
 }

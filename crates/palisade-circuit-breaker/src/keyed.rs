@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_body::TrackResponse;
+use palisade_core::classify::Classify;
 use palisade_core::error::{BoxError, ConfigError};
 use palisade_core::protocol::{Inspect, Plain};
 use parking_lot::RwLock;
@@ -352,9 +353,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let cancelled = Classify::<S::Response, S::Error>::abandon_policy(&self.protocol).call_dropped();
         let admitted = match self.key.key(&self.protocol, &request) {
-            Some(key) => self.keyed.lookup(&key).acquire(),
-            None => self.keyed.unkeyed.acquire(),
+            Some(key) => self.keyed.lookup(&key).acquire(cancelled),
+            None => self.keyed.unkeyed.acquire(cancelled),
         };
         match admitted {
             Ok(guard) => ResponseFuture::called(self.inner.call(request), guard, self.protocol.clone()),

@@ -60,10 +60,11 @@
 //!   runs from admission to its outcome, which for a streamed response is the
 //!   end of its body.
 //!
-//! Ignored outcomes (a business error, a cancelled call, a body dropped
-//! unread) count toward nothing. The policies judge calls admitted while
-//! closed; half-open probes are judged by their outcome alone (a slow but
-//! successful probe is a success).
+//! Ignored outcomes (a business error, the caller's own deadline passing, a
+//! cancelled call, a gRPC stream dropped before its trailers) count toward
+//! nothing. The policies judge calls admitted while closed; half-open probes
+//! are judged by their outcome alone (a slow but successful probe is a
+//! success).
 //!
 //! # Open, half-open, closed
 //!
@@ -76,7 +77,8 @@
 //! Half-open admits at most [`half_open_max_probes`] (1) calls at a time;
 //! [`success_threshold`] (2) probe successes close it; one probe failure opens
 //! it again with the cooldown doubled, up to [`max_cooldown`] (120 s), with
-//! optional [`jitter`]. Closing resets the cooldown to its base. A probe slot
+//! optional [`jitter`], which never takes a cooldown below half the base
+//! cooldown. Closing resets the cooldown to its base. A probe slot
 //! comes back on every path: success, failure, ignored outcome, the caller
 //! dropping the future, the response body dropped unread, a panic in the
 //! inner service. A half-open breaker whose slots are all taken and whose
@@ -97,8 +99,39 @@
 //! [`ClassifyExt`] closures so that business errors do not count. For http
 //! responses the verdict waits for the end of the body through
 //! `palisade-body`: a `200` whose trailers carry `grpc-status: 14` is a
-//! failure, a body error mid-stream is a failure, a body dropped before its
-//! end is neither. The probe slot (if any) is held until then.
+//! failure, a body error mid-stream is a failure.
+//!
+//! ## The caller's deadline
+//!
+//! A call that ran out of its *caller's* time ([`DeadlineExceeded`], from a
+//! timeout layer below, before the call was sent or while the deadline was
+//! the tighter limit) is not the peer's fault: the built-in protocols count
+//! it as neither, so a caller whose deadline is nearly spent cannot open the
+//! breakers of a healthy fleet. A per-attempt [`TimedOut`] still counts as a
+//! failure, which is how a peer that hangs trips the breaker: keep the
+//! attempt timeout below the deadlines your callers usually give.
+//!
+//! ## Abandoned calls
+//!
+//! What a call that ends without a verdict means is the protocol's
+//! [`AbandonPolicy`] ([`Http::with_abandon_policy`],
+//! [`Grpc::with_abandon_policy`]). By default:
+//!
+//! - a response whose head is a success and whose body is dropped before its
+//!   end is a **success**: a hyper client that checks `status()` and drops
+//!   the body records its successes (they reset the consecutive count, and
+//!   they close a half-open breaker);
+//! - a failure known from the head stays a failure when its body is dropped
+//!   (a 503 dropped unread is still a 503);
+//! - a gRPC response dropped before its trailers is **neither**;
+//! - a response future dropped before its response is **neither**;
+//! - a half-open **probe is judged at its response head**: a head that is not
+//!   a failure counts as the probe's success at once and the probe slot comes
+//!   back, so a client whose calls are long streams still closes its breaker
+//!   (an error later in that body is not held against the probe). With
+//!   [`ProbeVerdict::AtEnd`] a probe waits for the end of its body like any
+//!   call, and [`probe_timeout`] reclaims the slot of a stream that never
+//!   ends.
 //!
 //! # Standalone and per peer
 //!
@@ -193,7 +226,7 @@
 //! reference count of the guard that follows the response to its end. With
 //! the slow-call policy, each call also reads the clock once at admission and
 //! once at its end; its ticket then keeps the start time in microseconds
-//! (durations are measured modulo about 12.7 days) and the low 23 bits of the
+//! (durations are measured modulo about 12.7 days) and the low 21 bits of the
 //! generation.
 //!
 //! [`failure_threshold`]: CircuitBreakerConfigBuilder::failure_threshold
@@ -212,6 +245,12 @@
 //! [`Plain`]: palisade_core::protocol::Plain
 //! [`Http`]: palisade_core::protocol::Http
 //! [`Grpc`]: palisade_core::protocol::Grpc
+//! [`Http::with_abandon_policy`]: palisade_core::protocol::Http::with_abandon_policy
+//! [`Grpc::with_abandon_policy`]: palisade_core::protocol::Grpc::with_abandon_policy
+//! [`AbandonPolicy`]: palisade_core::classify::AbandonPolicy
+//! [`ProbeVerdict::AtEnd`]: palisade_core::classify::ProbeVerdict::AtEnd
+//! [`DeadlineExceeded`]: palisade_core::error::DeadlineExceeded
+//! [`TimedOut`]: palisade_core::error::TimedOut
 //! [`ClassifyExt`]: palisade_core::classify::ClassifyExt
 //! [`CheckAvailability`]: palisade_core::peer::CheckAvailability
 //! [`CheckAvailability::availability`]: palisade_core::peer::CheckAvailability::availability

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use palisade_body::TrackResponse;
+use palisade_core::classify::Classify;
 use palisade_core::error::BoxError;
 use palisade_core::peer::{Availability, CheckAvailability, FleetMembership};
 use palisade_core::protocol::Plain;
@@ -102,7 +103,8 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.shared.acquire() {
+        let cancelled = Classify::<S::Response, S::Error>::abandon_policy(&self.protocol).call_dropped();
+        match self.shared.acquire(cancelled) {
             Ok(guard) => ResponseFuture::called(self.inner.call(request), guard, self.protocol.clone()),
             Err(open) => ResponseFuture::rejected(open),
         }

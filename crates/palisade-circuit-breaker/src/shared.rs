@@ -22,16 +22,42 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 // registers, moved without stalls):
 //
 // - bit 0: the call is a half-open probe;
-// - untimed breakers: bits 1.. hold the generation;
-// - timed breakers (slow-call policy): bits 1..24 hold the low 23 bits of the
+// - bits 1..3: what the call counts as if it is dropped before its response
+//   (the protocol's `AbandonPolicy::call_dropped`: 0 ignored, 1 success, 2
+//   failure), cleared when the response arrives; kept here rather than in the
+//   response future, which then needs no drop logic of its own;
+// - untimed breakers: bits 3.. hold the generation;
+// - timed breakers (slow-call policy): bits 3..24 hold the low 21 bits of the
 //   generation and bits 24..64 the call's start, in microseconds since the
 //   breaker was made, modulo 2^40 (about 12.7 days). A stale result is then
-//   mistaken for a current one only if a multiple of 2^23 transitions happened
+//   mistaken for a current one only if a multiple of 2^21 transitions happened
 //   while it was in flight, and a call's duration is measured modulo 12.7 days.
 const PROBE_BIT: u64 = 1;
-const TIMED_GENERATION_MASK: u64 = (1 << 23) - 1;
+const CANCEL_SHIFT: u32 = 1;
+const CANCEL_MASK: u64 = 0b11 << CANCEL_SHIFT;
+const GENERATION_SHIFT: u32 = 3;
+const TIMED_GENERATION_MASK: u64 = (1 << 21) - 1;
 const START_SHIFT: u32 = 24;
 const START_MASK: u64 = (1 << 40) - 1;
+
+/// The ticket bits of a call-dropped outcome.
+#[inline]
+const fn cancel_bits(outcome: Outcome) -> u64 {
+    (match outcome {
+        Outcome::Ignored => 0,
+        Outcome::Success => 1,
+        Outcome::Failure => 2,
+    }) << CANCEL_SHIFT
+}
+
+/// The call-dropped outcome of a ticket.
+fn cancelled(ticket: u64) -> Outcome {
+    match (ticket & CANCEL_MASK) >> CANCEL_SHIFT {
+        1 => Outcome::Success,
+        2 => Outcome::Failure,
+        _ => Outcome::Ignored,
+    }
+}
 
 fn pack(generation: u64, state: CircuitState) -> u64 {
     (generation << TAG_BITS) | state.tag()
@@ -172,32 +198,34 @@ impl Shared {
     }
 
     /// Admits a call, or says why not. One atomic load when closed.
+    /// `cancelled` is what the call counts as if it is dropped before its
+    /// response.
     #[inline]
-    pub(crate) fn acquire(self: &Arc<Self>) -> Result<CallGuard, CircuitOpen> {
+    pub(crate) fn acquire(self: &Arc<Self>, cancelled: Outcome) -> Result<CallGuard, CircuitOpen> {
         let word = self.hot.word.load(Ordering::Acquire);
         let tag = word & TAG_MASK;
         if tag == CircuitState::Closed.tag() || tag == CircuitState::Disabled.tag() {
             let ticket = if self.hot.timed && tag == CircuitState::Closed.tag() {
                 self.pack_ticket(word >> TAG_BITS, false, Some(Instant::now()))
             } else {
-                (word >> TAG_BITS) << 1
+                (word >> TAG_BITS) << GENERATION_SHIFT
             };
             return Ok(CallGuard {
                 shared: Some(Arc::clone(self)),
-                ticket,
+                ticket: ticket | cancel_bits(cancelled),
             });
         }
-        self.acquire_slow()
+        self.acquire_slow(cancelled)
     }
 
     #[cold]
-    fn acquire_slow(self: &Arc<Self>) -> Result<CallGuard, CircuitOpen> {
+    fn acquire_slow(self: &Arc<Self>, cancelled: Outcome) -> Result<CallGuard, CircuitOpen> {
         let now = Instant::now();
         let result = self.with_machine(|m, now| m.admit(&self.config, now), now);
         match result {
             Ok(ticket) => Ok(CallGuard {
                 shared: Some(Arc::clone(self)),
-                ticket: self.pack_ticket(ticket.generation, ticket.probe, Some(now)),
+                ticket: self.pack_ticket(ticket.generation, ticket.probe, Some(now)) | cancel_bits(cancelled),
             }),
             Err(refusal) => Err(self.reject(refusal)),
         }
@@ -214,10 +242,10 @@ impl Shared {
         match now {
             Some(now) if self.hot.timed => {
                 ((self.micros(now) & START_MASK) << START_SHIFT)
-                    | ((generation & TIMED_GENERATION_MASK) << 1)
+                    | ((generation & TIMED_GENERATION_MASK) << GENERATION_SHIFT)
                     | u64::from(probe)
             }
-            _ => (generation << 1) | u64::from(probe),
+            _ => (generation << GENERATION_SHIFT) | u64::from(probe),
         }
     }
 
@@ -228,15 +256,15 @@ impl Shared {
             let start = (ticket >> START_SHIFT) & START_MASK;
             let elapsed = self.micros(now).wrapping_sub(start) & START_MASK;
             let ticket = Ticket {
-                generation: (ticket >> 1) & TIMED_GENERATION_MASK,
+                generation: (ticket >> GENERATION_SHIFT) & TIMED_GENERATION_MASK,
                 generation_mask: TIMED_GENERATION_MASK,
                 probe,
             };
             (ticket, (!probe).then(|| Duration::from_micros(elapsed)))
         } else {
             let ticket = Ticket {
-                generation: ticket >> 1,
-                generation_mask: u64::MAX,
+                generation: ticket >> GENERATION_SHIFT,
+                generation_mask: u64::MAX >> GENERATION_SHIFT,
                 probe,
             };
             (ticket, None)
@@ -300,9 +328,11 @@ impl Shared {
         let _ = counted;
     }
 
+    /// A guard dropped unsettled: the call's dropped-call outcome if it was
+    /// dropped before its response (else ignored), and a probe's slot back.
     fn on_drop(&self, ticket: u64) {
-        if ticket & PROBE_BIT == PROBE_BIT {
-            self.on_result(ticket, Outcome::Ignored);
+        if ticket & (PROBE_BIT | CANCEL_MASK) != 0 {
+            self.on_result(ticket, cancelled(ticket));
         }
     }
 
@@ -444,7 +474,10 @@ fn event_state(state: CircuitState) -> &'static str {
 /// Settled (by [`palisade_body::track()`]) with the outcome, which it records
 /// against the generation the call was admitted under; dropped unsettled (the
 /// caller dropped the future or the body, or the inner service panicked) it
-/// records nothing and gives back its probe slot, if it holds one.
+/// gives back its probe slot, if it holds one, and records nothing, unless it
+/// was dropped before the response arrived and the protocol's
+/// [`AbandonPolicy::call_dropped`](palisade_core::classify::AbandonPolicy::call_dropped)
+/// says otherwise.
 #[derive(Debug)]
 pub struct CallGuard {
     /// `None` once settled (or for a spent placeholder).
@@ -469,6 +502,13 @@ impl CallGuard {
     #[inline]
     pub(crate) fn is_spent(&self) -> bool {
         self.shared.is_none()
+    }
+
+    /// The response (or the inner error) arrived: the call can no longer be
+    /// dropped before it.
+    #[inline]
+    pub(crate) fn response_arrived(&mut self) {
+        self.ticket &= !CANCEL_MASK;
     }
 }
 

@@ -290,7 +290,10 @@ impl Machine {
 
     fn open(&mut self, config: &CircuitBreakerConfig, now: Instant, reason: &'static str) -> Transition {
         let previous = if self.failed_rounds == 0 { None } else { self.cooldown };
-        let cooldown = config.backoff.delay(self.failed_rounds, previous);
+        let cooldown = config
+            .backoff
+            .delay(self.failed_rounds, previous)
+            .max(config.cooldown_floor());
         self.cooldown = Some(cooldown);
         self.times_opened += 1;
         self.consecutive = 0;

@@ -1,4 +1,6 @@
-//! http and gRPC responses are judged at the end of their body.
+//! http and gRPC responses are judged at the end of their body; abandoned
+//! calls (bodies dropped, futures dropped, streamed probes) as the protocol's
+//! `AbandonPolicy` says.
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
@@ -8,6 +10,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer};
+use palisade_core::classify::{AbandonPolicy, Outcome, ProbeVerdict};
 use palisade_core::error::{BoxError, CircuitOpen};
 use palisade_core::protocol::{Grpc, Http};
 use tower::{Layer, Service, ServiceExt};
@@ -80,28 +83,129 @@ async fn a_body_error_mid_stream_is_a_failure() {
     assert_eq!(svc.handle().state(), CircuitState::Open);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_body_dropped_before_its_end_is_neither_and_frees_the_probe() {
-    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
-    let handle = svc.handle();
-    let response = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
-    drop(response);
-    assert_eq!(handle.snapshot().consecutive_failures, 0);
-    // Trip, go half-open, and drop the probe's body half-read.
+/// Trips `svc`'s breaker (failure threshold 1) with a gRPC UNAVAILABLE and
+/// waits out the cooldown: the next call is a probe.
+async fn trip_and_cool_down<S, B>(svc: &mut S, handle: &palisade_circuit_breaker::CircuitBreakerHandle)
+where
+    S: Service<http::Request<()>, Response = http::Response<B>, Error = BoxError>,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let r = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
     r.into_body().collect().await.unwrap();
     assert_eq!(handle.state(), CircuitState::Open);
     tokio::time::advance(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_body_dropped_before_its_trailers_is_neither() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+    let handle = svc.handle();
+    // Its trailers would say UNAVAILABLE, but they were never read.
+    let response = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
+    drop(response);
+    assert_eq!(handle.snapshot().consecutive_failures, 0);
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_probe_is_judged_at_its_head_and_gives_its_slot_back_at_once() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+    let handle = svc.handle();
+    trip_and_cool_down(&mut svc, &handle).await;
+
+    // The probe's head arrives: its status waits for the trailers, but a probe
+    // is judged at its head by default, so the stream still open closes it.
+    let probe = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed, "closed while the stream is open");
+    assert_eq!(handle.snapshot().probes_in_flight, 0);
+    let mut body = probe.into_body();
+    assert!(body.frame().await.is_some());
+    drop(body);
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_head_is_a_failure_reopens_at_once() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+    let handle = svc.handle();
+    trip_and_cool_down(&mut svc, &handle).await;
+    let probe = svc.ready().await.unwrap().call(req("/http/503")).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open, "a 503 head needs no body");
+    drop(probe);
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_probes_judged_at_the_end_a_probe_holds_its_slot_until_its_body_ends() {
+    let grpc = Grpc::default().with_abandon_policy(AbandonPolicy::new().with_probe_verdict(ProbeVerdict::AtEnd));
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), grpc);
+    let handle = svc.handle();
+    trip_and_cool_down(&mut svc, &handle).await;
+
     let probe = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
     let mut body = probe.into_body();
     assert!(body.frame().await.is_some());
     let err = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap_err();
     assert!(err.is::<CircuitOpen>(), "the probe slot is held until the body ends");
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    // Dropped before its trailers: neither, and the slot comes back.
     drop(body);
     assert_eq!(handle.snapshot().probes_in_flight, 0);
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
     let r = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
     r.into_body().collect().await.unwrap();
     assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_2xx_dropped_unread_is_a_success_that_resets_the_run_and_closes_a_half_open_breaker() {
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(2), Http::default());
+    let handle = svc.handle();
+    // failure, success (dropped unread), failure: no two in a row.
+    for path in ["/http/503", "/http/200", "/http/503"] {
+        let response = svc.ready().await.unwrap().call(req(path)).await.unwrap();
+        drop(response);
+    }
+    assert_eq!(handle.state(), CircuitState::Closed, "the dropped 200 reset the run");
+    assert_eq!(handle.snapshot().consecutive_failures, 1);
+
+    // Trip it, then close it with probes whose bodies are never read.
+    let response = svc.ready().await.unwrap().call(req("/http/503")).await.unwrap();
+    drop(response);
+    assert_eq!(handle.state(), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let response = svc.ready().await.unwrap().call(req("/http/200")).await.unwrap();
+    drop(response);
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_counts_as_the_policy_says() {
+    // A service that never answers: the caller gives up and drops the future.
+    let hang =
+        tower::service_fn(|_: http::Request<()>| std::future::pending::<Result<http::Response<Body>, Infallible>>());
+    let cancel = |svc: &mut CircuitBreaker<_, Grpc>| {
+        use futures::FutureExt;
+        let mut future = Box::pin(svc.call(req("/hang")));
+        assert!((&mut future).now_or_never().is_none());
+        drop(future);
+    };
+    let mut svc = CircuitBreaker::with_protocol(hang, config(2), Grpc::default());
+    cancel(&mut svc);
+    cancel(&mut svc);
+    assert_eq!(svc.handle().state(), CircuitState::Closed, "ignored by default");
+
+    let strict = Grpc::default().with_abandon_policy(AbandonPolicy::new().with_call_dropped(Outcome::Failure));
+    let mut svc = CircuitBreaker::with_protocol(hang, config(2), strict);
+    cancel(&mut svc);
+    assert_eq!(svc.handle().snapshot().consecutive_failures, 1);
+    cancel(&mut svc);
+    assert_eq!(
+        svc.handle().state(),
+        CircuitState::Open,
+        "two cancellations in a row trip it"
+    );
 }
 
 #[tokio::test(start_paused = true)]

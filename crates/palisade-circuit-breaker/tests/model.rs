@@ -1,5 +1,7 @@
 //! The breaker against a small reference model: random sequences of calls,
-//! outcomes, drops, availability questions and time steps.
+//! gRPC responses whose bodies end, fail or are dropped, cancelled futures,
+//! availability questions and time steps, under a random abandon policy.
+//! The model checks the state and the probe-slot accounting after every step.
 #![allow(missing_docs)]
 
 mod common;
@@ -7,16 +9,21 @@ mod common;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::NotFound;
 use futures::FutureExt;
-use futures::channel::oneshot;
-use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitOpen, CircuitState};
-use palisade_core::classify::{ClassifyExt, Outcome};
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use palisade_circuit_breaker::{CallGuard, CircuitBreaker, CircuitBreakerConfig, CircuitOpen, CircuitState};
+use palisade_core::classify::{AbandonPolicy, ClassifyExt, Outcome, ProbeVerdict};
 use palisade_core::error::BoxError;
 use palisade_core::peer::{Availability, CheckAvailability, Unavailable};
-use palisade_core::protocol::Plain;
+use palisade_core::protocol::{Grpc, GrpcEos};
 use proptest::prelude::*;
 use tower::Service;
 
@@ -45,14 +52,44 @@ struct Rate {
     slow: Option<(u64, f64)>,
 }
 
+/// What the inner service answers.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// An error: a failure, or a business error the classifier ignores.
+    Error(Outcome),
+    /// A gRPC response whose head decides (`grpc-status` in the headers):
+    /// `ok` is status 0, else 14. `open`: its body has not ended yet.
+    Unary { ok: bool, open: bool },
+    /// An http 503 from a proxy: a failure known from the head.
+    Http503 { open: bool },
+    /// A gRPC stream: its status waits for the trailers.
+    Stream { open: bool },
+}
+
+/// How an open body ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// Trailers with `grpc-status` 0 (`true`) or 14.
+    Trailers(bool),
+    /// The end of the stream, without trailers.
+    Finish,
+    /// An error mid-stream.
+    Error,
+    /// The caller drops it.
+    Drop,
+}
+
 #[derive(Clone, Debug)]
 enum Step {
-    /// A call that completes at once with this outcome.
-    Call(Outcome),
+    /// A call that completes at once with this reply.
+    Call(Reply),
     /// A call left in flight.
     Start,
-    Complete(usize, Outcome),
+    Complete(usize, Reply),
+    /// The caller drops a pending call's future.
     Drop(usize),
+    /// An open response body ends.
+    EndBody(usize, End),
     Advance(u64),
     /// Advance by exactly (or 1 ms short of) the window, cooldown or probe timeout.
     AdvanceExact(u8, bool),
@@ -266,23 +303,52 @@ impl Model {
     }
 }
 
-fn outcome() -> impl Strategy<Value = Outcome> {
+fn any_outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![Just(Outcome::Failure), Just(Outcome::Success), Just(Outcome::Ignored)]
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        3 => Just(Outcome::Failure),
-        2 => Just(Outcome::Success),
-        1 => Just(Outcome::Ignored),
+        3 => Just(Reply::Error(Outcome::Failure)),
+        1 => Just(Reply::Error(Outcome::Ignored)),
+        3 => (any::<bool>(), prop::bool::weighted(0.3)).prop_map(|(ok, open)| Reply::Unary { ok, open }),
+        1 => prop::bool::weighted(0.3).prop_map(|open| Reply::Http503 { open }),
+        2 => prop::bool::weighted(0.8).prop_map(|open| Reply::Stream { open }),
+    ]
+}
+
+fn end() -> impl Strategy<Value = End> {
+    prop_oneof![
+        2 => any::<bool>().prop_map(End::Trailers),
+        1 => Just(End::Finish),
+        1 => Just(End::Error),
+        2 => Just(End::Drop),
     ]
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => outcome().prop_map(Step::Call),
+        6 => reply().prop_map(Step::Call),
         3 => Just(Step::Start),
-        3 => (any::<usize>(), outcome()).prop_map(|(i, o)| Step::Complete(i, o)),
+        3 => (any::<usize>(), reply()).prop_map(|(i, r)| Step::Complete(i, r)),
         2 => any::<usize>().prop_map(Step::Drop),
+        3 => (any::<usize>(), end()).prop_map(|(i, e)| Step::EndBody(i, e)),
         4 => prop_oneof![0u64..20, 0u64..400, 0u64..3000].prop_map(Step::Advance),
         2 => (0u8..4, any::<bool>()).prop_map(|(w, short)| Step::AdvanceExact(w, short)),
         1 => Just(Step::Ask),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = AbandonPolicy> {
+    prop_oneof![
+        1 => Just(AbandonPolicy::DEFAULT),
+        2 => (any_outcome(), any_outcome(), any_outcome(), any::<bool>()).prop_map(|(body, trailers, call, at_head)| {
+            AbandonPolicy::new()
+                .with_body_dropped(body)
+                .with_trailers_dropped(trailers)
+                .with_call_dropped(call)
+                .with_probe_verdict(if at_head { ProbeVerdict::AtHead } else { ProbeVerdict::AtEnd })
+        }),
     ]
 }
 
@@ -334,17 +400,97 @@ fn cfg() -> impl Strategy<Value = Cfg> {
         )
 }
 
-type Fut = Pin<Box<dyn Future<Output = Result<&'static str, BoxError>> + Send>>;
+/// A response body the test ends frame by frame.
+#[derive(Debug)]
+struct TestBody {
+    frames: Option<mpsc::UnboundedReceiver<Result<Frame<Bytes>, BoxError>>>,
+}
 
-fn reply(outcome: Outcome) -> Result<&'static str, BoxError> {
-    match outcome {
-        Outcome::Success => Ok("ok"),
-        Outcome::Failure => Err("boom".into()),
-        Outcome::Ignored => Err(NotFound.into()),
+impl http_body::Body for TestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.frames {
+            Some(rx) => rx.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// A body that is already over when it is wrapped is judged at once.
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_none()
     }
 }
 
-fn run(cfg: Cfg, steps: Vec<Step>) -> Result<(), TestCaseError> {
+type Frames = mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>;
+type Response = http::Response<palisade_body::TrackedBody<TestBody, GrpcEos, CallGuard>>;
+type Fut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+/// What the test sends the inner service: the reply, and the body it answers with.
+type Script = (Reply, TestBody);
+
+fn script(reply: Reply) -> (Script, Option<Frames>) {
+    let open = match reply {
+        Reply::Error(_) => false,
+        Reply::Unary { open, .. } | Reply::Http503 { open } | Reply::Stream { open } => open,
+    };
+    if open {
+        let (tx, rx) = mpsc::unbounded();
+        ((reply, TestBody { frames: Some(rx) }), Some(tx))
+    } else {
+        ((reply, TestBody { frames: None }), None)
+    }
+}
+
+fn respond(reply: Reply, body: TestBody) -> Result<http::Response<TestBody>, BoxError> {
+    let builder = http::Response::builder();
+    let builder = match reply {
+        Reply::Error(Outcome::Ignored) => return Err(NotFound.into()),
+        Reply::Error(_) => return Err("boom".into()),
+        Reply::Unary { ok, .. } => builder.header("grpc-status", if ok { "0" } else { "14" }),
+        Reply::Http503 { .. } => builder.status(503),
+        Reply::Stream { .. } => builder,
+    };
+    Ok(builder.body(body).unwrap())
+}
+
+/// The verdict the model expects from a reply's head: `Some` when the head
+/// decides, `None` when the verdict waits for the trailers.
+fn head_verdict(reply: Reply) -> Option<Outcome> {
+    match reply {
+        Reply::Error(outcome) => Some(outcome),
+        Reply::Unary { ok: true, .. } => Some(Outcome::Success),
+        Reply::Unary { ok: false, .. } | Reply::Http503 { .. } => Some(Outcome::Failure),
+        Reply::Stream { .. } => None,
+    }
+}
+
+/// The outcome the model expects when a body whose head said `head` ends so.
+fn body_outcome(head: Option<Outcome>, end: End, policy: AbandonPolicy) -> Outcome {
+    match (end, head) {
+        (End::Drop, Some(Outcome::Failure)) => Outcome::Failure,
+        (End::Drop, Some(Outcome::Success)) => policy.body_dropped(),
+        (End::Drop, Some(Outcome::Ignored)) => Outcome::Ignored,
+        (End::Drop, None) => policy.trailers_dropped(),
+        (End::Error, _) => Outcome::Failure,
+        (_, Some(outcome)) => outcome,
+        (End::Trailers(true), None) => Outcome::Success,
+        // Status 14, or a stream that ended without any status.
+        (End::Trailers(false) | End::Finish, None) => Outcome::Failure,
+    }
+}
+
+/// An open response body, and what the model still expects of it.
+struct OpenBody {
+    body: Option<palisade_body::TrackedBody<TestBody, GrpcEos, CallGuard>>,
+    frames: Frames,
+    head: Option<Outcome>,
+    /// `None` once the call's outcome is settled (a probe judged at its head).
+    call: Option<MCall>,
+}
+
+fn run(cfg: Cfg, policy: AbandonPolicy, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -381,11 +527,13 @@ fn run(cfg: Cfg, steps: Vec<Step>) -> Result<(), TestCaseError> {
             .probe_timeout(Duration::from_millis(cfg.probe_timeout))
             .build()
             .unwrap();
-        let inner =
-            tower::service_fn(
-                |rx: oneshot::Receiver<Outcome>| async move { reply(rx.await.unwrap_or(Outcome::Ignored)) },
-            );
-        let classifier = Plain.errors_with(|e: &BoxError| {
+        let inner = tower::service_fn(|rx: oneshot::Receiver<Script>| async move {
+            match rx.await {
+                Ok((reply, body)) => respond(reply, body),
+                Err(_) => Err(NotFound.into()),
+            }
+        });
+        let classifier = Grpc::default().with_abandon_policy(policy).errors_with(|e: &BoxError| {
             if e.is::<NotFound>() {
                 Outcome::Ignored
             } else {
@@ -403,8 +551,58 @@ fn run(cfg: Cfg, steps: Vec<Step>) -> Result<(), TestCaseError> {
             failed_rounds: 0,
             window: Vec::new(),
         };
-        let mut pending: Vec<(Fut, oneshot::Sender<Outcome>, MCall)> = Vec::new();
+        let mut pending: Vec<(Fut, oneshot::Sender<Script>, MCall)> = Vec::new();
+        let mut bodies: Vec<OpenBody> = Vec::new();
         let mut next_id = 0u64;
+
+        // The head of `call`'s response arrived: what the model expects now,
+        // and the body to keep if it is still open.
+        let answered = |model: &mut Model,
+                        bodies: &mut Vec<OpenBody>,
+                        call: MCall,
+                        reply: Reply,
+                        frames: Option<Frames>,
+                        result: Result<Response, BoxError>,
+                        at: u64|
+         -> Result<(), TestCaseError> {
+            let head = head_verdict(reply);
+            let response = match (reply, result) {
+                (Reply::Error(_), Err(e)) => {
+                    prop_assert!(!e.is::<CircuitOpen>(), "refused, model admits");
+                    model.complete(call, head.unwrap_or(Outcome::Failure), at);
+                    return Ok(());
+                }
+                (Reply::Error(_), Ok(_)) => return Err(TestCaseError::fail("an error became a response")),
+                (_, Err(e)) => return Err(TestCaseError::fail(format!("a response became an error: {e}"))),
+                (_, Ok(response)) => response,
+            };
+            let mut call = Some(call);
+            if let Some(c) = call
+                && c.probe
+                && matches!(policy.probe_verdict(), ProbeVerdict::AtHead)
+            {
+                // Judged at its head: a head that is not a failure is a success.
+                model.complete(c, head.unwrap_or(Outcome::Success), at);
+                call = None;
+            }
+            match frames {
+                Some(frames) => bodies.push(OpenBody {
+                    body: Some(response.into_body()),
+                    frames,
+                    head,
+                    call,
+                }),
+                None => {
+                    // Over when wrapped: judged at once, at its end of stream.
+                    if let Some(c) = call {
+                        model.complete(c, body_outcome(head, End::Finish, policy), at);
+                    }
+                    drop(response);
+                }
+            }
+            Ok(())
+        };
+
         for (i, step) in steps.into_iter().enumerate() {
             match step {
                 Step::Call(_) | Step::Start => {
@@ -420,13 +618,11 @@ fn run(cfg: Cfg, steps: Vec<Step>) -> Result<(), TestCaseError> {
                             prop_assert_eq!(open.retry_in(), retry_in, "step {}", i);
                         }
                         Ok(call) => {
-                            if let Step::Call(outcome) = step {
-                                tx.send(outcome).unwrap();
+                            if let Step::Call(reply) = step {
+                                let (script, frames) = script(reply);
+                                tx.send(script).ok().unwrap();
                                 let result = (&mut fut).now_or_never().expect("inner is ready");
-                                if let Err(e) = &result {
-                                    prop_assert!(!e.is::<CircuitOpen>(), "step {}: refused, model admits", i);
-                                }
-                                model.complete(call, outcome, now());
+                                answered(&mut model, &mut bodies, call, reply, frames, result, now())?;
                             } else {
                                 prop_assert!(
                                     (&mut fut).now_or_never().is_none(),
@@ -438,18 +634,45 @@ fn run(cfg: Cfg, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         }
                     }
                 }
-                Step::Complete(idx, outcome) if !pending.is_empty() => {
+                Step::Complete(idx, reply) if !pending.is_empty() => {
                     let (mut fut, tx, call) = pending.swap_remove(idx % pending.len());
-                    tx.send(outcome).unwrap();
+                    let (script, frames) = script(reply);
+                    tx.send(script).ok().unwrap();
                     let result = (&mut fut).now_or_never().expect("inner is ready");
-                    prop_assert_eq!(result.is_ok(), outcome == Outcome::Success);
-                    model.complete(call, outcome, now());
+                    answered(&mut model, &mut bodies, call, reply, frames, result, now())?;
                 }
                 Step::Drop(idx) if !pending.is_empty() => {
                     let (fut, tx, call) = pending.swap_remove(idx % pending.len());
                     drop(fut);
                     drop(tx);
-                    model.complete(call, Outcome::Ignored, now());
+                    model.complete(call, policy.call_dropped(), now());
+                }
+                Step::EndBody(idx, end) if !bodies.is_empty() => {
+                    let mut open = bodies.swap_remove(idx % bodies.len());
+                    let mut body = open.body.take().unwrap();
+                    match end {
+                        End::Drop => drop(body),
+                        End::Trailers(ok) => {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", if ok { "0" } else { "14" }.parse().unwrap());
+                            open.frames.unbounded_send(Ok(Frame::trailers(trailers))).unwrap();
+                            let frame = body.frame().now_or_never().expect("a frame is ready");
+                            prop_assert!(matches!(frame, Some(Ok(_))));
+                            prop_assert!(body.has_ended());
+                        }
+                        End::Finish => {
+                            open.frames.close_channel();
+                            prop_assert!(body.frame().now_or_never().expect("ready").is_none());
+                        }
+                        End::Error => {
+                            open.frames.unbounded_send(Err("reset mid-stream".into())).unwrap();
+                            let frame = body.frame().now_or_never().expect("a frame is ready");
+                            prop_assert!(matches!(frame, Some(Err(_))));
+                        }
+                    }
+                    if let Some(call) = open.call {
+                        model.complete(call, body_outcome(open.head, end, policy), now());
+                    }
                 }
                 Step::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
                 Step::AdvanceExact(which, short) => {
@@ -486,7 +709,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_breaker_agrees_with_the_reference_model(cfg in cfg(), steps in prop::collection::vec(step(), 1..120)) {
-        run(cfg, steps)?;
+    fn the_breaker_agrees_with_the_reference_model(
+        cfg in cfg(),
+        policy in policy(),
+        steps in prop::collection::vec(step(), 1..120),
+    ) {
+        run(cfg, policy, steps)?;
     }
 }

@@ -15,7 +15,7 @@ use palisade_core::classify::{ClassifyExt, Outcome};
 use palisade_core::error::BoxError;
 use palisade_core::peer::{Availability, CheckAvailability, Unavailable};
 use palisade_core::protocol::Plain;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 fn consecutive(window_ms: u64) -> CircuitBreakerConfig {
     CircuitBreakerConfig::builder()
@@ -605,4 +605,94 @@ async fn the_window_slides_bucket_by_bucket_and_is_not_reset_wholesale() {
     assert_eq!((snap.window_calls, snap.window_failures), (2, 2));
     let _ = call(&mut svc, Op::Fail).await;
     assert_eq!(handle.state(), CircuitState::Open, "3 of 3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_never_takes_a_cooldown_below_half_the_base() {
+    use palisade_core::backoff::Jitter;
+    // A proportional jitter of factor 0 draws a zero cooldown every time;
+    // full jitter draws one below half the base about every other time.
+    for jitter in [
+        Jitter::Proportional { low: 0.0, high: 0.0 },
+        Jitter::Proportional { low: 0.1, high: 0.1 },
+        Jitter::Full,
+    ] {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .success_threshold(1)
+            .cooldown(ms(1000))
+            .max_cooldown(ms(8000))
+            .jitter(jitter)
+            .build()
+            .unwrap();
+        assert_eq!(config.cooldown_floor(), ms(500));
+        let mut svc = CircuitBreaker::new(inner(), config);
+        let handle = svc.handle();
+        for round in 0..40 {
+            // Trip (or fail the probe), then check the cooldown that started.
+            let _ = call(&mut svc, Op::Fail).await;
+            assert_eq!(handle.state(), CircuitState::Open, "{jitter:?} round {round}");
+            let cooldown = handle.snapshot().cooldown.unwrap();
+            assert!(cooldown >= ms(500), "{jitter:?} round {round}: cooldown {cooldown:?}");
+            let open = open_err(call(&mut svc, Op::Ok).await);
+            assert!(
+                open.retry_in() >= ms(500),
+                "{jitter:?}: refused for {:?}",
+                open.retry_in()
+            );
+            tokio::time::advance(cooldown).await;
+            if round % 4 == 3 {
+                // Close it now and then, so the first round's cooldown is drawn again.
+                assert!(call(&mut svc, Op::Ok).await.is_ok());
+                assert_eq!(handle.state(), CircuitState::Closed);
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_deadline_is_not_the_peers_fault_but_an_attempt_timeout_is() {
+    use palisade_core::error::{DeadlineExceeded, TimedOut, TimeoutKind};
+    let deadline = tower::service_fn(|before_send: bool| async move {
+        Err::<&'static str, BoxError>(if before_send {
+            DeadlineExceeded::before_send().into()
+        } else {
+            DeadlineExceeded::in_flight(ms(5)).into()
+        })
+    });
+    let mut svc = CircuitBreaker::new(deadline, consecutive(60_000));
+    for before_send in [true, false, true, false, true] {
+        let err = svc.ready().await.unwrap().call(before_send).await.unwrap_err();
+        assert!(err.is::<DeadlineExceeded>(), "passed through untouched: {err}");
+    }
+    assert_eq!(svc.handle().state(), CircuitState::Closed);
+    assert_eq!(svc.handle().snapshot().consecutive_failures, 0);
+
+    let timed_out = tower::service_fn(|_: ()| async {
+        Err::<&'static str, BoxError>(TimedOut::new(TimeoutKind::Attempt, ms(100)).into())
+    });
+    let mut svc = CircuitBreaker::new(timed_out, consecutive(60_000));
+    for _ in 0..3 {
+        let _ = svc.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(svc.handle().state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_future_polled_after_completion_fails_with_the_typed_error() {
+    use palisade_core::error::PolledAfterCompletion;
+    use palisade_core::event::LayerName;
+    use std::pin::pin;
+    let mut svc = CircuitBreaker::new(inner(), consecutive(60_000));
+    let mut admitted = pin!(svc.call(Op::Ok));
+    assert_eq!((&mut admitted).await.unwrap(), "ok");
+    let again = admitted.now_or_never().expect("ready at once").unwrap_err();
+    let typed = again.downcast_ref::<PolledAfterCompletion>().expect("typed");
+    assert_eq!(typed.layer(), LayerName::CircuitBreaker);
+
+    svc.handle().force_open();
+    let mut refused = pin!(svc.call(Op::Ok));
+    assert!(is_open(&(&mut refused).await));
+    let again = refused.now_or_never().expect("ready at once").unwrap_err();
+    assert!(again.is::<PolledAfterCompletion>(), "{again}");
 }

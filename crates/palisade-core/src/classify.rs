@@ -30,6 +30,32 @@
 //! ));
 //! ```
 //!
+//! # The caller's deadline
+//!
+//! A call that ran out of the *caller's* time is not the peer's fault: the
+//! built-in classifiers count an error that is, or wraps,
+//! [`DeadlineExceeded`](crate::error::DeadlineExceeded) as
+//! [`Outcome::Ignored`] (see [`is_deadline_exceeded`](crate::error::is_deadline_exceeded)).
+//! A [`TimedOut`](crate::error::TimedOut) of the attempt timeout is still a
+//! failure: that limit belongs to the peer. Override either with
+//! [`ClassifyExt::errors_with`].
+//!
+//! # Abandoned calls
+//!
+//! A call can end without a verdict: its caller drops the response future, or
+//! reads the head of the response and drops the body. What that means is one
+//! policy, [`AbandonPolicy`], carried by the [`Http`] and [`Grpc`] protocol
+//! values (other classifiers use its defaults) and read through
+//! [`Classify::abandon_policy`]:
+//!
+//! | the call | default | why |
+//! |---|---|---|
+//! | head says success, body dropped before its end | [`Outcome::Success`] | a hyper client that checks `status()` and drops the body got what it asked for |
+//! | verdict waits for the trailers (gRPC), dropped before them | [`Outcome::Ignored`] | the status was never seen |
+//! | response future dropped before a response | [`Outcome::Ignored`] | a cancellation says nothing about the peer |
+//! | a half-open probe whose response is a stream | [`ProbeVerdict::AtHead`] | a client that only streams must still close its breaker |
+//! | head says failure, body dropped | [`Outcome::Failure`], always | a 503 dropped unread is still a 503 |
+//!
 //! [`Plain`]: crate::protocol::Plain
 //! [`Http`]: crate::protocol::Http
 //! [`Grpc`]: crate::protocol::Grpc
@@ -45,8 +71,8 @@ pub enum Outcome {
     Success,
     /// The peer failed: counts toward tripping a breaker, shrinking a limit.
     Failure,
-    /// Neither: a business error, a cancelled call, a body dropped unread.
-    /// It moves no counter.
+    /// Neither: a business error, the caller's deadline passing, a cancelled
+    /// call (see [`AbandonPolicy`]). It moves no counter.
     Ignored,
 }
 
@@ -73,8 +99,8 @@ pub enum Verdict<E> {
 /// Decides the outcome of a response whose verdict waits for the end of its body.
 ///
 /// Exactly one method is called, once, by whoever watches the body
-/// (`palisade-body`). A body dropped before its end calls neither: a dropped
-/// body is [`Outcome::Ignored`].
+/// (`palisade-body`). A body dropped before its end calls neither: what it
+/// means is [`AbandonPolicy::trailers_dropped`].
 pub trait ClassifyEos: Send + 'static {
     /// The body ended normally, with `trailers` if it had any.
     fn classify_eos(self, trailers: Option<&HeaderMap>) -> Outcome;
@@ -110,6 +136,155 @@ pub trait Classify<Res, E> {
 
     /// The outcome of an error returned by the service.
     fn classify_error(&self, error: &E) -> Outcome;
+
+    /// What abandoned calls mean (see [`AbandonPolicy`]). The defaults,
+    /// unless the classifier carries a policy ([`Http`](crate::protocol::Http)
+    /// and [`Grpc`](crate::protocol::Grpc) do; closure refinements ask the
+    /// classifier they refine).
+    #[inline]
+    fn abandon_policy(&self) -> AbandonPolicy {
+        AbandonPolicy::DEFAULT
+    }
+}
+
+/// How a half-open circuit breaker judges a probe whose response is a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProbeVerdict {
+    /// At the response head: a head that is not a failure (an http 2xx, a
+    /// gRPC `200` whose status waits for the trailers) is the probe's success,
+    /// and the probe slot comes back at once. An error later in that body is
+    /// not held against the probe. A client that only streams still closes
+    /// its breaker. The default.
+    #[default]
+    AtHead,
+    /// At the end of the body, like any other call: the probe slot is held
+    /// until then, and the breaker's `probe_timeout` reclaims it from a
+    /// stream that never ends.
+    AtEnd,
+}
+
+/// What an abandoned call means: a body dropped before its end, a response
+/// future dropped before a response, and a probe whose response is a stream.
+///
+/// One small `Copy` value, carried by the [`Http`](crate::protocol::Http) and
+/// [`Grpc`](crate::protocol::Grpc) protocol values
+/// ([`with_abandon_policy`](crate::protocol::Http::with_abandon_policy)) and
+/// so copied into every response future; `palisade-body`'s `track` applies the
+/// body rules and the layers apply the others. A failure known from the
+/// response head stays a failure whatever the policy says: a 503 dropped
+/// unread is still a 503.
+///
+/// ```
+/// use palisade_core::classify::{AbandonPolicy, Outcome, ProbeVerdict};
+/// use palisade_core::protocol::Http;
+///
+/// // A webhook client that drops every body: a 2xx is a success (the default).
+/// let policy = AbandonPolicy::default();
+/// assert_eq!(policy.body_dropped(), Outcome::Success);
+///
+/// // A client whose callers cancel only when the peer is too slow.
+/// let strict = AbandonPolicy::new()
+///     .with_call_dropped(Outcome::Failure)
+///     .with_probe_verdict(ProbeVerdict::AtEnd);
+/// let http = Http::new().with_abandon_policy(strict);
+/// assert_eq!(http.abandon_policy().call_dropped(), Outcome::Failure);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AbandonPolicy {
+    body_dropped: Outcome,
+    trailers_dropped: Outcome,
+    call_dropped: Outcome,
+    probe_verdict: ProbeVerdict,
+}
+
+impl Default for AbandonPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl AbandonPolicy {
+    /// The defaults: a dropped body after a successful head is a
+    /// [`Success`](Outcome::Success); a body dropped before its trailers and a
+    /// dropped response future are [`Ignored`](Outcome::Ignored); a streamed
+    /// probe is judged [at its head](ProbeVerdict::AtHead).
+    pub const DEFAULT: AbandonPolicy = AbandonPolicy {
+        body_dropped: Outcome::Success,
+        trailers_dropped: Outcome::Ignored,
+        call_dropped: Outcome::Ignored,
+        probe_verdict: ProbeVerdict::AtHead,
+    };
+
+    /// The defaults ([`AbandonPolicy::DEFAULT`]).
+    pub const fn new() -> Self {
+        Self::DEFAULT
+    }
+
+    /// What a response whose head was a success means when its body is
+    /// dropped before its end (default [`Outcome::Success`]).
+    pub const fn with_body_dropped(mut self, outcome: Outcome) -> Self {
+        self.body_dropped = outcome;
+        self
+    }
+
+    /// What a response whose verdict waits for its end of stream (a gRPC
+    /// status in the trailers) means when dropped before it (default
+    /// [`Outcome::Ignored`]).
+    pub const fn with_trailers_dropped(mut self, outcome: Outcome) -> Self {
+        self.trailers_dropped = outcome;
+        self
+    }
+
+    /// What a call means whose response future is dropped before a response
+    /// arrived: the caller cancelled, a timeout above fired, a task panicked
+    /// (default [`Outcome::Ignored`]).
+    pub const fn with_call_dropped(mut self, outcome: Outcome) -> Self {
+        self.call_dropped = outcome;
+        self
+    }
+
+    /// How a half-open breaker judges a probe whose response is a stream
+    /// (default [`ProbeVerdict::AtHead`]).
+    pub const fn with_probe_verdict(mut self, verdict: ProbeVerdict) -> Self {
+        self.probe_verdict = verdict;
+        self
+    }
+
+    /// See [`with_body_dropped`](Self::with_body_dropped).
+    pub const fn body_dropped(&self) -> Outcome {
+        self.body_dropped
+    }
+
+    /// See [`with_trailers_dropped`](Self::with_trailers_dropped).
+    pub const fn trailers_dropped(&self) -> Outcome {
+        self.trailers_dropped
+    }
+
+    /// See [`with_call_dropped`](Self::with_call_dropped).
+    pub const fn call_dropped(&self) -> Outcome {
+        self.call_dropped
+    }
+
+    /// See [`with_probe_verdict`](Self::with_probe_verdict).
+    pub const fn probe_verdict(&self) -> ProbeVerdict {
+        self.probe_verdict
+    }
+
+    /// The outcome of a response with `verdict` whose body was dropped before
+    /// its end: a failure known from the head stays a failure, an ignored head
+    /// stays ignored, a successful head is [`body_dropped`](Self::body_dropped)
+    /// and a verdict that waited for the end of stream is
+    /// [`trailers_dropped`](Self::trailers_dropped).
+    #[inline]
+    pub fn on_body_dropped<E>(&self, verdict: &Verdict<E>) -> Outcome {
+        match verdict {
+            Verdict::Now(Outcome::Failure) => Outcome::Failure,
+            Verdict::Now(Outcome::Ignored) => Outcome::Ignored,
+            Verdict::Now(Outcome::Success) => self.body_dropped,
+            Verdict::AtEndOfStream(_) => self.trailers_dropped,
+        }
+    }
 }
 
 /// Refines any classifier with closures.
@@ -158,6 +333,11 @@ where
     fn classify_error(&self, error: &E) -> Outcome {
         (self.f)(error)
     }
+
+    #[inline]
+    fn abandon_policy(&self) -> AbandonPolicy {
+        self.inner.abandon_policy()
+    }
 }
 
 /// A classifier whose responses are first decided by a closure. See [`ClassifyExt::responses_with`].
@@ -190,6 +370,11 @@ where
 
     fn classify_error(&self, error: &E) -> Outcome {
         self.inner.classify_error(error)
+    }
+
+    #[inline]
+    fn abandon_policy(&self) -> AbandonPolicy {
+        self.inner.abandon_policy()
     }
 }
 

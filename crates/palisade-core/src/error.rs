@@ -18,6 +18,20 @@
 //! assert_eq!(open.retry_in(), Duration::from_secs(3));
 //! assert_eq!(err.to_string(), "circuit open for peer 10.0.0.7:50051: next probe allowed in 3s");
 //! ```
+//!
+//! # Behind a `tonic::Status`, and as an http status
+//!
+//! With feature `tonic`, each kind returns a `tonic::Status` of the gRPC code a
+//! caller expects from [`Error::source`] ([`StatusSource`]). tonic's
+//! `Status::from_error`, which a generated client applies to every error of
+//! its channel, finds it there: a `CircuitOpen` reaches the caller as
+//! `UNAVAILABLE` (never `UNKNOWN`) with the breaker's message, and the
+//! `Status`'s own `source()` is the Palisade error, so the typed error stays
+//! reachable. [`find_error`] and [`PalisadeError::find`] walk to it from a
+//! `Status` or any other wrapper; [`PalisadeError`] also gives the http status
+//! (and `Retry-After`) a server should answer with, and its docs hold the
+//! table of codes. The `Status` is built only when something walks the
+//! chain, so an error that never reaches tonic costs nothing more.
 
 use std::error::Error;
 use std::fmt;
@@ -25,23 +39,60 @@ use std::time::Duration;
 
 use crate::event::LayerName;
 use crate::peer::PeerId;
+use crate::protocol::GrpcCode;
+
+mod find;
+mod status;
+
+pub use find::{PalisadeError, find_error, http_status, is_deadline_exceeded};
+pub use status::StatusSource;
+
+/// `source()` of a kind: its `tonic::Status` (feature `tonic`), else none.
+macro_rules! status_source {
+    ($kind:ty, $code:expr) => {
+        impl Error for $kind {
+            /// With feature `tonic`, the `tonic::Status` this error stands for
+            /// (see the [module docs](crate::error)); otherwise none.
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                self.status.get($code, || self.to_string())
+            }
+        }
+    };
+}
 
 /// A type-erased error, as tower returns at service boundaries.
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
 /// The circuit breaker refused the call: the breaker is open, or it is half-open
 /// and every probe slot is taken. The inner service was not called.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A tonic caller sees `UNAVAILABLE`; an http server answers 503 with
+/// `Retry-After` (see [`PalisadeError`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct CircuitOpen {
     peer: Option<PeerId>,
     retry_in: Duration,
+    status: StatusSource,
+}
+
+impl fmt::Debug for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitOpen")
+            .field("peer", &self.peer)
+            .field("retry_in", &self.retry_in)
+            .finish()
+    }
 }
 
 impl CircuitOpen {
     /// A refusal by the breaker of `peer` (or of a keyed breaker when `None`), whose
     /// next probe is allowed in `retry_in`.
     pub fn new(peer: Option<PeerId>, retry_in: Duration) -> Self {
-        Self { peer, retry_in }
+        Self {
+            peer,
+            retry_in,
+            status: StatusSource::new(),
+        }
     }
 
     /// The peer (or breaker key) whose breaker refused the call.
@@ -70,7 +121,7 @@ impl fmt::Display for CircuitOpen {
     }
 }
 
-impl Error for CircuitOpen {}
+status_source!(CircuitOpen, GrpcCode::UNAVAILABLE);
 
 /// Why a bulkhead refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +134,25 @@ pub enum BulkheadRejection {
 }
 
 /// The bulkhead refused the call; the inner service was not called.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A tonic caller sees `RESOURCE_EXHAUSTED`; an http server answers 429 (see
+/// [`PalisadeError`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct BulkheadFull {
     max_concurrent: usize,
     max_queue: usize,
     reason: BulkheadRejection,
+    status: StatusSource,
+}
+
+impl fmt::Debug for BulkheadFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadFull")
+            .field("max_concurrent", &self.max_concurrent)
+            .field("max_queue", &self.max_queue)
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 impl BulkheadFull {
@@ -97,6 +162,7 @@ impl BulkheadFull {
             max_concurrent,
             max_queue,
             reason,
+            status: StatusSource::new(),
         }
     }
 
@@ -133,7 +199,7 @@ impl fmt::Display for BulkheadFull {
     }
 }
 
-impl Error for BulkheadFull {}
+status_source!(BulkheadFull, GrpcCode::RESOURCE_EXHAUSTED);
 
 /// Which limit a [`TimedOut`] error hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,16 +231,34 @@ impl TimeoutKind {
 }
 
 /// A timeout fired and the work under it was dropped (cancelled).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A tonic caller sees `DEADLINE_EXCEEDED`; an http server answers 504 (see
+/// [`PalisadeError`]). Unlike [`DeadlineExceeded`], an attempt's timeout is
+/// the peer's fault: the breaker counts it as a failure.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TimedOut {
     limit: Duration,
     kind: TimeoutKind,
+    status: StatusSource,
+}
+
+impl fmt::Debug for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimedOut")
+            .field("limit", &self.limit)
+            .field("kind", &self.kind)
+            .finish()
+    }
 }
 
 impl TimedOut {
     /// A `kind` timeout of `limit` fired.
     pub fn new(kind: TimeoutKind, limit: Duration) -> Self {
-        Self { limit, kind }
+        Self {
+            limit,
+            kind,
+            status: StatusSource::new(),
+        }
     }
 
     /// The limit that was exceeded.
@@ -199,16 +283,31 @@ impl fmt::Display for TimedOut {
     }
 }
 
-impl Error for TimedOut {}
+status_source!(TimedOut, GrpcCode::DEADLINE_EXCEEDED);
 
 /// The call's deadline has passed (or had passed before the call was sent).
 ///
 /// Distinct from [`TimedOut`]: a deadline belongs to the whole call tree, and
-/// retrying past it is pointless, so it is never retryable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// retrying past it is pointless, so it is never retryable. Running out of
+/// the caller's time is not the peer's fault either: the built-in classifiers
+/// count it as neither a success nor a failure ([`is_deadline_exceeded`]).
+///
+/// A tonic caller sees `DEADLINE_EXCEEDED`; an http server answers 504 (see
+/// [`PalisadeError`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct DeadlineExceeded {
     budget: Option<Duration>,
     sent: bool,
+    status: StatusSource,
+}
+
+impl fmt::Debug for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineExceeded")
+            .field("budget", &self.budget)
+            .field("sent", &self.sent)
+            .finish()
+    }
 }
 
 impl DeadlineExceeded {
@@ -217,6 +316,7 @@ impl DeadlineExceeded {
         Self {
             budget: None,
             sent: false,
+            status: StatusSource::new(),
         }
     }
 
@@ -225,6 +325,7 @@ impl DeadlineExceeded {
         Self {
             budget: Some(budget),
             sent: true,
+            status: StatusSource::new(),
         }
     }
 
@@ -248,10 +349,13 @@ impl fmt::Display for DeadlineExceeded {
     }
 }
 
-impl Error for DeadlineExceeded {}
+status_source!(DeadlineExceeded, GrpcCode::DEADLINE_EXCEEDED);
 
 /// The balancer found no peer it may send the call to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A tonic caller sees `UNAVAILABLE`; an http server answers 503, with
+/// `Retry-After` when a probe is due later (see [`PalisadeError`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct NoAvailablePeers {
     service: Option<String>,
     known: usize,
@@ -259,6 +363,20 @@ pub struct NoAvailablePeers {
     probing: usize,
     excluded: usize,
     next_probe_in: Option<Duration>,
+    status: StatusSource,
+}
+
+impl fmt::Debug for NoAvailablePeers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NoAvailablePeers")
+            .field("service", &self.service)
+            .field("known", &self.known)
+            .field("open", &self.open)
+            .field("probing", &self.probing)
+            .field("excluded", &self.excluded)
+            .field("next_probe_in", &self.next_probe_in)
+            .finish()
+    }
 }
 
 impl NoAvailablePeers {
@@ -273,6 +391,7 @@ impl NoAvailablePeers {
             probing,
             excluded,
             next_probe_in: None,
+            status: StatusSource::new(),
         }
     }
 
@@ -332,7 +451,7 @@ impl fmt::Display for NoAvailablePeers {
     }
 }
 
-impl Error for NoAvailablePeers {}
+status_source!(NoAvailablePeers, GrpcCode::UNAVAILABLE);
 
 /// A response future was polled again after it had returned its output: a
 /// caller bug. Every Palisade future answers it with this error, never a
@@ -360,7 +479,26 @@ impl fmt::Display for PolledAfterCompletion {
     }
 }
 
-impl Error for PolledAfterCompletion {}
+impl Error for PolledAfterCompletion {
+    /// With feature `tonic`, an `INTERNAL` `tonic::Status` (see the
+    /// [module docs](crate::error)); otherwise none. The error is `Copy`, so
+    /// its `Status` is kept once per layer in a static.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        static STATUSES: [StatusSource; 8] = [const { StatusSource::new() }; 8];
+        let slot = match self.layer {
+            LayerName::CircuitBreaker => 0,
+            LayerName::Retry => 1,
+            LayerName::Timeout => 2,
+            LayerName::Bulkhead => 3,
+            LayerName::Fallback => 4,
+            LayerName::Discovery => 5,
+            LayerName::Body => 6,
+            #[allow(unreachable_patterns)]
+            _ => 7,
+        };
+        STATUSES[slot].get(GrpcCode::INTERNAL, || self.to_string())
+    }
+}
 
 /// A configuration value was rejected by a builder's `build()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,10 +583,183 @@ mod tests {
             PolledAfterCompletion::new(LayerName::Timeout).to_string(),
             "timeout response future polled after completion"
         );
+        assert_eq!(
+            format!("{:?}", CircuitOpen::new(None, Duration::from_secs(1))),
+            "CircuitOpen { peer: None, retry_in: 1s }"
+        );
         let config = ConfigError::new("circuit breaker", "threshold", "must lie in (0, 1], got 1.5");
         assert_eq!(
             config.to_string(),
             "invalid circuit breaker configuration: `threshold` must lie in (0, 1], got 1.5"
         );
+    }
+
+    /// Every kind, boxed, with the gRPC code and http status it stands for.
+    fn kinds() -> Vec<(BoxError, GrpcCode, http::StatusCode)> {
+        use http::StatusCode;
+        vec![
+            (
+                CircuitOpen::new(Some("a:1".into()), Duration::from_secs(3)).into(),
+                GrpcCode::UNAVAILABLE,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                NoAvailablePeers::new(3, 3, 0, 0).into(),
+                GrpcCode::UNAVAILABLE,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                BulkheadFull::new(3, 10, BulkheadRejection::QueueFull).into(),
+                GrpcCode::RESOURCE_EXHAUSTED,
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (
+                TimedOut::new(TimeoutKind::Attempt, Duration::from_secs(1)).into(),
+                GrpcCode::DEADLINE_EXCEEDED,
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                DeadlineExceeded::before_send().into(),
+                GrpcCode::DEADLINE_EXCEEDED,
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                PolledAfterCompletion::new(LayerName::Bulkhead).into(),
+                GrpcCode::INTERNAL,
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ]
+    }
+
+    #[derive(Debug)]
+    struct Wrap(BoxError);
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(self.0.as_ref())
+        }
+    }
+
+    #[test]
+    fn every_kind_is_found_behind_wrappers_with_its_code_and_http_status() {
+        for (error, code, status) in kinds() {
+            let message = error.to_string();
+            let wrapped = Wrap(error);
+            let found = PalisadeError::find(&wrapped).unwrap_or_else(|| panic!("{message} not found"));
+            assert_eq!(found.grpc_code(), code, "{message}");
+            assert_eq!(found.http_status(), status, "{message}");
+            assert_eq!(http_status(&wrapped), Some(status));
+            assert_eq!(found.as_error().to_string(), message);
+        }
+        assert!(PalisadeError::find(&std::io::Error::other("io")).is_none());
+        assert_eq!(http_status(&std::io::Error::other("io")), None);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        let after = |e: BoxError| {
+            PalisadeError::find(e.as_ref())
+                .and_then(|f| f.retry_after_header())
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            after(CircuitOpen::new(None, Duration::from_millis(2500)).into()).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            after(CircuitOpen::new(None, Duration::from_secs(10)).into()).as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            after(CircuitOpen::new(None, Duration::ZERO).into()).as_deref(),
+            Some("1")
+        );
+        let none = NoAvailablePeers::new(2, 2, 0, 0);
+        assert_eq!(after(none.clone().into()), None, "no peer is open with a known probe");
+        assert_eq!(
+            after(none.with_next_probe_in(Duration::from_millis(100)).into()).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            after(BulkheadFull::new(1, 0, BulkheadRejection::QueueFull).into()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_deadline_is_recognised_through_the_chain_and_a_timeout_is_not_one() {
+        assert!(is_deadline_exceeded(&DeadlineExceeded::before_send()));
+        assert!(is_deadline_exceeded(&Wrap(
+            DeadlineExceeded::in_flight(Duration::from_millis(3)).into()
+        )));
+        assert!(!is_deadline_exceeded(&TimedOut::new(
+            TimeoutKind::Attempt,
+            Duration::from_secs(1)
+        )));
+        assert!(!is_deadline_exceeded(&std::io::Error::other("x")));
+        let wrapped = Wrap(DeadlineExceeded::before_send().into());
+        assert_eq!(
+            find_error::<DeadlineExceeded>(&wrapped),
+            Some(&DeadlineExceeded::before_send())
+        );
+    }
+
+    #[test]
+    fn a_chain_that_never_ends_does_not_hang_a_walk() {
+        #[derive(Debug)]
+        struct Loop;
+        impl fmt::Display for Loop {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("loop")
+            }
+        }
+        impl Error for Loop {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&Loop)
+            }
+        }
+        assert!(!is_deadline_exceeded(&Loop));
+    }
+
+    #[cfg(not(feature = "tonic"))]
+    #[test]
+    fn without_tonic_the_kinds_have_no_source_and_cost_nothing_more() {
+        for (error, ..) in kinds() {
+            assert!(error.source().is_none(), "{error}");
+        }
+        assert_eq!(std::mem::size_of::<StatusSource>(), 0);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn with_tonic_every_kind_reaches_tonic_with_its_code_and_stays_reachable() {
+        for (error, code, _) in kinds() {
+            let message = error.to_string();
+            // What a tonic generated client does with a channel's error.
+            let status = tonic::Status::from_error(error);
+            assert_eq!(GrpcCode::from(status.code()), code, "{message}");
+            assert_eq!(status.message(), message);
+            let source = status.source().expect("tonic keeps our error as the source");
+            let found = PalisadeError::find(source).expect("the typed error is reachable");
+            assert_eq!(found.grpc_code(), code);
+            assert_eq!(found.as_error().to_string(), message);
+            // From the Status itself, too.
+            assert!(PalisadeError::find(&status).is_some());
+        }
+        // Wrapped in an error of someone else's, the code still comes through.
+        let wrapped: BoxError = Wrap(CircuitOpen::new(None, Duration::from_secs(1)).into()).into();
+        let status = tonic::Status::from_error(wrapped);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(find_error::<CircuitOpen>(&status).is_some());
+        // The same Status each time it is asked for, and clones start afresh.
+        let open = CircuitOpen::new(None, Duration::from_secs(1));
+        let a = open.source().unwrap() as *const dyn Error as *const u8;
+        let b = open.source().unwrap() as *const dyn Error as *const u8;
+        assert_eq!(a, b);
+        assert_eq!(open.clone(), open);
     }
 }

@@ -6,7 +6,8 @@
 //! on, so that the layers compose without depending on each other:
 //!
 //! - [`classify`]: was a call a success, a failure or neither, now or at the
-//!   end of its stream; [`protocol`]: the [`Plain`](protocol::Plain),
+//!   end of its stream, and what an abandoned call means
+//!   ([`AbandonPolicy`](classify::AbandonPolicy)); [`protocol`]: the [`Plain`](protocol::Plain),
 //!   [`Http`](protocol::Http) and [`Grpc`](protocol::Grpc) classifiers and
 //!   request inspectors every layer is generic over;
 //! - [`options`]: per-call options (timeout, retries, deadline) in request extensions;
@@ -18,7 +19,9 @@
 //!   by the layers that tell a server how much time a call has left;
 //! - [`retry`]: the retry predicate and the [`Retryable`](retry::Retryable) mark;
 //! - [`error`]: the failure kinds every layer returns ([`CircuitOpen`](error::CircuitOpen),
-//!   [`TimedOut`](error::TimedOut), ...) and [`ConfigError`](error::ConfigError);
+//!   [`TimedOut`](error::TimedOut), ...), how to find one behind a
+//!   `tonic::Status` or any wrapper ([`PalisadeError`](error::PalisadeError)) with
+//!   the gRPC code and http status it stands for, and [`ConfigError`](error::ConfigError);
 //! - [`event`]: events, listeners and the tracing field conventions.
 //!
 //! Time is always tokio's (`tokio::time::Instant`), so that tests run with

@@ -36,11 +36,15 @@
 //! assert!(!grpc.is_failure(GrpcCode::NOT_FOUND));
 //! ```
 
+use std::any::Any;
 use std::fmt;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::classify::{Classify, ClassifyEos, ClassifyFn, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict};
+use crate::classify::{
+    AbandonPolicy, Classify, ClassifyEos, ClassifyFn, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict,
+};
+use crate::error::{BoxError, DeadlineExceeded, is_deadline_exceeded};
 use crate::options::{CallOptions, CallOptionsExt};
 use crate::peer::AttemptRecord;
 
@@ -90,12 +94,48 @@ pub trait Inspect<Req> {
     }
 }
 
+/// The outcome of an error for the built-in classifiers: the caller's
+/// deadline is [`Outcome::Ignored`], any other error a failure.
+///
+/// The error type is only known generically, so the deadline is recognised
+/// in the error types layers return: [`BoxError`] (walking its source chain
+/// with [`is_deadline_exceeded`]), [`DeadlineExceeded`] itself, and with
+/// feature `tonic` a `tonic::Status` (whose source chain tonic keeps). Each
+/// check is a comparison of type ids that the compiler resolves for the
+/// concrete `E`, so an error type that cannot hold a deadline pays nothing.
+/// A user error type that wraps one is not seen: classify it with
+/// [`ClassifyExt::errors_with`](crate::classify::ClassifyExt::errors_with).
+#[inline]
+pub fn default_error_outcome<E: 'static>(error: &E) -> Outcome {
+    if is_callers_deadline(error) {
+        Outcome::Ignored
+    } else {
+        Outcome::Failure
+    }
+}
+
+fn is_callers_deadline<E: 'static>(error: &E) -> bool {
+    let error: &dyn Any = error;
+    if let Some(boxed) = error.downcast_ref::<BoxError>() {
+        return is_deadline_exceeded(boxed.as_ref());
+    }
+    if error.is::<DeadlineExceeded>() {
+        return true;
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        return is_deadline_exceeded(status);
+    }
+    false
+}
+
 /// Any request and response: every `Ok` is a success and every `Err` a
-/// failure; requests carry no per-call options.
+/// failure, except the caller's deadline ([`DeadlineExceeded`]), which is
+/// [`Outcome::Ignored`]; requests carry no per-call options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Plain;
 
-impl<Res, E> Classify<Res, E> for Plain {
+impl<Res, E: 'static> Classify<Res, E> for Plain {
     type Eos = NeverAtEos;
 
     #[inline]
@@ -104,8 +144,8 @@ impl<Res, E> Classify<Res, E> for Plain {
     }
 
     #[inline]
-    fn classify_error(&self, _: &E) -> Outcome {
-        Outcome::Failure
+    fn classify_error(&self, error: &E) -> Outcome {
+        default_error_outcome(error)
     }
 }
 
@@ -119,17 +159,27 @@ impl<F, Req> Inspect<Req> for ClassifyFn<F> {}
 /// count as failures can be changed within 400..=599: statuses below 400 are
 /// never failures, and nonstandard statuses of 600 and above always are.
 ///
-/// The set is 32 bytes and `Copy`, so a layer can keep it in each response
+/// The caller's deadline ([`DeadlineExceeded`], also wrapped) is neither a
+/// success nor a failure (see [`default_error_outcome`]). A response whose
+/// head is a success and whose body is dropped unread counts as a success by
+/// default; that and the other abandoned-call rules are the value's
+/// [`AbandonPolicy`].
+///
+/// The value is 40 bytes and `Copy`, so a layer can keep it in each response
 /// future without a reference count.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Http {
     // One bit per status code 400..=599 (bit index = code - 400).
     failures: [u64; 4],
+    abandon: AbandonPolicy,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        let mut http = Http { failures: [0; 4] };
+        let mut http = Http {
+            failures: [0; 4],
+            abandon: AbandonPolicy::DEFAULT,
+        };
         for code in 500..600 {
             http.set(code, true);
         }
@@ -140,7 +190,10 @@ impl Default for Http {
 impl fmt::Debug for Http {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let codes: Vec<u16> = (400..600).filter(|c| self.bit(*c)).collect();
-        f.debug_struct("Http").field("failure_statuses", &codes).finish()
+        f.debug_struct("Http")
+            .field("failure_statuses", &codes)
+            .field("abandon", &self.abandon)
+            .finish()
     }
 }
 
@@ -148,6 +201,17 @@ impl Http {
     /// 5xx statuses and errors are failures.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What abandoned calls mean (default [`AbandonPolicy::DEFAULT`]).
+    pub fn with_abandon_policy(mut self, policy: AbandonPolicy) -> Self {
+        self.abandon = policy;
+        self
+    }
+
+    /// The policy for abandoned calls.
+    pub fn abandon_policy(&self) -> AbandonPolicy {
+        self.abandon
     }
 
     /// Also counts `status` as a failure (for example 429). Statuses outside
@@ -191,7 +255,7 @@ impl Http {
     }
 }
 
-impl<B, E> Classify<http::Response<B>, E> for Http {
+impl<B, E: 'static> Classify<http::Response<B>, E> for Http {
     type Eos = NeverAtEos;
 
     #[inline]
@@ -204,8 +268,13 @@ impl<B, E> Classify<http::Response<B>, E> for Http {
     }
 
     #[inline]
-    fn classify_error(&self, _: &E) -> Outcome {
-        Outcome::Failure
+    fn classify_error(&self, error: &E) -> Outcome {
+        default_error_outcome(error)
+    }
+
+    #[inline]
+    fn abandon_policy(&self) -> AbandonPolicy {
+        self.abandon
     }
 }
 
@@ -326,6 +395,22 @@ impl GrpcCode {
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
         headers.get("grpc-status").map(GrpcCode::from_header)
     }
+
+    /// The code a gRPC client infers from an http `status` that came without
+    /// a `grpc-status`, as gRPC's "HTTP to gRPC status code mapping" says:
+    /// 400 `INTERNAL`, 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED`, 404
+    /// `UNIMPLEMENTED`, 429, 502, 503 and 504 `UNAVAILABLE`, anything else
+    /// `UNKNOWN`.
+    pub fn from_http_status(status: StatusCode) -> GrpcCode {
+        match status.as_u16() {
+            400 => GrpcCode::INTERNAL,
+            401 => GrpcCode::UNAUTHENTICATED,
+            403 => GrpcCode::PERMISSION_DENIED,
+            404 => GrpcCode::UNIMPLEMENTED,
+            429 | 502 | 503 | 504 => GrpcCode::UNAVAILABLE,
+            _ => GrpcCode::UNKNOWN,
+        }
+    }
 }
 
 impl fmt::Debug for GrpcCode {
@@ -347,6 +432,13 @@ impl From<tonic::Code> for GrpcCode {
     }
 }
 
+#[cfg(feature = "tonic")]
+impl From<GrpcCode> for tonic::Code {
+    fn from(code: GrpcCode) -> Self {
+        tonic::Code::from_i32(code.as_i32())
+    }
+}
+
 /// gRPC over http: the status comes from the headers of a trailers-only
 /// response or from the trailers at the end of the stream.
 ///
@@ -355,10 +447,17 @@ impl From<tonic::Code> for GrpcCode {
 /// `NOT_FOUND` is the caller's business) are successes. A non-200 http status
 /// from a proxy follows the [`Http`] rule; a stream that ends without any
 /// `grpc-status` is a protocol error and a failure; an error from the
-/// transport is a failure.
+/// transport is a failure, except the caller's own deadline
+/// ([`DeadlineExceeded`], also wrapped, see [`default_error_outcome`]), which
+/// is neither. (A `DEADLINE_EXCEEDED` *status from the server* is the
+/// server's verdict and stays a failure by default.)
+///
+/// A stream dropped before its trailers is neither by default; that and the
+/// other abandoned-call rules are the value's [`AbandonPolicy`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Grpc {
     failures: u32,
+    abandon: AbandonPolicy,
 }
 
 impl Default for Grpc {
@@ -374,14 +473,20 @@ impl Default for Grpc {
         ] {
             failures |= 1 << code.0;
         }
-        Grpc { failures }
+        Grpc {
+            failures,
+            abandon: AbandonPolicy::DEFAULT,
+        }
     }
 }
 
 impl fmt::Debug for Grpc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let codes: Vec<GrpcCode> = (0..=16).map(GrpcCode).filter(|c| self.is_failure(*c)).collect();
-        f.debug_struct("Grpc").field("failure_codes", &codes).finish()
+        f.debug_struct("Grpc")
+            .field("failure_codes", &codes)
+            .field("abandon", &self.abandon)
+            .finish()
     }
 }
 
@@ -394,7 +499,21 @@ impl Grpc {
     /// Exactly these codes are failures.
     pub fn with_failure_codes(codes: impl IntoIterator<Item = GrpcCode>) -> Self {
         let failures = codes.into_iter().fold(0, |acc, c| acc | 1 << c.0);
-        Grpc { failures }
+        Grpc {
+            failures,
+            abandon: AbandonPolicy::DEFAULT,
+        }
+    }
+
+    /// What abandoned calls mean (default [`AbandonPolicy::DEFAULT`]).
+    pub fn with_abandon_policy(mut self, policy: AbandonPolicy) -> Self {
+        self.abandon = policy;
+        self
+    }
+
+    /// The policy for abandoned calls.
+    pub fn abandon_policy(&self) -> AbandonPolicy {
+        self.abandon
     }
 
     /// Also counts `code` as a failure.
@@ -440,7 +559,7 @@ impl ClassifyEos for GrpcEos {
     }
 }
 
-impl<B, E> Classify<http::Response<B>, E> for Grpc {
+impl<B, E: 'static> Classify<http::Response<B>, E> for Grpc {
     type Eos = GrpcEos;
 
     fn classify_response(&self, response: &http::Response<B>) -> Verdict<GrpcEos> {
@@ -459,8 +578,13 @@ impl<B, E> Classify<http::Response<B>, E> for Grpc {
     }
 
     #[inline]
-    fn classify_error(&self, _: &E) -> Outcome {
-        Outcome::Failure
+    fn classify_error(&self, error: &E) -> Outcome {
+        default_error_outcome(error)
+    }
+
+    #[inline]
+    fn abandon_policy(&self) -> AbandonPolicy {
+        self.abandon
     }
 }
 
@@ -531,6 +655,7 @@ forward_inspect!(ResponsesWith);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn now<E: ClassifyEos>(v: Verdict<E>) -> Option<Outcome> {
         match v {
@@ -572,7 +697,8 @@ mod tests {
         assert!(!strict.is_failure(StatusCode::NOT_IMPLEMENTED));
         assert!(!strict.is_failure(StatusCode::OK) && !strict.is_failure(StatusCode::FOUND));
         assert!(Http::default().is_failure(StatusCode::from_u16(650).unwrap()));
-        assert_eq!(std::mem::size_of::<Http>(), 32);
+        assert_eq!(std::mem::size_of::<Http>(), 40);
+        assert_eq!(std::mem::size_of::<Grpc>(), 8);
     }
 
     #[test]
@@ -635,6 +761,164 @@ mod tests {
             GrpcCode::UNAUTHENTICATED
         );
         assert_eq!(GrpcCode::UNAVAILABLE.to_string(), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn the_callers_deadline_is_ignored_and_an_attempt_timeout_is_a_failure() {
+        use crate::error::{BoxError, DeadlineExceeded, TimedOut, TimeoutKind};
+        use crate::retry::Retryable;
+
+        #[derive(Debug)]
+        struct Wrapper(BoxError);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(self.0.as_ref())
+            }
+        }
+
+        let deadline: BoxError = DeadlineExceeded::before_send().into();
+        let in_flight: BoxError = DeadlineExceeded::in_flight(Duration::from_millis(5)).into();
+        let wrapped: BoxError = Wrapper(DeadlineExceeded::before_send().into()).into();
+        let marked: BoxError = Retryable::yes(DeadlineExceeded::before_send()).into();
+        let attempt: BoxError = TimedOut::new(TimeoutKind::Attempt, Duration::from_secs(1)).into();
+        let io: BoxError = std::io::Error::other("reset").into();
+        let http = Http::default();
+        let grpc = Grpc::default();
+        for (error, expected) in [
+            (&deadline, Outcome::Ignored),
+            (&in_flight, Outcome::Ignored),
+            (&wrapped, Outcome::Ignored),
+            (&marked, Outcome::Ignored),
+            (&attempt, Outcome::Failure),
+            (&io, Outcome::Failure),
+        ] {
+            assert_eq!(
+                Classify::<(), BoxError>::classify_error(&Plain, error),
+                expected,
+                "{error}"
+            );
+            assert_eq!(
+                Classify::<http::Response<()>, BoxError>::classify_error(&http, error),
+                expected,
+                "{error}"
+            );
+            assert_eq!(
+                Classify::<http::Response<()>, BoxError>::classify_error(&grpc, error),
+                expected,
+                "{error}"
+            );
+        }
+        // The bare type, too.
+        assert_eq!(
+            Classify::<(), DeadlineExceeded>::classify_error(&Plain, &DeadlineExceeded::before_send()),
+            Outcome::Ignored
+        );
+        // Other error types cannot hold one and stay failures.
+        assert_eq!(
+            Classify::<(), &str>::classify_error(&Plain, &"deadline"),
+            Outcome::Failure
+        );
+        // A closure still decides when asked to.
+        use crate::classify::ClassifyExt;
+        let strict = Plain.errors_with(|_: &BoxError| Outcome::Failure);
+        assert_eq!(
+            Classify::<(), BoxError>::classify_error(&strict, &deadline),
+            Outcome::Failure
+        );
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn a_tonic_status_made_from_our_deadline_is_ignored_but_a_servers_is_not() {
+        use crate::error::{BoxError, DeadlineExceeded};
+        let ours = tonic::Status::from_error(BoxError::from(DeadlineExceeded::before_send()));
+        assert_eq!(ours.code(), tonic::Code::DeadlineExceeded);
+        let grpc = Grpc::default();
+        assert_eq!(
+            Classify::<http::Response<()>, tonic::Status>::classify_error(&grpc, &ours),
+            Outcome::Ignored
+        );
+        let servers = tonic::Status::deadline_exceeded("the server ran out of time");
+        assert_eq!(
+            Classify::<http::Response<()>, tonic::Status>::classify_error(&grpc, &servers),
+            Outcome::Failure
+        );
+    }
+
+    #[test]
+    fn the_abandon_policy_travels_in_the_protocol_values() {
+        use crate::classify::{AbandonPolicy, ProbeVerdict};
+        let policy = AbandonPolicy::new()
+            .with_body_dropped(Outcome::Ignored)
+            .with_trailers_dropped(Outcome::Failure)
+            .with_call_dropped(Outcome::Failure)
+            .with_probe_verdict(ProbeVerdict::AtEnd);
+        assert_eq!(Http::new().abandon_policy(), AbandonPolicy::DEFAULT);
+        assert_eq!(Grpc::new().abandon_policy(), AbandonPolicy::DEFAULT);
+        let http = Http::new().with_abandon_policy(policy);
+        let grpc = Grpc::new().with_abandon_policy(policy);
+        assert_eq!(Classify::<http::Response<()>, ()>::abandon_policy(&http), policy);
+        assert_eq!(Classify::<http::Response<()>, ()>::abandon_policy(&grpc), policy);
+        assert_eq!(
+            Classify::<(), ()>::abandon_policy(&Plain),
+            AbandonPolicy::DEFAULT,
+            "classifiers without a policy use the defaults"
+        );
+        // Refinements ask the classifier they refine.
+        use crate::classify::ClassifyExt;
+        let refined = grpc
+            .errors_with(|_: &()| Outcome::Ignored)
+            .responses_with(|_: &http::Response<()>| None);
+        assert_eq!(Classify::<http::Response<()>, ()>::abandon_policy(&refined), policy);
+
+        // How a dropped body counts, by what its head said.
+        let d = AbandonPolicy::DEFAULT;
+        assert_eq!(
+            d.on_body_dropped::<NeverAtEos>(&Verdict::Now(Outcome::Success)),
+            Outcome::Success
+        );
+        assert_eq!(
+            d.on_body_dropped::<NeverAtEos>(&Verdict::Now(Outcome::Failure)),
+            Outcome::Failure
+        );
+        assert_eq!(
+            d.on_body_dropped::<NeverAtEos>(&Verdict::Now(Outcome::Ignored)),
+            Outcome::Ignored
+        );
+        let eos = Verdict::AtEndOfStream(GrpcEos { classifier: grpc });
+        assert_eq!(d.on_body_dropped(&eos), Outcome::Ignored);
+        assert_eq!(policy.on_body_dropped(&eos), Outcome::Failure);
+        assert_eq!(
+            policy.on_body_dropped::<NeverAtEos>(&Verdict::Now(Outcome::Success)),
+            Outcome::Ignored
+        );
+        assert_eq!(
+            policy.on_body_dropped::<NeverAtEos>(&Verdict::Now(Outcome::Failure)),
+            Outcome::Failure,
+            "a failure known from the head stays one whatever the policy"
+        );
+    }
+
+    #[test]
+    fn http_statuses_map_to_grpc_codes_as_the_grpc_spec_says() {
+        for (status, code) in [
+            (400, GrpcCode::INTERNAL),
+            (401, GrpcCode::UNAUTHENTICATED),
+            (403, GrpcCode::PERMISSION_DENIED),
+            (404, GrpcCode::UNIMPLEMENTED),
+            (429, GrpcCode::UNAVAILABLE),
+            (502, GrpcCode::UNAVAILABLE),
+            (503, GrpcCode::UNAVAILABLE),
+            (504, GrpcCode::UNAVAILABLE),
+            (500, GrpcCode::UNKNOWN),
+        ] {
+            assert_eq!(GrpcCode::from_http_status(StatusCode::from_u16(status).unwrap()), code);
+        }
     }
 
     #[test]

@@ -58,9 +58,16 @@ where
     }
 }
 
-/// An error marked retryable or not by the service that returned it. Its
-/// `Display` and `source` are the inner error's, so it is transparent to
-/// everyone but the retry layer.
+/// An error marked retryable or not by the service that returned it.
+///
+/// Its `Display` is the inner error's, and its [`source`](Error::source) is
+/// the inner error *itself*, so that everything that walks a source chain
+/// sees what it marks: a fallback or
+/// [`find_error`](crate::error::find_error) finds a marked `CircuitOpen`, the
+/// classifiers see a marked `DeadlineExceeded`, tonic finds the marked
+/// error's gRPC status. (A reporter that prints every error of the chain
+/// therefore prints the message twice; print the error alone, or
+/// [`inner`](Self::inner).)
 pub struct Retryable {
     inner: BoxError,
     retryable: bool,
@@ -115,8 +122,9 @@ impl fmt::Display for Retryable {
 }
 
 impl Error for Retryable {
+    /// The marked error itself (not its source): see the type's docs.
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.inner.source()
+        Some(self.inner.as_ref())
     }
 }
 
@@ -255,6 +263,26 @@ mod tests {
         );
         let marked: BoxError = Retryable::no("business rule").into();
         assert_eq!(check(Wrap(marked)), Retryability::Never);
+    }
+
+    #[test]
+    fn a_marked_error_is_the_marks_source_so_chain_walkers_find_it() {
+        let open = CircuitOpen::new(Some("a:1".into()), Duration::from_secs(2));
+        let marked: BoxError = Retryable::no(open.clone()).into();
+        // The mark decides retryability...
+        assert_eq!(error_retryability(marked.as_ref()), Retryability::Never);
+        // ...and the marked error is the first source, not hidden behind it.
+        let source = marked.source().expect("the marked error");
+        assert_eq!(source.downcast_ref::<CircuitOpen>(), Some(&open));
+        assert_eq!(crate::error::find_error::<CircuitOpen>(marked.as_ref()), Some(&open));
+        // Through a wrapper too, as a transport or a fallback wraps errors.
+        let wrapped: BoxError = Wrap(Retryable::yes(open.clone()).into()).into();
+        assert_eq!(error_retryability(wrapped.as_ref()), Retryability::Retry);
+        assert_eq!(crate::error::find_error::<CircuitOpen>(wrapped.as_ref()), Some(&open));
+        assert!(crate::error::is_deadline_exceeded(&Retryable::yes(
+            DeadlineExceeded::before_send()
+        )));
+        assert_eq!(marked.to_string(), open.to_string(), "Display stays the marked error's");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 use std::error::Error;
 use std::fmt;
 
+use palisade_core::error::StatusSource;
+use palisade_core::protocol::GrpcCode;
+
 pub use palisade_core::error::{
     BoxError, BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, NoAvailablePeers, TimedOut,
 };
@@ -16,7 +19,11 @@ pub use palisade_core::error::{
 ///
 /// Carries the error that triggered the fallback ([`original`](Self::original))
 /// and the fallback's own error ([`fallback`](Self::fallback)); both can be
-/// downcast. [`Error::source`] is the original error.
+/// downcast. [`Error::source`] is the original error, the primary cause: a
+/// tonic caller sees its gRPC code (a `CircuitOpen` answered by a failing
+/// fallback is still `UNAVAILABLE`), and
+/// [`PalisadeError::find`](palisade_core::error::PalisadeError::find) finds
+/// it.
 ///
 /// ```
 /// use palisade_fallback::error::{BoxError, CircuitOpen, FallbackFailed};
@@ -82,17 +89,48 @@ impl Error for FallbackFailed {
 /// This is the error a fallback function receives in that case, and the
 /// [`FallbackFailed::original`] if the fallback then fails. The replaced
 /// response itself is dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// With core's `tonic` feature its [`Error::source`] is a `tonic::Status` of
+/// the response's code ([`grpc_code`](Self::grpc_code)), so a tonic caller
+/// whose fallback failed too sees the code the peer answered with.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FailedResponse {
     status: Option<http::StatusCode>,
-    grpc_status: Option<palisade_core::protocol::GrpcCode>,
+    grpc_status: Option<GrpcCode>,
+    tonic_status: StatusSource,
+}
+
+impl fmt::Debug for FailedResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailedResponse")
+            .field("status", &self.status)
+            .field("grpc_status", &self.grpc_status)
+            .finish()
+    }
 }
 
 impl FailedResponse {
     /// A response, of http `status` and gRPC status `grpc_status` where known,
     /// was classified as a failure.
-    pub fn new(status: Option<http::StatusCode>, grpc_status: Option<palisade_core::protocol::GrpcCode>) -> Self {
-        Self { status, grpc_status }
+    pub fn new(status: Option<http::StatusCode>, grpc_status: Option<GrpcCode>) -> Self {
+        Self {
+            status,
+            grpc_status,
+            tonic_status: StatusSource::new(),
+        }
+    }
+
+    /// The gRPC code the failed response stands for: its `grpc-status`, else
+    /// what gRPC infers from its http status
+    /// ([`GrpcCode::from_http_status`]), else `UNKNOWN`. An `OK` status that
+    /// a rule classified as a failure is `UNKNOWN` too.
+    pub fn grpc_code(&self) -> GrpcCode {
+        match (self.grpc_status, self.status) {
+            (Some(code), _) if code != GrpcCode::OK => code,
+            (Some(_), _) => GrpcCode::UNKNOWN,
+            (None, Some(status)) => GrpcCode::from_http_status(status),
+            (None, None) => GrpcCode::UNKNOWN,
+        }
     }
 
     /// The http status of the replaced response, if it was an http response.
@@ -101,7 +139,7 @@ impl FailedResponse {
     }
 
     /// The gRPC status in the replaced response's headers, if any.
-    pub fn grpc_status(&self) -> Option<palisade_core::protocol::GrpcCode> {
+    pub fn grpc_status(&self) -> Option<GrpcCode> {
         self.grpc_status
     }
 }
@@ -118,7 +156,13 @@ impl fmt::Display for FailedResponse {
     }
 }
 
-impl Error for FailedResponse {}
+impl Error for FailedResponse {
+    /// With core's `tonic` feature, a `tonic::Status` of
+    /// [`grpc_code`](Self::grpc_code); otherwise none.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.tonic_status.get(self.grpc_code(), || self.to_string())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -141,6 +185,17 @@ mod tests {
             FailedResponse::new(None, None).to_string(),
             "response classified as a failure"
         );
+    }
+
+    #[test]
+    fn a_failed_response_stands_for_its_grpc_code() {
+        let code = |status: Option<u16>, grpc: Option<GrpcCode>| {
+            FailedResponse::new(status.map(|s| http::StatusCode::from_u16(s).unwrap()), grpc).grpc_code()
+        };
+        assert_eq!(code(Some(200), Some(GrpcCode::UNAVAILABLE)), GrpcCode::UNAVAILABLE);
+        assert_eq!(code(Some(503), None), GrpcCode::UNAVAILABLE);
+        assert_eq!(code(Some(200), Some(GrpcCode::OK)), GrpcCode::UNKNOWN);
+        assert_eq!(code(None, None), GrpcCode::UNKNOWN);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use palisade_core::BoxError;
+use palisade_core::error::PolledAfterCompletion;
+use palisade_core::event::LayerName;
 use pin_project_lite::pin_project;
 
 use crate::error::FallbackFailed;
@@ -41,7 +43,8 @@ pin_project! {
     /// then, if it failed and the predicate accepts the failure, the fallback.
     ///
     /// `F` is the inner future, `SF` the source's future, `K` the kept value,
-    /// `Res` the inner response and `L` the layer.
+    /// `Res` the inner response and `L` the layer. Polled again after it
+    /// completed, it fails with [`PolledAfterCompletion`].
     pub struct ResponseFuture<F, SF, K, Res, L> {
         #[pin]
         state: State<F, SF, K, Res>,
@@ -167,7 +170,7 @@ where
                     });
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err("fallback response future polled after completion".into()));
+                    return Poll::Ready(Err(PolledAfterCompletion::new(LayerName::Fallback).into()));
                 }
             }
         }

@@ -23,6 +23,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use palisade_core::BoxError;
+use palisade_core::error::PolledAfterCompletion;
+use palisade_core::event::LayerName;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -213,7 +215,7 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     let Some(request) = request.take() else {
-                        return Poll::Ready(Err("fallback service future polled after completion".into()));
+                        return Poll::Ready(Err(PolledAfterCompletion::new(LayerName::Fallback).into()));
                     };
                     let future = service.call(request);
                     this.state.set(CallState::Called { future });

@@ -71,6 +71,21 @@ async fn value_source_answers_errors_and_marks_http_responses() {
 }
 
 #[tokio::test]
+async fn a_future_polled_after_completion_fails_with_the_typed_error() {
+    use palisade_core::error::PolledAfterCompletion;
+    let mut svc = FallbackLayer::value(http::Response::new("fallback".to_owned())).layer(backend(open));
+    for body in ["hi", "hi!"] {
+        svc.ready().await.unwrap();
+        let mut call = tokio_test::task::spawn(svc.call(req(body)));
+        let first = tokio_test::assert_ready!(call.poll());
+        assert!(first.is_ok(), "answered by the backend or the fallback");
+        let again = tokio_test::assert_ready!(call.poll()).unwrap_err();
+        let typed = again.downcast_ref::<PolledAfterCompletion>().expect("the typed error");
+        assert_eq!(typed.layer(), LayerName::Fallback);
+    }
+}
+
+#[tokio::test]
 async fn fn_source_gets_the_error_and_the_kept_value() {
     let layer = FallbackLayer::builder()
         .keep(|r: &http::Request<String>| r.body().len())

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_body::{BodyLimits, TrackResponse};
-use palisade_core::error::{BoxError, DeadlineExceeded, TimedOut, TimeoutKind};
+use palisade_core::error::{BoxError, DeadlineExceeded, PolledAfterCompletion, TimedOut, TimeoutKind};
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -92,7 +92,8 @@ pin_project! {
     ///
     /// A response is handed back with its body wrapped by the protocol (body
     /// limits, see the builder). Polled again after it returned its output,
-    /// the future stays pending.
+    /// the future fails with [`PolledAfterCompletion`] (it never stays
+    /// pending forever).
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, P> {
         #[pin]
@@ -160,7 +161,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if *this.state == State::Done {
-            return Poll::Pending;
+            return Poll::Ready(Err(polled_after_completion()));
         }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             *this.state = State::Done;
@@ -211,6 +212,11 @@ where
 }
 
 #[cold]
+fn polled_after_completion() -> BoxError {
+    PolledAfterCompletion::new(LayerName::Timeout).into()
+}
+
+#[cold]
 fn expired(limit: Limit, listeners: &Listeners) -> BoxError {
     match limit {
         Limit::Timeout(kind, timeout) => {
@@ -252,5 +258,59 @@ impl<F, P: fmt::Debug> fmt::Debug for ResponseFuture<F, P> {
             .field("wrote", &self.wrote)
             .field("state", &self.state)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use palisade_core::protocol::Plain;
+    use std::pin::pin;
+
+    fn assert_polled_after_completion(result: Option<Result<(), BoxError>>) {
+        let error = result.expect("ready, never pending forever").unwrap_err();
+        let typed = error.downcast_ref::<PolledAfterCompletion>().expect("the typed error");
+        assert_eq!(typed.layer(), LayerName::Timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polled_after_completion_fails_with_the_typed_error_on_every_path() {
+        // Completed by the inner call.
+        let inner = std::future::ready(Ok::<(), BoxError>(()));
+        let mut future = pin!(ResponseFuture::new(
+            inner,
+            None,
+            Limit::None,
+            Wrote::default(),
+            Plain,
+            BodyLimits::NONE,
+            Listeners::new()
+        ));
+        assert!((&mut future).await.is_ok());
+        assert_polled_after_completion(future.as_mut().now_or_never());
+
+        // Completed by the timer.
+        let at = Instant::now() + Duration::from_millis(5);
+        let limit = Limit::Timeout(TimeoutKind::Attempt, Duration::from_millis(5));
+        let inner = std::future::pending::<Result<(), BoxError>>();
+        let mut future = pin!(ResponseFuture::new(
+            inner,
+            Some(at),
+            limit,
+            Wrote::default(),
+            Plain,
+            BodyLimits::NONE,
+            Listeners::new()
+        ));
+        assert!((&mut future).await.unwrap_err().is::<TimedOut>());
+        assert_polled_after_completion(future.as_mut().now_or_never());
+
+        // Refused before send.
+        let mut future = pin!(ResponseFuture::<std::future::Ready<Result<(), BoxError>>, _>::rejected(
+            Plain
+        ));
+        assert!((&mut future).await.unwrap_err().is::<DeadlineExceeded>());
+        assert_polled_after_completion(future.as_mut().now_or_never());
     }
 }

@@ -932,13 +932,22 @@ fn invalid_deadline_headers_are_reported_at_debug_level() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn polling_after_completion_stays_pending() {
+async fn polling_after_completion_fails_with_the_typed_error() {
+    use palisade_core::error::PolledAfterCompletion;
     use std::task::Poll;
+    // Polled again, the future answers with the one typed error every
+    // Palisade future uses (it used to stay pending forever).
+    fn polled_again(poll: Poll<Result<impl std::fmt::Debug, palisade_core::BoxError>>) {
+        match poll {
+            Poll::Ready(Err(err)) => assert!(err.is::<PolledAfterCompletion>(), "{err}"),
+            other => panic!("expected PolledAfterCompletion, got {other:?}"),
+        }
+    }
     // A response.
     let mut service = TimeoutLayer::new(secs(1)).layer(service_fn(|()| async { Ok::<_, Infallible>(7) }));
     let mut future = tokio_test::task::spawn(service.ready().await.unwrap().call(()));
     assert!(matches!(future.poll(), Poll::Ready(Ok(7))));
-    assert!(future.poll().is_pending(), "not a misleading before-send error");
+    polled_again(future.poll());
     // A timeout.
     let mut service = TimeoutLayer::new(secs(1)).layer(slow_http(secs(5), Probe::default(), Seen::default()));
     let mut future = tokio_test::task::spawn(service.ready().await.unwrap().call(request()));
@@ -948,7 +957,7 @@ async fn polling_after_completion_stays_pending() {
         Poll::Ready(Err(err)) => assert_eq!(timed_out(&err).limit(), secs(1)),
         _ => panic!("expected the timeout"),
     }
-    assert!(future.poll().is_pending());
+    polled_again(future.poll());
     // A call refused before send answers once.
     let mut service =
         TimeoutLayer::builder()
@@ -963,5 +972,5 @@ async fn polling_after_completion_stays_pending() {
         Poll::Ready(Err(err)) => assert!(!deadline_exceeded(&err).was_sent()),
         _ => panic!("expected DeadlineExceeded before send"),
     }
-    assert!(future.poll().is_pending());
+    polled_again(future.poll());
 }

@@ -92,7 +92,7 @@
 //! | `fallback` (default) | [`fallback`] |
 //! | `discovery` (default) | [`discovery`] |
 //! | `etcd` | the etcd registry of [`discovery`] |
-//! | `tonic` | per-call options on `tonic::Request` |
+//! | `tonic` | per-call options on `tonic::Request`; every Palisade error reaches a tonic caller with its gRPC code (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`), the typed error behind it ([`core::error::find_error`]) |
 //! | `metrics` | counters and gauges of every enabled layer through the `metrics` facade |
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
