@@ -153,11 +153,12 @@ pub async fn run_scenario(
             breakers.clone(),
         )?),
     ];
-    for client in &clients {
-        for _ in 0..WARM_UP_CALLS {
-            let _ = tokio::time::timeout(CALLER_DEADLINE, client.clone().call(None)).await;
-        }
-    }
+    // All at once: in `overload` every call takes a service time.
+    let warm_up = clients
+        .iter()
+        .flat_map(|client| std::iter::repeat_n(client, WARM_UP_CALLS))
+        .map(|client| tokio::time::timeout(CALLER_DEADLINE, client.clone().call(None)));
+    futures::future::join_all(warm_up).await;
 
     let schedule = Schedule {
         rate: config.rate,

@@ -17,7 +17,7 @@ pub const PARTITION: Duration = Duration::from_secs(2);
 
 /// How long the run goes on after a partition ends, at least, so that
 /// recovery can be seen.
-pub const PARTITION_TAIL: Duration = Duration::from_millis(1_500);
+pub const PARTITION_TAIL: Duration = Duration::from_secs(2);
 
 /// The half-period of the `flapping` scenario: failing this long, then
 /// healthy this long, and so on.
