@@ -39,7 +39,11 @@ impl OutageRegistry {
 
     /// Starts (`true`) or ends (`false`) the outage.
     pub fn set_outage(&self, outage: bool) {
-        self.outage.send_replace(outage);
+        let was = self.outage.send_replace(outage);
+        if was != outage {
+            let (from, to) = if outage { ("up", "down") } else { ("down", "up") };
+            tracing::info!(target: "palisade_chaos", event = "state_change", from, to, reason = "registry outage switch", "registry");
+        }
     }
 
     /// The registry behind the switch.

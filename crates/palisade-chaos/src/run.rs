@@ -269,6 +269,7 @@ async fn fault_script(
     };
     let at = |offset: Duration| tokio::time::sleep_until(start + offset);
     at(fault_start).await;
+    tracing::info!(target: "palisade_chaos", event = "fault", scenario = scenario.name(), to = "on", "fault starts");
     match scenario {
         Scenario::Crash => fleet.stop(FAILING_SERVER).await,
         Scenario::Errors => fleet.set_status(FAILING_SERVER, Some(Code::Unavailable)),
@@ -294,6 +295,7 @@ async fn fault_script(
         Scenario::Overload => {}
     }
     at(fault_end).await;
+    tracing::info!(target: "palisade_chaos", event = "fault", scenario = scenario.name(), to = "off", "fault ends");
     match scenario {
         Scenario::Crash => fleet.resume(FAILING_SERVER)?,
         Scenario::Errors | Scenario::Flapping => fleet.set_status(FAILING_SERVER, None),
