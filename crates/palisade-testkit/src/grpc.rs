@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -40,6 +41,13 @@ use crate::stats::Stats;
 /// The server speaks HTTP/2 (prior knowledge) as gRPC requires. Dropping the
 /// handle stops it: the listener closes and every connection and handler is
 /// aborted.
+///
+/// A server started with [`EchoServer::start_with_capacity`] runs at most a
+/// given number of handlers at once *per connection* (as tonic's
+/// `Server::concurrency_limit_per_connection` does): further requests on that
+/// connection wait, in arrival order, for a handler to finish, and are counted
+/// in [`Stats`] only when their handler starts. Combined with a latency
+/// ([`Faults::set_latency`]) this gives the server a capacity.
 #[derive(Debug)]
 pub struct EchoServer {
     shared: Arc<Shared>,
@@ -56,8 +64,20 @@ struct Shared {
 impl EchoServer {
     /// Starts a server named `name` on `127.0.0.1:0`.
     pub async fn start(name: impl Into<String>) -> io::Result<Self> {
+        Self::start_inner(name.into(), None)
+    }
+
+    /// Starts a server named `name` on `127.0.0.1:0` that runs at most
+    /// `per_connection` handlers at once on each connection (at least 1); the
+    /// other requests of that connection wait for a handler to finish, in
+    /// arrival order.
+    pub async fn start_with_capacity(name: impl Into<String>, per_connection: usize) -> io::Result<Self> {
+        Self::start_inner(name.into(), Some(per_connection.max(1)))
+    }
+
+    fn start_inner(name: String, per_connection: Option<usize>) -> io::Result<Self> {
         let shared = Arc::new(Shared {
-            name: name.into(),
+            name,
             stats: Arc::new(Stats::default()),
             faults: Faults::default(),
         });
@@ -66,11 +86,15 @@ impl EchoServer {
         });
         let handler: ConnHandler = Arc::new(move |stream, ctx, spawner| {
             let service = TowerToHyperService::new(service.clone());
+            let limit = per_connection.map(|n| ConnectionLimit(Arc::new(Semaphore::new(n))));
             Box::pin(async move {
                 let service = hyper::service::service_fn(move |mut req| {
                     let path = RequestPath(req.uri().path().to_owned());
                     req.extensions_mut().insert(ctx.clone());
                     req.extensions_mut().insert(path);
+                    if let Some(limit) = &limit {
+                        req.extensions_mut().insert(limit.clone());
+                    }
                     hyper::service::Service::call(&service, req)
                 });
                 let builder = conn_builder(spawner);
@@ -229,6 +253,18 @@ impl Handler {
 #[derive(Debug, Clone)]
 struct RequestPath(String);
 
+/// The handler slots of one connection of a server with a capacity.
+#[derive(Debug, Clone)]
+struct ConnectionLimit(Arc<Semaphore>);
+
+/// Waits for a handler slot of the request's connection, if its server has a
+/// capacity; the slot is held until the returned permit is dropped.
+async fn admit<T>(req: &Request<T>) -> Option<OwnedSemaphorePermit> {
+    let limit = req.extensions().get::<ConnectionLimit>()?;
+    // The semaphore is never closed, so acquiring fails only in theory.
+    Arc::clone(&limit.0).acquire_owned().await.ok()
+}
+
 /// What a handler records about its request before anything else.
 fn request_info<T>(req: &Request<T>) -> (Option<ConnCtx>, Option<String>, http::HeaderMap) {
     let conn = req.extensions().get::<ConnCtx>().cloned();
@@ -240,6 +276,7 @@ fn request_info<T>(req: &Request<T>) -> (Option<ConnCtx>, Option<String>, http::
 #[tonic::async_trait]
 impl Echo for Handler {
     async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let _slot = admit(&req).await;
         let (conn, path, headers) = request_info(&req);
         let msg = req.into_inner();
         let guard = self.shared.stats.begin(path, headers, Some(msg.payload.clone()));
@@ -254,6 +291,7 @@ impl Echo for Handler {
     type ServerStreamStream = ReplyStream;
 
     async fn server_stream(&self, req: Request<StreamRequest>) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let slot = admit(&req).await;
         let (conn, path, headers) = request_info(&req);
         let msg = req.into_inner();
         let guard = self.shared.stats.begin(path, headers, Some(msg.payload.clone()));
@@ -267,6 +305,7 @@ impl Echo for Handler {
         let state = StreamState {
             handler: self.clone(),
             guard,
+            _slot: slot,
             next: 0,
             count: msg.count,
             interval: Duration::from_millis(u64::from(msg.interval_ms)),
@@ -303,6 +342,7 @@ impl Echo for Handler {
     }
 
     async fn client_stream(&self, req: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
+        let _slot = admit(&req).await;
         let (conn, path, headers) = request_info(&req);
         let mut stream = req.into_inner();
         let guard = self.shared.stats.begin(path, headers, None);
@@ -330,6 +370,8 @@ impl Echo for Handler {
 struct StreamState {
     handler: Handler,
     guard: crate::stats::RequestGuard,
+    /// The connection's handler slot, held until the stream ends.
+    _slot: Option<OwnedSemaphorePermit>,
     next: u32,
     count: u32,
     interval: Duration,

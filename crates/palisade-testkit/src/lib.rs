@@ -20,8 +20,9 @@
 //!   response stream after N messages (`fail_stream_after`).
 //! - [`Stats`]: counters (requests, finished, cancelled, streams completed or
 //!   failed, connections), what the last request carried (headers,
-//!   `grpc-timeout`, payload, path), and `wait_for_*` methods that await a count
-//!   without polling.
+//!   `grpc-timeout`, payload, path), the arrival times of requests tagged with
+//!   a [`TAG_HEADER`] per tag (to tell several callers of one server apart),
+//!   and `wait_for_*` methods that await a count without polling.
 //! - Lifecycle: `refuse_connections` drops the listener (connects are refused),
 //!   `resume_connections` binds the same port again, `close_connections` drops
 //!   every open connection, and dropping the handle aborts the accept loop and
@@ -91,3 +92,8 @@ pub use stats::Stats;
 /// The header (HTTP) or metadata key (gRPC) carrying the name of the server
 /// that answered.
 pub const SERVER_HEADER: &str = "x-testkit-server";
+
+/// The request header (HTTP) or metadata key (gRPC) that tags a request with
+/// the name of the caller that sent it: [`Stats::tagged`] records, per tag,
+/// when each tagged request reached the server.
+pub const TAG_HEADER: &str = "x-testkit-tag";

@@ -1,5 +1,6 @@
 //! Counters and records of what a server received.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -8,6 +9,9 @@ use bytes::Bytes;
 use http::HeaderMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::TAG_HEADER;
 
 /// Counters and records of what one server received, shared between the
 /// server's handlers and the test holding the server's handle.
@@ -24,6 +28,8 @@ pub struct Stats {
     streams_failed: AtomicU64,
     connections: AtomicU64,
     last: Mutex<LastRequest>,
+    /// Arrival times of the requests that carried a [`TAG_HEADER`], by tag.
+    tagged: Mutex<HashMap<String, Vec<Instant>>>,
     notify: Notify,
 }
 
@@ -115,7 +121,27 @@ impl Stats {
         self.last.lock().payload.clone()
     }
 
-    /// Sets every counter back to zero and forgets the last request.
+    /// When each request tagged `tag` reached its handler, in arrival order
+    /// (empty if none did).
+    ///
+    /// A request is tagged by a [`TAG_HEADER`] header (gRPC: metadata) whose
+    /// value is valid UTF-8; every attempt a client sends counts, retries
+    /// included, so several callers sharing one server can each be told apart
+    /// (the chaos tool tags each client's requests with the client's name).
+    /// The time is taken from tokio's clock when the request is counted in
+    /// [`Stats::requests`], before any fault is applied. Untagged requests
+    /// are not recorded here.
+    pub fn tagged(&self, tag: &str) -> Vec<Instant> {
+        self.tagged.lock().get(tag).cloned().unwrap_or_default()
+    }
+
+    /// How many requests tagged `tag` reached a handler.
+    pub fn tagged_requests(&self, tag: &str) -> u64 {
+        self.tagged.lock().get(tag).map_or(0, |times| times.len() as u64)
+    }
+
+    /// Sets every counter back to zero and forgets the last request and the
+    /// tagged arrivals.
     pub fn reset(&self) {
         for counter in [
             &self.requests,
@@ -128,6 +154,7 @@ impl Stats {
             counter.store(0, Ordering::SeqCst);
         }
         *self.last.lock() = LastRequest::default();
+        self.tagged.lock().clear();
         self.notify.notify_waiters();
     }
 
@@ -199,6 +226,17 @@ impl Stats {
         headers: HeaderMap,
         payload: Option<Bytes>,
     ) -> RequestGuard {
+        if let Some(tag) = headers.get(TAG_HEADER).and_then(|v| v.to_str().ok()) {
+            let now = Instant::now();
+            let mut tagged = self.tagged.lock();
+            // Look up by `&str` first: only a tag's first request allocates.
+            match tagged.get_mut(tag) {
+                Some(times) => times.push(now),
+                None => {
+                    tagged.insert(tag.to_owned(), vec![now]);
+                }
+            }
+        }
         {
             let mut last = self.last.lock();
             last.headers = headers;
@@ -305,5 +343,27 @@ mod tests {
             (stats.requests(), stats.streams_completed(), stats.in_flight()),
             (3, 1, 0)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tagged_requests_are_counted_per_tag_with_their_arrival_time() {
+        let stats = Arc::new(Stats::default());
+        let tagged = |tag: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(TAG_HEADER, http::HeaderValue::from_static(tag));
+            headers
+        };
+        let start = Instant::now();
+        stats.begin(None, tagged("a"), None).finish();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        stats.begin(None, tagged("b"), None).finish();
+        stats.begin(None, tagged("a"), None).finish();
+        stats.begin(None, HeaderMap::new(), None).finish();
+        assert_eq!(stats.tagged("a"), vec![start, start + Duration::from_millis(10)]);
+        assert_eq!(stats.tagged("b"), vec![start + Duration::from_millis(10)]);
+        assert_eq!((stats.tagged_requests("a"), stats.tagged_requests("c")), (2, 0));
+        assert_eq!(stats.requests(), 4, "tagged or not, every request counts");
+        stats.reset();
+        assert!(stats.tagged("a").is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use palisade_testkit::echo::{EchoRequest, StreamRequest};
-use palisade_testkit::{EchoServer, SERVER_HEADER};
+use palisade_testkit::{EchoServer, SERVER_HEADER, TAG_HEADER};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tonic::Code;
@@ -414,4 +414,73 @@ async fn a_seeded_failure_rate_fails_about_that_share_the_same_way_every_run() {
     assert!((40..80).contains(&share), "{share} of 200 failed at a 30% rate");
     assert_eq!(run(7).await, first, "the same seed fails the same requests");
     assert_ne!(run(8).await, first);
+}
+
+/// A unary request whose metadata tags it with `tag`.
+fn tagged_req(tag: &'static str) -> tonic::Request<EchoRequest> {
+    let mut request = tonic::Request::new(req("t", b""));
+    request
+        .metadata_mut()
+        .insert(TAG_HEADER, tonic::metadata::MetadataValue::from_static(tag));
+    request
+}
+
+#[tokio::test]
+async fn tagged_requests_are_counted_per_caller_with_their_arrival_times() {
+    let server = EchoServer::start("t").await.unwrap();
+    let mut client = server.connect().await.unwrap();
+    let before = Instant::now();
+    client.unary(tagged_req("one")).await.unwrap();
+    server.faults().set_status(Some(Code::Unavailable));
+    // Failed requests reached the server too, so they count.
+    client.unary(tagged_req("two")).await.unwrap_err();
+    client.unary(tagged_req("one")).await.unwrap_err();
+    client.unary(req("untagged", b"")).await.unwrap_err();
+    let after = Instant::now();
+    let stats = server.stats();
+    assert_eq!(
+        (
+            stats.tagged_requests("one"),
+            stats.tagged_requests("two"),
+            stats.requests()
+        ),
+        (2, 1, 4)
+    );
+    let one = stats.tagged("one");
+    assert!(one[0] >= before && one[0] <= one[1] && one[1] <= after, "{one:?}");
+    assert!(stats.tagged("three").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_capacity_runs_at_most_that_many_handlers_per_connection() {
+    let server = EchoServer::start_with_capacity("c", 2).await.unwrap();
+    let a = server.connect().await.unwrap();
+    server.faults().set_hang(true);
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let mut a = a.clone();
+            tokio::spawn(async move { a.unary(tagged_req("a")).await })
+        })
+        .collect();
+    within(server.stats().wait_for_requests(2)).await;
+    // Another connection has slots of its own. Its request is sent after the
+    // five above, over a connection that must first be opened, so by the time
+    // it arrives the other three would have too, were they not waiting.
+    let mut b = server.connect().await.unwrap();
+    let b_call = tokio::spawn(async move { b.unary(tagged_req("b")).await });
+    within(server.stats().wait_until(|s| s.tagged_requests("b") == 1)).await;
+    assert_eq!(
+        server.stats().tagged_requests("a"),
+        2,
+        "only two handlers run on connection a"
+    );
+    assert_eq!(server.stats().in_flight(), 3);
+
+    // Released, the hung handlers finish and the waiting requests run.
+    server.faults().set_hang(false);
+    for call in calls {
+        within(call).await.unwrap().unwrap();
+    }
+    within(b_call).await.unwrap().unwrap();
+    assert_eq!((server.stats().tagged_requests("a"), server.stats().finished()), (5, 6));
 }
