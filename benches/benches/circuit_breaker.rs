@@ -1,7 +1,9 @@
 //! A closed circuit breaker over a ready no-op service, next to
 //! tower-resilience's circuit breaker and failsafe's: one thread, and two
 //! threads sharing one breaker. Every breaker uses a consecutive-failures
-//! policy (3 failures), so the comparison is like for like.
+//! policy (3 failures), so the comparison is like for like; two more rows
+//! measure our balancer preset (5 in a row) and the preset with a
+//! failure-rate policy added.
 #![allow(
     clippy::disallowed_types,
     clippy::disallowed_methods,
@@ -23,6 +25,25 @@ use tower::{Layer, Service};
 fn palisade()
 -> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
     let config = CircuitBreakerConfig::builder().failure_threshold(3).build().unwrap();
+    CircuitBreakerLayer::new(config).layer(Echo)
+}
+
+/// The balancer preset (5 in a row): the same closed path as `palisade`.
+fn palisade_for_balancer()
+-> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
+    CircuitBreakerLayer::new(CircuitBreakerConfig::for_balancer().build().unwrap()).layer(Echo)
+}
+
+/// The preset plus a failure-rate policy, which counts every call (what the
+/// crate docs weigh against leaving it out of the preset).
+fn palisade_rate_policy()
+-> impl Service<u64, Response = u64, Error = palisade_core::BoxError, Future: Send> + Clone + Send + 'static {
+    let config = CircuitBreakerConfig::for_balancer()
+        .failure_rate_threshold(0.5)
+        .min_requests(20)
+        .rate_window(Duration::from_secs(10))
+        .build()
+        .unwrap();
     CircuitBreakerLayer::new(config).layer(Echo)
 }
 
@@ -83,6 +104,8 @@ fn one_thread(c: &mut Criterion) {
     }
     bench!("bare", Echo);
     bench!("palisade", palisade());
+    bench!("palisade_for_balancer", palisade_for_balancer());
+    bench!("palisade_rate_policy", palisade_rate_policy());
     bench!("tower_resilience", resilience());
     bench!("failsafe", failsafe());
     group.finish();
@@ -102,6 +125,8 @@ fn two_threads(c: &mut Criterion) {
     }
     bench!("bare", Echo);
     bench!("palisade", palisade());
+    bench!("palisade_for_balancer", palisade_for_balancer());
+    bench!("palisade_rate_policy", palisade_rate_policy());
     bench!("tower_resilience", resilience());
     bench!("failsafe", failsafe());
     group.finish();

@@ -97,10 +97,14 @@ macro_rules! client {
             let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))?.connect_lazy();
             Ok::<_, palisade_core::BoxError>(breaker.for_peer(instance.id()).layer(channel))
         });
+        // The all-open policies act when every peer is open, which the
+        // ejection cap (issue 19, on by default) prevents: these tests
+        // switch it off to reach that state.
         let balancer = PeerDiscoveryLayer::builder()
             .grpc()
             .service_name("echo")
             .all_open($policy)
+            .no_ejection_cap()
             .build()
             .unwrap()
             .layer(discover);

@@ -71,9 +71,35 @@ impl CircuitBreakerConfig {
     /// A builder with the defaults: the consecutive policy (3 failures, each
     /// within 60 s of the previous one), no failure-rate policy, cooldown 10 s
     /// doubling up to 120 s without jitter, 1 probe at a time, 2 probe
-    /// successes to close, probe timeout `max(cooldown, 10 s)`.
+    /// successes to close, probe timeout `max(cooldown, 10 s)`: the seed
+    /// system's numbers ([`seed`](Self::seed)). For a per-peer breaker inside
+    /// a balancer, start from [`for_balancer`](Self::for_balancer) instead.
     pub fn builder() -> CircuitBreakerConfigBuilder {
         CircuitBreakerConfigBuilder::default()
+    }
+
+    /// The seed system's numbers, which are also [`builder`](Self::builder)'s
+    /// defaults: 3 consecutive failures (each within 60 s of the previous
+    /// one), cooldown 10 s doubling up to 120 s, 1 probe at a time, 2 probe
+    /// successes to close. Right for a standalone breaker in front of one
+    /// service.
+    pub fn seed() -> CircuitBreakerConfigBuilder {
+        CircuitBreakerConfigBuilder::default()
+    }
+
+    /// The defaults for a per-peer breaker inside a balancer
+    /// (`palisade-discovery`), chosen with the measurements quoted in the
+    /// crate docs ("Which numbers inside a balancer"): 5 consecutive failures
+    /// (each within 60 s of the previous one), no failure-rate policy,
+    /// cooldown 1 s doubling up to 10 s, 1 probe at a time, 2 probe
+    /// successes to close, probe timeout 10 s. Tune it like any builder.
+    pub fn for_balancer() -> CircuitBreakerConfigBuilder {
+        CircuitBreakerConfigBuilder {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(1),
+            max_cooldown: Duration::from_secs(10),
+            ..CircuitBreakerConfigBuilder::default()
+        }
     }
 
     /// The peer this breaker guards, if named.
@@ -448,6 +474,32 @@ mod tests {
         assert_eq!(c.half_open_max_probes(), 1);
         assert_eq!(c.success_threshold(), 2);
         assert_eq!(c.probe_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_presets_are_the_seed_and_the_balancer_numbers() {
+        let seed = CircuitBreakerConfig::seed().build().unwrap();
+        let default = CircuitBreakerConfig::builder().build().unwrap();
+        assert_eq!(
+            format!("{seed:?}"),
+            format!("{default:?}"),
+            "builder() starts from the seed"
+        );
+        let b = CircuitBreakerConfig::for_balancer().build().unwrap();
+        assert_eq!(
+            b.consecutive(),
+            Some(&ConsecutivePolicy {
+                failure_threshold: 5,
+                failure_window: Duration::from_secs(60)
+            })
+        );
+        assert!(b.rate().is_none(), "no rate policy: the closed path takes no lock");
+        assert_eq!(
+            (b.cooldown(), b.max_cooldown()),
+            (Duration::from_secs(1), Duration::from_secs(10))
+        );
+        assert_eq!((b.half_open_max_probes(), b.success_threshold()), (1, 2));
+        assert_eq!(b.probe_timeout(), Duration::from_secs(10));
     }
 
     #[test]

@@ -150,6 +150,100 @@
 //! or a reset (`reset_open`: open or half-open closes with fresh counters
 //! and the base cooldown); a breaker forced open by a handle refuses both.
 //!
+//! # Inside a balancer: the ejection cap and [`CircuitBreakerConfig::for_balancer`]
+//!
+//! A breaker that joined a balancer's fleet asks the balancer before a trip
+//! opens it ([`FleetMembership::request_ejection`]): the balancer caps how
+//! many of its peers may be out of rotation at once (`palisade-discovery`'s
+//! `max_ejected_share`, 10 % by default, always one ejectable and one kept).
+//! When the cap refuses, the breaker stays **closed, "open but kept"**: calls
+//! still pass and outcomes still count; its [`CircuitSnapshot`] says
+//! `kept_in_rotation`; it reports [`Availability::Degraded`] to the balancer
+//! (which then prefers the other peers); it emits a `StateChange` `closed` ->
+//! `degraded` (reason `ejection cap reached: open but kept`, logged at
+//! `WARN`); and it asks again on each later outcome that still trips (for
+//! the consecutive policy: every further failure of the run), so it leaves
+//! rotation as soon as the fleet has room. The first counted outcome that
+//! does not trip (a success, for the consecutive policy) makes it plainly
+//! closed again (`degraded` -> `closed`, reason `trip condition cleared`).
+//! Being kept is not a transition of [`CircuitState`]: the generation does
+//! not move, so the results of calls in flight still count. The grant a trip
+//! took is held while the breaker is open or half-open and given back when
+//! it closes (probes succeeded, reset, `reset_open`) or is forced; the
+//! balancer gives it back too when the peer leaves its set. An operator's
+//! [`force_open`](CircuitBreakerHandle::force_open) is never refused and
+//! not counted. A standalone breaker (no fleet) asks nobody and behaves as
+//! it always did. Asking costs two atomics of the balancer, under the
+//! breaker's lock, on the trip only.
+//!
+//! ## Which numbers inside a balancer
+//!
+//! [`CircuitBreakerConfig::builder`] starts from the seed system's numbers
+//! ([`CircuitBreakerConfig::seed`]: 3 consecutive failures within 60 s,
+//! cooldown 10 s doubling to 120 s, 1 probe, 2 probe successes), right for
+//! one service behind one breaker, where an open breaker is the only
+//! protection. Inside a balancer, start from
+//! [`CircuitBreakerConfig::for_balancer`]: **5 consecutive failures** (Envoy's
+//! `consecutive_5xx` default), **cooldown 1 s doubling to 10 s**, 1 probe, 2
+//! probe successes, no failure-rate policy. Why, measured through the stack
+//! of DESIGN.md section 3 over three tonic servers at 200 calls/s, each
+//! breaker inside a balancer with its default 10 % cap
+//! (`tests/tests/fleet_never_worse.rs`, `measure_matrix`): the success of the
+//! calls made during a 30 % brownout, the peer-seconds the breakers took out
+//! of rotation during it (capacity lost for nothing: every peer is equally
+//! bad), and how long after each fault ended every faulted server served
+//! again.
+//!
+//! | breaker | brownout 5 s | brownout 20 s | back after the brownout | one server down 5 s | two down 5 s | every server down 2 s |
+//! |---|---|---|---|---|---|---|
+//! | seed: 3 in a row, 10 s -> 120 s | 91.8 %, 4.9 peer-s | 88.2 %, 19.7 peer-s | 5.1 s | not within 5 s | not within 5 s | 8.0 s |
+//! | 5 in a row, 10 s -> 120 s | 91.9 %, 4.1 peer-s | 88.6 %, 19.1 peer-s | 5.9 s | not within 5 s | not within 5 s | 8.0 s |
+//! | 3 in a row, 1 s -> 10 s | 92.5 %, 4.8 peer-s | 88.1 %, 19.0 peer-s | 2.2 s | 2.1 s | 2.0 s | 1.0 s |
+//! | **5 in a row, 1 s -> 10 s** | 91.9 %, 4.4 peer-s | 88.7 %, **11.0 peer-s** | 2.6 s | 2.1 s | 2.1 s | 1.0 s |
+//! | 5 in a row + 50 % rate (min 20 in 10 s), 1 s -> 10 s | 91.9 %, 4.4 peer-s | 88.6 %, 11.0 peer-s | 2.6 s | 2.0 s | 2.0 s | 1.0 s |
+//!
+//! (A bare `Channel::balance_list` keeps 69 % through the brownout and 33 %
+//! with two servers down.)
+//!
+//! - Every configuration keeps at least 99.8 % of the calls while one or two
+//!   servers fail (each failed attempt is retried on another peer), and the
+//!   balancer's cap bounds a brownout whatever the trip policy. What the trip
+//!   policy decides is how much capacity a uniformly flaky fleet loses for
+//!   nothing, and how soon a recovered server serves again.
+//! - **5 in a row** takes a peer of a 30 % flaky fleet out about once in 590
+//!   of its calls, where 3 in a row does so once in about 50: in the 20 s
+//!   brownout it cost 11 peer-seconds of capacity instead of 19, for 2 more
+//!   failed (and retried) attempts per dead instance. It is also Envoy's
+//!   `consecutive_5xx` default.
+//! - **1 s doubling to 10 s**: a failed probe costs one attempt, which the
+//!   retry layer sends to another peer, so a dead instance costs one retried
+//!   attempt per cooldown (8 in its first minute, the seed's 2) while a recovered one
+//!   serves again about 2 s after a 5 s outage (the seed's 10 s kept it out
+//!   for the rest of the run), and 1 s after a fleet-wide 2 s one (8 s with
+//!   the seed's). Probing sooner when a peer is no longer the fleet's
+//!   outlier, or a slow start, were considered and not built: the short
+//!   cooldown already brings a recovered peer back within about two
+//!   cooldowns, while outlier detection needs a per-call success rate per
+//!   peer in the balancer (a cost on every call).
+//! - **No failure-rate policy**: it changed nothing measurable here, and a
+//!   rate policy counts every call, which takes the breaker's lock on every
+//!   success where the consecutive policy takes none (`circuit_breaker`
+//!   bench, `palisade_rate_policy` next to `palisade_for_balancer`).
+//! - **Retried attempts count like any other.** A retry goes to a peer the
+//!   call has not used (the balancer's attempt record), so one call adds at
+//!   most one failure to any peer; measured, a retried attempt failed on its
+//!   second peer as often as that peer's own first attempts did (24-33 %
+//!   against 27-32 % in the 5 s brownout, 28-30 % against 29-30 % in the
+//!   20 s one, across every configuration): a retry carries no extra blame,
+//!   and a healthy peer that takes the retries of failing ones is never
+//!   blamed for them (two servers down: 0 failures on the third). The retry
+//!   budget bounds the volume: 1.30 attempts per call in the 5 s brownout,
+//!   1.25 in the 20 s one, where the budget (20 % of the request rate plus 10
+//!   a second) binds.
+//!
+//! [`FleetMembership::request_ejection`]: palisade_core::peer::FleetMembership::request_ejection
+//! [`Availability::Degraded`]: palisade_core::peer::Availability::Degraded
+//!
 //! # Shared state
 //!
 //! Clones of a [`CircuitBreaker`] share one breaker, and so does every service
@@ -193,7 +287,9 @@
 //! elapsed`, `probe failed`, `probes succeeded`, `forced open`, `forced
 //! closed`, `reset`) and the cooldown that starts. State names are `closed`,
 //! `open`, `half_open` and `disabled`; a forced-open breaker is reported `open`
-//! with the reason `forced open`. Each refused call emits a `rejected` event at
+//! with the reason `forced open`. Inside a balancer, a trip its ejection cap
+//! refuses is reported `closed` -> `degraded` (`ejection cap reached: open
+//! but kept`) and its end `degraded` -> `closed` (`trip condition cleared`). Each refused call emits a `rejected` event at
 //! `DEBUG`. Listeners are called after the breaker's lock is released (so they
 //! may call back into the breaker): two transitions made at nearly the same
 //! time on two threads may reach them in either order. The handle's
@@ -202,7 +298,9 @@
 //!
 //! With the `metrics` feature: the counters
 //! `palisade_circuit_breaker_transitions_total{peer,from,to}`,
-//! `palisade_circuit_breaker_rejected_total{peer}` and
+//! `palisade_circuit_breaker_rejected_total{peer}`,
+//! `palisade_circuit_breaker_kept_total{peer}` (trips a balancer's ejection
+//! cap kept in rotation) and
 //! `palisade_circuit_breaker_failures_total{peer}` (failures the breaker
 //! counted: not the late results of an earlier state, nothing while forced
 //! closed), and the gauge `palisade_circuit_breaker_state{peer}` (0 closed, 1

@@ -1,7 +1,7 @@
 //! The state one breaker's services, handles and guards share.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_body::Settle;
@@ -78,6 +78,9 @@ struct Hot {
     fast_success: bool,
     /// Whether calls are timed (the slow-call policy).
     timed: bool,
+    /// A mirror of [`Machine::kept`]: closed but degraded ("open but kept"),
+    /// read by [`Shared::availability`] without the lock.
+    kept: AtomicBool,
 }
 
 /// One breaker's shared state.
@@ -91,8 +94,9 @@ pub(crate) struct Shared {
     name: Option<PeerId>,
     key: Option<Arc<str>>,
     rejected: AtomicU64,
-    /// The balancers this breaker reports its transitions to.
-    fleet: Memberships,
+    /// The balancers this breaker reports its transitions to (and asks,
+    /// through its machine, before a trip opens it).
+    fleet: Arc<Memberships>,
     #[cfg(feature = "metrics")]
     metrics: Metrics,
 }
@@ -107,6 +111,8 @@ struct Metrics {
     peer: String,
     rejected: metrics::Counter,
     failures: metrics::Counter,
+    /// Trips its fleet refused (kept in rotation by the ejection cap).
+    kept: metrics::Counter,
     state: metrics::Gauge,
     /// `transitions_total` for the transitions the breaker makes by itself,
     /// indexed like [`Metrics::AUTOMATIC`].
@@ -130,6 +136,7 @@ impl Metrics {
         Self {
             rejected: metrics::counter!("palisade_circuit_breaker_rejected_total", "peer" => peer.clone()),
             failures: metrics::counter!("palisade_circuit_breaker_failures_total", "peer" => peer.clone()),
+            kept: metrics::counter!("palisade_circuit_breaker_kept_total", "peer" => peer.clone()),
             state: metrics::gauge!("palisade_circuit_breaker_state", "peer" => peer.clone()),
             transitions,
             peer,
@@ -158,7 +165,8 @@ impl Metrics {
 
 impl Shared {
     pub(crate) fn new(config: CircuitBreakerConfig, key: Option<Arc<str>>) -> Arc<Self> {
-        let machine = Machine::new(&config, Instant::now());
+        let fleet = Arc::new(Memberships::new());
+        let machine = Machine::new(&config, Instant::now()).with_fleet(Arc::clone(&fleet));
         let name = match (&config.peer, &key) {
             (Some(peer), Some(key)) => Some(PeerId::new(format!("{peer} {key}"))),
             (Some(peer), None) => Some(peer.clone()),
@@ -173,6 +181,7 @@ impl Shared {
                 consecutive: AtomicU32::new(0),
                 fast_success: config.rate.is_none(),
                 timed: config.rate.is_some_and(|r| r.slow_call.is_some()),
+                kept: AtomicBool::new(false),
             },
             machine: Mutex::new(machine),
             origin: Instant::now(),
@@ -180,7 +189,7 @@ impl Shared {
             name,
             key,
             rejected: AtomicU64::new(0),
-            fleet: Memberships::new(),
+            fleet,
             #[cfg(feature = "metrics")]
             metrics,
         });
@@ -341,6 +350,7 @@ impl Shared {
             .word
             .store(pack(machine.generation(), machine.state()), Ordering::Release);
         self.hot.consecutive.store(machine.consecutive(), Ordering::Relaxed);
+        self.hot.kept.store(machine.kept(), Ordering::Relaxed);
     }
 
     fn emit(&self, t: Transition) {
@@ -373,9 +383,11 @@ impl Shared {
     /// The balancers the breaker belongs to ([`CheckAvailability::join_fleet`])
     /// are told the availability the transition left, after the listeners and
     /// outside the lock too, so that a balancer never waits on a breaker's
-    /// lock while holding its own, nor the other way round.
+    /// lock while holding its own, nor the other way round. (The one
+    /// question asked of them under the lock, whether a trip may open the
+    /// breaker, touches only their atomics.)
     fn with_machine<R>(&self, f: impl FnOnce(&mut Machine, Instant) -> (R, Option<Transition>), now: Instant) -> R {
-        let (r, t, after) = {
+        let (r, t, kept, after) = {
             let mut machine = self.machine.lock();
             let (r, t) = f(&mut machine, now);
             self.sync(&machine);
@@ -383,14 +395,20 @@ impl Shared {
             if t.is_some() {
                 self.metrics.state.set(machine.state().gauge());
             }
-            // A transition, or a probe slot that came back while the breaker
-            // stays half-open (no event: the state did not change).
+            // A transition, a probe slot that came back while the breaker
+            // stays half-open (no event: the state did not change), or the
+            // breaker kept in rotation by its fleet (or no longer).
             let freed = machine.take_slot_freed();
-            let after = (t.is_some() || freed).then(|| machine.peek(&self.config, now));
-            (r, t, after)
+            let kept_changed = machine.take_kept_changed();
+            let kept = (kept_changed && t.is_none()).then(|| machine.kept());
+            let after = (t.is_some() || freed || kept_changed).then(|| machine.peek(&self.config, now));
+            (r, t, kept, after)
         };
         if let Some(t) = t {
             self.emit(t);
+        }
+        if let Some(kept) = kept {
+            self.emit_kept(kept);
         }
         if let Some(availability) = after {
             self.fleet.notify(availability);
@@ -398,10 +416,47 @@ impl Shared {
         r
     }
 
+    /// The event of a trip its fleet refused (`closed` to `degraded`: open
+    /// but kept), or of a kept breaker whose trip condition cleared
+    /// (`degraded` to `closed`). Not a change of [`CircuitState`] (the
+    /// breaker stays closed, its generation unchanged), but of what it tells
+    /// its balancers.
+    fn emit_kept(&self, kept: bool) {
+        let (from, to, reason) = if kept {
+            ("closed", "degraded", "ejection cap reached: open but kept")
+        } else {
+            ("degraded", "closed", "trip condition cleared")
+        };
+        self.config.listeners.emit(
+            &Event::new(
+                LayerName::CircuitBreaker,
+                EventKind::StateChange {
+                    from,
+                    to,
+                    reason,
+                    cooldown: None,
+                },
+            )
+            .peer(self.name.as_ref())
+            .key(self.key.as_deref()),
+        );
+        #[cfg(feature = "metrics")]
+        if kept {
+            self.metrics.kept.increment(1);
+        }
+    }
+
     pub(crate) fn availability(&self) -> Availability {
         let word = self.hot.word.load(Ordering::Acquire);
         let tag = word & TAG_MASK;
-        if tag == CircuitState::Closed.tag() || tag == CircuitState::Disabled.tag() {
+        if tag == CircuitState::Closed.tag() {
+            return if self.hot.kept.load(Ordering::Relaxed) {
+                Availability::Degraded
+            } else {
+                Availability::Available
+            };
+        }
+        if tag == CircuitState::Disabled.tag() {
             return Availability::Available;
         }
         self.with_machine(|m, now| m.availability(&self.config, now), Instant::now())

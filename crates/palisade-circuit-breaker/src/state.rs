@@ -3,10 +3,11 @@
 //! service, the handle, the tests and the reference-model proptest.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::classify::Outcome;
-use palisade_core::peer::{Availability, Unavailable};
+use palisade_core::peer::{Availability, Memberships, Unavailable};
 use tokio::time::Instant;
 
 use crate::config::{CircuitBreakerConfig, RatePolicy};
@@ -178,6 +179,11 @@ pub struct CircuitSnapshot {
     pub times_opened: u64,
     /// The generation: bumped on every transition.
     pub generation: u64,
+    /// "Open but kept": closed, because its trip condition held but the
+    /// fleet it belongs to refused to let it leave rotation (the
+    /// balancer's ejection cap). It keeps counting, reports itself
+    /// [`Availability::Degraded`], and asks again on its next trip.
+    pub kept_in_rotation: bool,
 }
 
 /// The breaker's state machine.
@@ -195,6 +201,17 @@ pub(crate) struct Machine {
     /// short of closing it, or slots reclaimed): balancers are told, though
     /// the state did not change. Taken by [`Machine::take_slot_freed`].
     slot_freed: bool,
+    /// Closed but "open but kept": the trip condition held and the fleet
+    /// refused the ejection. Cleared by the next counted outcome that does
+    /// not trip, and by every transition.
+    kept: bool,
+    /// `kept` changed since [`Machine::take_kept_changed`] last looked.
+    kept_changed: bool,
+    /// Whether the breaker holds an ejection grant of its fleet: from a trip
+    /// its fleet granted until it is closed (or forced) again.
+    ejected: bool,
+    /// The balancers the breaker belongs to, asked before a trip opens it.
+    fleet: Arc<Memberships>,
 }
 
 impl Machine {
@@ -209,6 +226,59 @@ impl Machine {
             cooldown: None,
             times_opened: 0,
             slot_freed: false,
+            kept: false,
+            kept_changed: false,
+            ejected: false,
+            fleet: Arc::default(),
+        }
+    }
+
+    /// The balancers to ask before a trip opens the breaker (the
+    /// breaker's memberships, shared with the service that reports to them).
+    pub(crate) fn with_fleet(mut self, fleet: Arc<Memberships>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// Whether the breaker is "open but kept" (see [`CircuitSnapshot::kept_in_rotation`]).
+    pub(crate) fn kept(&self) -> bool {
+        self.kept
+    }
+
+    /// Whether [`Machine::kept`] changed since the last call; clears the flag.
+    pub(crate) fn take_kept_changed(&mut self) -> bool {
+        std::mem::take(&mut self.kept_changed)
+    }
+
+    fn set_kept(&mut self, kept: bool) {
+        if self.kept != kept {
+            self.kept = kept;
+            self.kept_changed = true;
+        }
+    }
+
+    /// A trip decided while closed: opens the breaker, unless a fleet it
+    /// belongs to refuses the ejection (its balancer's cap on how many peers
+    /// may be out at once). Then it stays closed, kept in rotation and
+    /// degraded; its counts stand, so its next failure asks again.
+    fn trip(&mut self, config: &CircuitBreakerConfig, now: Instant, reason: &'static str) -> Option<Transition> {
+        if !self.fleet.request_ejection() {
+            self.set_kept(true);
+            return None;
+        }
+        self.ejected = true;
+        Some(self.open(config, now, reason))
+    }
+
+    /// What every transition does beyond the phase: a kept breaker is no
+    /// longer kept, and an ejection grant goes back once the breaker is
+    /// neither open nor half-open after its trip (closed, reset, forced: an
+    /// operator's forced open is not the balancer's to count).
+    fn after_transition(&mut self) {
+        self.set_kept(false);
+        if self.ejected && !matches!(self.phase, Phase::Open { .. } | Phase::HalfOpen { .. }) {
+            self.ejected = false;
+            self.fleet.release_ejection();
         }
     }
 
@@ -254,6 +324,7 @@ impl Machine {
             failed_rounds: self.failed_rounds,
             times_opened: self.times_opened,
             generation: self.generation,
+            kept_in_rotation: self.kept,
         }
     }
 
@@ -276,6 +347,7 @@ impl Machine {
     fn transition(&mut self, phase: Phase, reason: &'static str) -> Transition {
         let from = self.state();
         self.set(phase);
+        self.after_transition();
         let cooldown = match phase {
             Phase::Open { .. } => self.cooldown,
             _ => None,
@@ -412,6 +484,7 @@ impl Machine {
     /// balancer is told after a transition.
     pub(crate) fn peek(&self, config: &CircuitBreakerConfig, now: Instant) -> Availability {
         match self.phase {
+            Phase::Closed if self.kept => Availability::Degraded,
             Phase::Closed | Phase::Disabled => Availability::Available,
             Phase::Open { until } => Availability::Unavailable {
                 reason: Unavailable::Open,
@@ -554,7 +627,15 @@ impl Machine {
                 trip = rate_trips(policy, window.totals(now));
             }
         }
-        trip.map(|reason| self.open(config, now, reason))
+        match trip {
+            Some(reason) => self.trip(config, now, reason),
+            None => {
+                // The trip condition no longer holds: a kept breaker is back
+                // to plain closed.
+                self.set_kept(false);
+                None
+            }
+        }
     }
 
     /// Forces the breaker open until a reset.

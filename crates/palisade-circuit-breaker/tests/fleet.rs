@@ -3,15 +3,19 @@
 //! peer is open.
 //!
 //! The property: after any sequence of calls, outcomes, drops, time steps,
-//! handle actions, early probes and resets, the last availability the breaker
-//! reported agrees with what it answers when asked — so that a balancer that
-//! only listens keeps an exact set of available peers and an exact probe
-//! queue.
+//! handle actions, early probes, resets and changes of the fleet's room for
+//! ejections, the last availability the breaker reported agrees with what it
+//! answers when asked — so that a balancer that only listens keeps an exact
+//! set of available peers and an exact probe queue — and the breaker holds
+//! an ejection grant exactly while it is open or half-open after a trip
+//! (never leaked, never held by a closed breaker).
 #![allow(missing_docs)]
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -24,23 +28,57 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 use tower::Service;
 
-/// Every report, with the instant it arrived.
-#[derive(Default)]
-struct Reports(Mutex<Vec<(Instant, Availability)>>);
+/// Every report, with the instant it arrived; and a fleet with room for one
+/// ejection while `room` is set (a balancer's ejection cap).
+struct Reports {
+    seen: Mutex<Vec<(Instant, Availability)>>,
+    room: AtomicBool,
+    held: AtomicBool,
+    requests: AtomicUsize,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::new(Vec::new()),
+            room: AtomicBool::new(true),
+            held: AtomicBool::new(false),
+            requests: AtomicUsize::new(0),
+        }
+    }
+}
 
 impl AvailabilitySink for Reports {
     fn availability_changed(&self, availability: Availability) {
-        self.0.lock().push((Instant::now(), availability));
+        self.seen.lock().push((Instant::now(), availability));
+    }
+
+    fn request_ejection(&self) -> bool {
+        self.requests.fetch_add(1, SeqCst);
+        if self.held.load(SeqCst) {
+            return true;
+        }
+        let granted = self.room.load(SeqCst);
+        self.held.store(granted, SeqCst);
+        granted
+    }
+
+    fn release_ejection(&self) {
+        self.held.store(false, SeqCst);
     }
 }
 
 impl Reports {
     fn last(&self) -> Option<(Instant, Availability)> {
-        self.0.lock().last().copied()
+        self.seen.lock().last().copied()
     }
 
     fn len(&self) -> usize {
-        self.0.lock().len()
+        self.seen.lock().len()
+    }
+
+    fn held(&self) -> bool {
+        self.held.load(SeqCst)
     }
 }
 
@@ -81,6 +119,8 @@ enum Step {
     ForceOpen,
     ForceClosed,
     Reset,
+    /// Whether the fleet has room for an ejection.
+    Room(bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -96,6 +136,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::ForceOpen),
         1 => Just(Step::ForceClosed),
         1 => Just(Step::Reset),
+        2 => any::<bool>().prop_map(Step::Room),
     ]
 }
 
@@ -104,6 +145,8 @@ fn agrees(reported: Option<(Instant, Availability)>, answer: Availability, now: 
     let reported_availability = reported.map_or(Availability::Available, |(_, a)| a);
     let ok = match answer {
         Availability::Available => reported_availability == Availability::Available,
+        // Kept in rotation by the fleet: reported as such, and back.
+        Availability::Degraded => reported_availability == Availability::Degraded,
         // A probe slot free: reported as such (when the breaker went
         // half-open, or when a slot came back).
         Availability::Probe => reported_availability == Availability::Probe,
@@ -229,10 +272,26 @@ fn run(probes: u32, successes: u32, steps: Vec<Step>) -> Result<(), TestCaseErro
                 Step::ForceOpen => handle.force_open(),
                 Step::ForceClosed => handle.force_closed(),
                 Step::Reset => handle.reset(),
+                Step::Room(room) => reports.room.store(room, SeqCst),
             }
             let answer = handle.availability();
             let result = agrees(reports.last(), answer, Instant::now());
             prop_assert!(result.is_ok(), "step {i} ({step:?}): {}", result.unwrap_err());
+            let snapshot = handle.snapshot();
+            let out = matches!(snapshot.state, CircuitState::Open | CircuitState::HalfOpen);
+            prop_assert_eq!(
+                reports.held(),
+                out,
+                "step {}: the grant is held exactly while out of rotation",
+                i
+            );
+            prop_assert_eq!(
+                snapshot.kept_in_rotation,
+                answer == Availability::Degraded,
+                "step {}: kept in rotation is what a balancer is told",
+                i
+            );
+            prop_assert!(!snapshot.kept_in_rotation || snapshot.state == CircuitState::Closed);
         }
         Ok(())
     })
@@ -325,4 +384,131 @@ async fn a_probe_slot_reclaimed_after_the_probe_timeout_is_reported() {
     assert_eq!(svc.availability(), Availability::Probe);
     assert_eq!(reports.last().map(|r| r.1), Some(Availability::Probe));
     drop(probe);
+}
+
+/// A breaker of 2 consecutive failures whose events land in `events`.
+fn breaker_with_events(
+    events: Arc<Mutex<Vec<(&'static str, &'static str)>>>,
+) -> CircuitBreaker<impl Service<bool, Response = &'static str, Error = BoxError, Future: Send>> {
+    let config = CircuitBreakerConfig::builder()
+        .failure_threshold(2)
+        .cooldown(Duration::from_millis(100))
+        .success_threshold(1)
+        .listener(Arc::new(move |event: &palisade_core::event::Event<'_>| {
+            if let palisade_core::event::EventKind::StateChange { from, to, .. } = event.kind {
+                events.lock().push((from, to));
+            }
+        }))
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|ok: bool| async move {
+        if ok {
+            Ok("ok")
+        } else {
+            Err::<&'static str, BoxError>("boom".into())
+        }
+    });
+    CircuitBreaker::new(inner, config)
+}
+
+// Issue 19: inside a balancer with its ejection cap taken, a trip does not
+// open the breaker: it stays closed and in rotation, tells the balancer it
+// is degraded, keeps counting, and asks again on every later trip.
+#[tokio::test(start_paused = true)]
+async fn a_trip_the_fleet_refuses_keeps_the_breaker_in_rotation_and_it_asks_again() {
+    use tower::ServiceExt;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut svc = breaker_with_events(events.clone());
+    let handle = svc.handle();
+    let reports = Arc::new(Reports::default());
+    reports.room.store(false, SeqCst);
+    assert!(svc.join_fleet(FleetMembership::new(reports.clone())));
+    for _ in 0..2 {
+        assert_eq!(
+            svc.ready().await.unwrap().call(false).await.unwrap_err().to_string(),
+            "boom"
+        );
+    }
+    assert_eq!(reports.requests.load(SeqCst), 1, "the trip asked the fleet");
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, CircuitState::Closed);
+    assert!(snapshot.kept_in_rotation);
+    assert_eq!(svc.availability(), Availability::Degraded);
+    assert_eq!(reports.last().map(|r| r.1), Some(Availability::Degraded));
+    assert_eq!(*events.lock(), [("closed", "degraded")]);
+    // Kept: calls still reach the peer, and each failure asks again.
+    assert_eq!(
+        svc.ready().await.unwrap().call(false).await.unwrap_err().to_string(),
+        "boom"
+    );
+    assert_eq!(reports.requests.load(SeqCst), 2);
+    assert_eq!(events.lock().len(), 1, "no new event while it stays kept");
+    // The fleet has room now: the next failure ejects it.
+    reports.room.store(true, SeqCst);
+    assert!(svc.ready().await.unwrap().call(false).await.is_err());
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert!(reports.held());
+    assert!(!handle.snapshot().kept_in_rotation);
+    // Its probe succeeds: closed, and the grant goes back to the fleet.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(svc.ready().await.unwrap().call(true).await.unwrap(), "ok");
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert!(!reports.held(), "closing gives the grant back");
+    assert_eq!(reports.last().map(|r| r.1), Some(Availability::Available));
+    assert_eq!(
+        *events.lock(),
+        [
+            ("closed", "degraded"),
+            ("closed", "open"),
+            ("open", "half_open"),
+            ("half_open", "closed")
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_breaker_whose_failures_stop_is_plainly_available_again() {
+    use tower::ServiceExt;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut svc = breaker_with_events(events.clone());
+    let reports = Arc::new(Reports::default());
+    reports.room.store(false, SeqCst);
+    assert!(svc.join_fleet(FleetMembership::new(reports.clone())));
+    for _ in 0..2 {
+        assert!(svc.ready().await.unwrap().call(false).await.is_err());
+    }
+    assert_eq!(svc.availability(), Availability::Degraded);
+    assert_eq!(svc.ready().await.unwrap().call(true).await.unwrap(), "ok");
+    assert_eq!(svc.availability(), Availability::Available);
+    assert_eq!(reports.last().map(|r| r.1), Some(Availability::Available));
+    assert_eq!(*events.lock(), [("closed", "degraded"), ("degraded", "closed")]);
+    assert_eq!(
+        svc.handle().snapshot().generation,
+        0,
+        "kept is no transition: results in flight still count"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standalone_breaker_opens_as_before_and_an_operator_is_never_refused() {
+    use tower::ServiceExt;
+    let mut standalone = breaker_with_events(Arc::new(Mutex::new(Vec::new())));
+    for _ in 0..2 {
+        assert!(standalone.ready().await.unwrap().call(false).await.is_err());
+    }
+    assert_eq!(
+        standalone.handle().state(),
+        CircuitState::Open,
+        "no fleet: nothing to ask"
+    );
+    // In a fleet without room, an operator still forces it open, and that
+    // holds no grant.
+    let svc = breaker_with_events(Arc::new(Mutex::new(Vec::new())));
+    let reports = Arc::new(Reports::default());
+    reports.room.store(false, SeqCst);
+    assert!(svc.join_fleet(FleetMembership::new(reports.clone())));
+    svc.handle().force_open();
+    assert_eq!(svc.handle().state(), CircuitState::ForcedOpen);
+    assert_eq!(reports.requests.load(SeqCst), 0);
+    assert!(!reports.held());
 }

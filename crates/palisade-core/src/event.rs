@@ -16,7 +16,9 @@
 //! | `reason` | why, in a short fixed phrase |
 //! | `cooldown_ms`, `delay_ms`, `limit`, `attempt` | numbers, where they apply |
 //!
-//! State changes are logged at `INFO` (a breaker opening at `WARN`), per-call
+//! State changes are logged at `INFO` (a breaker opening, or a peer kept in
+//! rotation only by its balancer's ejection cap — `to = "degraded"` — at
+//! `WARN`), per-call
 //! events (a rejection, a retry) at `DEBUG`.
 //!
 //! ## Listeners
@@ -209,7 +211,9 @@ impl<'a> Event<'a> {
                 cooldown,
             } => {
                 let cooldown_ms = cooldown.map(|c| c.as_millis() as u64);
-                if to == "open" {
+                // A breaker opening, or kept in rotation only by the fleet's
+                // ejection cap: both mean a peer is failing.
+                if to == "open" || to == "degraded" {
                     tracing::warn!(target: "palisade", layer, %peer, event, from, to, reason, cooldown_ms, "state change");
                 } else {
                     tracing::info!(target: "palisade", layer, %peer, event, from, to, reason, cooldown_ms, "state change");

@@ -1,8 +1,9 @@
 //! Peers: their identity, the record of which peers a call has tried, and how
 //! per-peer middleware tells a balancer whether a peer may be picked — when
 //! asked ([`CheckAvailability`]) and as it changes ([`FleetMembership`]) —
-//! and lets a balancer whose peers are all open ask for an early probe or a
-//! reset.
+//! asks the balancer whether it may leave rotation at all (the fleet's
+//! ejection cap, [`FleetMembership::request_ejection`]), and lets a balancer
+//! whose peers are all open ask for an early probe or a reset.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -153,13 +154,18 @@ impl Eq for AttemptRecord {}
 /// What [`CheckAvailability::availability`] answers, and what per-peer
 /// middleware reports through [`FleetMembership::notify`] when it changes.
 /// Non-exhaustive: a balancer treats a value it does not know as
-/// unavailable, so new states (say, a peer that is failing but kept in
-/// rotation) can be added without breaking it.
+/// unavailable, so new states can be added without breaking it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Availability {
     /// The peer takes calls normally (a closed breaker).
     Available,
+    /// The peer takes calls, but it is failing: its breaker would have
+    /// opened, and stays closed only because the fleet's ejection cap
+    /// refused ([`FleetMembership::request_ejection`]): "open but kept". A
+    /// balancer keeps it in rotation and prefers any peer that is not
+    /// degraded.
+    Degraded,
     /// The peer takes one probe call now (a half-open breaker with a free probe
     /// slot). A balancer may pick it; the call it sends is the probe.
     Probe,
@@ -174,9 +180,15 @@ pub enum Availability {
 }
 
 impl Availability {
-    /// Whether a balancer may pick the peer now.
+    /// Whether a balancer may pick the peer now (a degraded peer may be picked).
     pub fn is_available(&self) -> bool {
         !matches!(self, Availability::Unavailable { .. })
+    }
+
+    /// Whether the peer is [`Degraded`](Availability::Degraded): in rotation,
+    /// but failing.
+    pub fn is_degraded(&self) -> bool {
+        matches!(self, Availability::Degraded)
     }
 }
 
@@ -309,6 +321,23 @@ pub trait AvailabilitySink: Send + Sync + 'static {
     fn is_active(&self) -> bool {
         true
     }
+
+    /// The peer's breaker is about to open (to leave rotation): may it? A
+    /// balancer with an ejection cap grants it while fewer than its share of
+    /// peers are out, and refuses once the share is taken; the peer then
+    /// stays in rotation, [`Availability::Degraded`]. A grant is held until
+    /// [`release_ejection`](Self::release_ejection) (or until the peer
+    /// leaves the set); asking again while holding one is granted at no
+    /// extra cost. Like every method here it must not block: atomics only.
+    ///
+    /// The default grants everything (no cap).
+    fn request_ejection(&self) -> bool {
+        true
+    }
+
+    /// The peer is back in rotation (its breaker closed, was reset or forced
+    /// closed): gives back its grant, if it holds one. Idempotent.
+    fn release_ejection(&self) {}
 }
 
 /// A peer's membership of one balancer's fleet: what the balancer hands the
@@ -319,9 +348,10 @@ pub trait AvailabilitySink: Send + Sync + 'static {
 /// memberships and calls [`notify`](Self::notify) on each after every
 /// transition, once its own locks are released.
 ///
-/// The membership is the place where a fleet-wide question can be asked of
-/// the balancer later (say, whether a peer may leave rotation at all, when a
-/// cap on ejections applies); for now it carries notifications.
+/// It also carries the one fleet-wide question a peer asks: whether it may
+/// leave rotation at all ([`request_ejection`](Self::request_ejection)),
+/// which a balancer answers from its ejection cap, so that a failure of the
+/// whole fleet cannot take the whole fleet out.
 #[derive(Clone)]
 pub struct FleetMembership {
     sink: Arc<dyn AvailabilitySink>,
@@ -342,6 +372,18 @@ impl FleetMembership {
     /// Whether the balancer still counts the peer as a member.
     pub fn is_active(&self) -> bool {
         self.sink.is_active()
+    }
+
+    /// Asks whether the peer may leave rotation (see
+    /// [`AvailabilitySink::request_ejection`]).
+    pub fn request_ejection(&self) -> bool {
+        self.sink.request_ejection()
+    }
+
+    /// Gives back the peer's ejection grant, if it holds one (see
+    /// [`AvailabilitySink::release_ejection`]).
+    pub fn release_ejection(&self) {
+        self.sink.release_ejection();
     }
 
     /// Whether `self` and `other` are the same membership (clones of one).
@@ -396,6 +438,35 @@ impl Memberships {
         if let Some(list) = snapshot {
             for membership in list.iter() {
                 membership.notify(availability);
+            }
+        }
+    }
+
+    /// Asks every membership whether the peer may leave rotation: granted
+    /// when all of them grant it (no membership: granted). When one refuses,
+    /// the grants of the others are given back, so a refused request holds
+    /// nothing. For a peer that holds no grant (a closed breaker); the lock
+    /// is held only to copy the list's reference.
+    pub fn request_ejection(&self) -> bool {
+        let snapshot = self.list.lock().clone();
+        let Some(list) = snapshot else { return true };
+        for (i, membership) in list.iter().enumerate() {
+            if !membership.request_ejection() {
+                for granted in &list[..i] {
+                    granted.release_ejection();
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Gives back the peer's grant in every membership (idempotent).
+    pub fn release_ejection(&self) {
+        let snapshot = self.list.lock().clone();
+        if let Some(list) = snapshot {
+            for membership in list.iter() {
+                membership.release_ejection();
             }
         }
     }
@@ -493,6 +564,66 @@ mod tests {
         assert!(!ma.same_membership(&FleetMembership::new(b)));
     }
 
+    /// A sink with a budget of `left` grants.
+    struct Budget {
+        left: std::sync::atomic::AtomicUsize,
+        held: std::sync::atomic::AtomicBool,
+    }
+
+    impl Budget {
+        fn new(left: usize) -> Arc<Self> {
+            Arc::new(Self {
+                left: left.into(),
+                held: false.into(),
+            })
+        }
+    }
+
+    impl AvailabilitySink for Budget {
+        fn availability_changed(&self, _: Availability) {}
+
+        fn request_ejection(&self) -> bool {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.held.load(SeqCst) {
+                return true;
+            }
+            let granted = self.left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+            self.held.store(granted, SeqCst);
+            granted
+        }
+
+        fn release_ejection(&self) {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.held.swap(false, SeqCst) {
+                self.left.fetch_add(1, SeqCst);
+            }
+        }
+    }
+
+    #[test]
+    fn an_ejection_is_granted_by_every_membership_or_by_none() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let memberships = Memberships::new();
+        assert!(memberships.request_ejection(), "a standalone peer may always open");
+        let (roomy, full) = (Budget::new(1), Budget::new(0));
+        memberships.join(FleetMembership::new(roomy.clone()));
+        memberships.join(FleetMembership::new(full.clone()));
+        assert!(!memberships.request_ejection(), "one balancer refuses");
+        assert_eq!(roomy.left.load(SeqCst), 1, "the other's grant was given back");
+        full.left.store(1, SeqCst);
+        assert!(memberships.request_ejection());
+        assert_eq!((roomy.left.load(SeqCst), full.left.load(SeqCst)), (0, 0));
+        memberships.release_ejection();
+        memberships.release_ejection();
+        assert_eq!(
+            (roomy.left.load(SeqCst), full.left.load(SeqCst)),
+            (1, 1),
+            "released once"
+        );
+        // The default sink has no cap.
+        assert!(FleetMembership::new(Arc::new(Sink::default())).request_ejection());
+    }
+
     #[test]
     fn the_defaults_refuse_what_only_a_breaker_can_do() {
         struct Plain;
@@ -514,6 +645,9 @@ mod tests {
     #[test]
     fn only_unavailable_is_unavailable() {
         assert!(Availability::Available.is_available());
+        assert!(Availability::Degraded.is_available());
+        assert!(Availability::Degraded.is_degraded());
+        assert!(!Availability::Available.is_degraded());
         assert!(Availability::Probe.is_available());
         assert!(
             !Availability::Unavailable {

@@ -63,7 +63,7 @@ impl AllOpenPolicy {
 }
 
 /// Validated settings shared by every balancer a layer builds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) service: Option<Arc<str>>,
     pub(crate) panic_threshold: Option<f64>,
@@ -71,7 +71,30 @@ pub(crate) struct Settings {
     pub(crate) registry: Option<RegistryStatus>,
     pub(crate) load: LoadMetric,
     pub(crate) all_open: AllOpenPolicy,
+    /// The share of peers that may be ejected at once; `None`: no cap.
+    pub(crate) max_ejected_share: Option<f64>,
 }
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            service: None,
+            panic_threshold: None,
+            listeners: Listeners::default(),
+            registry: None,
+            load: LoadMetric::default(),
+            all_open: AllOpenPolicy::default(),
+            max_ejected_share: Some(DEFAULT_MAX_EJECTED_SHARE),
+        }
+    }
+}
+
+/// The default share of a balancer's peers that their breakers may take out
+/// of rotation at once: 10 %, Envoy's `max_ejection_percent` default (with
+/// at least one peer ejectable and at least one kept); see
+/// [`PeerDiscoveryBuilder::max_ejected_share`] and the crate docs for the
+/// measurements behind it.
+pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.1;
 
 /// Builds a [`PeerDiscoveryLayer`]; [`build`](Self::build) validates it.
 #[derive(Clone, Debug)]
@@ -134,6 +157,35 @@ impl<P> PeerDiscoveryBuilder<P> {
         self
     }
 
+    /// The ejection cap: the share of this balancer's peers, in `(0, 1]`,
+    /// that their breakers may take out of rotation at once (Envoy's
+    /// `max_ejection_percent`). Default [`DEFAULT_MAX_EJECTED_SHARE`], 10 %.
+    ///
+    /// With `n` peers, at most `floor(share * n)` may be out, but at least
+    /// one may always go (with two peers or more) and at least one always
+    /// stays: a lone peer is never ejected. A breaker whose trip the cap
+    /// refuses stays closed, in rotation, and reports itself degraded ("open
+    /// but kept"); the balancer prefers other peers to it, sends it one call
+    /// a second so that it can show it recovered, and its breaker asks
+    /// again on its next failure. So a failure of the whole fleet (a
+    /// brownout, a partition) never takes the whole fleet out, while one
+    /// bad instance is still excluded. Only breakers that ask count
+    /// (`palisade-circuit-breaker`'s do, through the
+    /// [`FleetMembership`](palisade_core::peer::FleetMembership) it joins);
+    /// a peer forced open by an operator is not counted and not refused.
+    pub fn max_ejected_share(mut self, share: f64) -> Self {
+        self.settings.max_ejected_share = Some(share);
+        self
+    }
+
+    /// No ejection cap: every peer may be ejected, the last one too (the
+    /// balancer's behaviour before the cap existed; the all-open policy then
+    /// decides what a call does when every peer is open).
+    pub fn no_ejection_cap(mut self) -> Self {
+        self.settings.max_ejected_share = None;
+        self
+    }
+
     /// How load is measured (default [`LoadMetric::PendingRequests`]).
     pub fn load(mut self, metric: LoadMetric) -> Self {
         self.settings.load = metric;
@@ -154,9 +206,18 @@ impl<P> PeerDiscoveryBuilder<P> {
         self
     }
 
-    /// Checks the configuration: the panic threshold lies in `(0, 1]`; a
-    /// peak-EWMA decay is non-zero.
+    /// Checks the configuration: the panic threshold and the ejection cap
+    /// lie in `(0, 1]`; a peak-EWMA decay is non-zero.
     pub fn build(self) -> Result<PeerDiscoveryLayer<P>, ConfigError> {
+        if let Some(share) = self.settings.max_ejected_share
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(ConfigError::new(
+                "peer discovery",
+                "max_ejected_share",
+                format!("must lie in (0, 1], got {share}"),
+            ));
+        }
         if let LoadMetric::PeakEwma { decay, .. } = self.settings.load
             && decay.is_zero()
         {

@@ -45,6 +45,10 @@ impl Readiness {
 pub enum PeerState {
     /// Takes calls: the breaker is closed (or the peer has none).
     Available,
+    /// Takes calls but is failing: its breaker tripped and the balancer's
+    /// ejection cap kept it in rotation ("open but kept"). Other peers are
+    /// preferred to it.
+    Degraded,
     /// The breaker is open; its next probe is due at `until`.
     Open {
         /// When the cooldown ends.
@@ -70,6 +74,7 @@ impl PeerState {
         let later = |d: Duration| now.checked_add(d).unwrap_or(now);
         match availability {
             Availability::Available => PeerState::Available,
+            Availability::Degraded => PeerState::Degraded,
             Availability::Probe => PeerState::Probing { slot_free: true },
             Availability::Unavailable {
                 reason: Unavailable::Open,
@@ -84,10 +89,11 @@ impl PeerState {
         }
     }
 
-    /// `available`, `open`, `probing` or `unavailable`.
+    /// `available`, `degraded`, `open`, `probing` or `unavailable`.
     pub fn as_str(self) -> &'static str {
         match self {
             PeerState::Available => "available",
+            PeerState::Degraded => "degraded",
             PeerState::Open { .. } => "open",
             PeerState::Probing { .. } => "probing",
             PeerState::Unavailable { .. } => "unavailable",
@@ -167,6 +173,9 @@ pub struct PeerCounts {
     pub known: usize,
     /// Available and ready: a call may go there now.
     pub available: usize,
+    /// Degraded and ready: "open but kept" by the ejection cap; a call may
+    /// go there, other peers are preferred.
+    pub degraded: usize,
     /// Breaker open.
     pub open: usize,
     /// Breaker half-open (a probe due or in flight).
@@ -185,9 +194,10 @@ impl fmt::Display for PeerCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} peers: {} available, {} open, {} probing, {} unavailable, {} not ready, {} failed; {} calls in flight",
+            "{} peers: {} available, {} degraded, {} open, {} probing, {} unavailable, {} not ready, {} failed; {} calls in flight",
             self.known,
             self.available,
+            self.degraded,
             self.open,
             self.probing,
             self.unavailable,
@@ -217,8 +227,22 @@ pub struct HealthReport {
     pub all_open: AllOpenPolicy,
     /// When the report was made (the instants in it are on tokio's clock).
     pub at: Instant,
+    /// The ejection cap: how many peers their breakers have taken out of
+    /// rotation, and how many they may; `None` without a cap.
+    pub ejections: Option<Ejections>,
     /// Every known peer.
     pub peers: Vec<PeerHealth>,
+}
+
+/// How much of the ejection cap is in use (see
+/// [`PeerDiscoveryBuilder::max_ejected_share`](crate::PeerDiscoveryBuilder::max_ejected_share)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ejections {
+    /// Peers whose breaker took them out of rotation (open or half-open after a trip).
+    pub ejected: usize,
+    /// The most that may be out at once with the current set.
+    pub limit: usize,
 }
 
 impl HealthReport {
@@ -241,8 +265,14 @@ impl HealthReport {
             discover_ended,
             all_open,
             at,
+            ejections: None,
             peers,
         }
+    }
+
+    pub(crate) fn with_ejections(mut self, capped: bool, ejected: usize, limit: usize) -> Self {
+        self.ejections = capped.then_some(Ejections { ejected, limit });
+        self
     }
 
     /// How many peers may be picked now.
@@ -263,8 +293,9 @@ impl HealthReport {
                 (_, PeerState::Open { .. }) => counts.open += 1,
                 (_, PeerState::Probing { .. }) => counts.probing += 1,
                 (_, PeerState::Unavailable { .. }) => counts.unavailable += 1,
-                (Readiness::NotReady, PeerState::Available) => counts.not_ready += 1,
+                (Readiness::NotReady, PeerState::Available | PeerState::Degraded) => counts.not_ready += 1,
                 (Readiness::Ready, PeerState::Available) => counts.available += 1,
+                (Readiness::Ready, PeerState::Degraded) => counts.degraded += 1,
             }
         }
         counts
@@ -293,6 +324,9 @@ impl fmt::Display for Relative {
 impl fmt::Display for HealthReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.service.as_deref().unwrap_or("peers"), self.counts())?;
+        if let Some(e) = self.ejections {
+            write!(f, "; {} of at most {} ejected", e.ejected, e.limit)?;
+        }
         if let Some(registry) = self.registry {
             write!(f, "; registry {}", registry.as_str())?;
         }
@@ -306,6 +340,7 @@ impl fmt::Display for HealthReport {
             write!(f, "\n  {} ", p.peer)?;
             match p.state {
                 PeerState::Available => f.write_str("available")?,
+                PeerState::Degraded => f.write_str("degraded (open but kept)")?,
                 PeerState::Open { until } => write!(f, "open until {}", Relative(self.at, until))?,
                 PeerState::Probing { slot_free: true } => f.write_str("probing (probe due)")?,
                 PeerState::Probing { slot_free: false } => f.write_str("probing (probes in flight)")?,

@@ -5,8 +5,8 @@
 //!
 //! 1. **A peer due for a look goes first** (the probe queue's head, when its
 //!    instant has passed): an open peer whose cooldown ended gets its probe
-//!    on the next call, whatever the random draws would say. At most
-//!    [`PROBE_POPS`] per call.
+//!    on the next call, whatever the random draws would say, and so does a
+//!    degraded peer once per recheck. At most [`PROBE_POPS`] per call.
 //! 2. **Power of two choices** among the pickable peers ([`choose`]). The
 //!    winner is asked its availability and polled for readiness under its
 //!    own lock; if it cannot take the call, the other candidate is tried.
@@ -54,8 +54,12 @@ pub(crate) struct Sent<F> {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ask {
-    /// Whether it is available (a pick, or a peer due for a look).
+    /// Whether it is available (a pick).
     Check,
+    /// Whether it is available, for a peer taken from the probe queue: what
+    /// it answers is reported even when the balancer believed it already,
+    /// which queues it again (a degraded peer's next recheck).
+    Due,
     /// For an early probe (the all-open policy).
     EarlyProbe,
 }
@@ -206,7 +210,7 @@ where
         let events = std::mem::take(&mut set.deferred);
         let set = parking_lot::RwLockWriteGuard::downgrade(set);
         let result = match chosen {
-            Some(i) => match self.try_peer(&set, i, req, Ask::Check, protocol) {
+            Some(i) => match self.try_peer(&set, i, req, Ask::Due, protocol) {
                 Ok(sent) => Due::Sent(sent),
                 Err(back) => Due::Failed(back),
             },
@@ -238,7 +242,7 @@ where
         let slot = set.peer(i);
         let mut service = slot.service.lock();
         let (availability, refused) = match ask {
-            Ask::Check => (service.availability(), false),
+            Ask::Check | Ask::Due => (service.availability(), false),
             Ask::EarlyProbe => {
                 let taken = service.request_probe();
                 (service.availability(), !taken)
@@ -251,7 +255,12 @@ where
             });
             return Err(req);
         }
-        if !(availability == Availability::Available && slot.tracked == Tracked::Available) {
+        let believed = match (availability, slot.tracked) {
+            (Availability::Available, Tracked::Available) => true,
+            (Availability::Degraded, Tracked::Degraded { .. }) => ask != Ask::Due,
+            _ => false,
+        };
+        if !believed {
             slot.cell.observe_availability(availability);
         }
         if !availability.is_available() {

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::driver::Waiters;
+use super::eject::EjectionBudget;
 use crate::health::Readiness;
 
 /// What was observed about one peer since the balancer last looked.
@@ -59,19 +60,35 @@ pub(crate) struct PeerCell {
     index: AtomicUsize,
     /// False once the peer left the set.
     active: AtomicBool,
+    /// The fleet's ejection budget, and whether this peer holds a grant of it.
+    budget: Arc<EjectionBudget>,
+    ejected: AtomicBool,
     pending: Mutex<Pending>,
 }
 
 impl PeerCell {
-    pub(crate) fn new(serial: u64, inbox: &Arc<Inbox>) -> Arc<Self> {
+    pub(crate) fn new(serial: u64, inbox: &Arc<Inbox>, budget: &Arc<EjectionBudget>) -> Arc<Self> {
         Arc::new_cyclic(|me| PeerCell {
             me: me.clone(),
             inbox: Arc::downgrade(inbox),
             serial,
             index: AtomicUsize::new(usize::MAX),
             active: AtomicBool::new(true),
+            budget: Arc::clone(budget),
+            ejected: AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
         })
+    }
+
+    /// Whether the peer holds an ejection grant.
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    fn give_back_ejection(&self) {
+        if self.ejected.swap(false, Ordering::AcqRel) {
+            self.budget.give_back();
+        }
     }
 
     pub(crate) fn index(&self) -> usize {
@@ -82,10 +99,11 @@ impl PeerCell {
         self.index.store(index, Ordering::Release);
     }
 
-    /// The peer left the set: later reports are dropped, and the peer may
-    /// forget this membership.
+    /// The peer left the set: later reports are dropped, the peer may
+    /// forget this membership, and its ejection grant (if any) goes back.
     pub(crate) fn deactivate(&self) {
         self.active.store(false, Ordering::Release);
+        self.give_back_ejection();
     }
 
     pub(crate) fn is_active_member(&self) -> bool {
@@ -136,6 +154,31 @@ impl AvailabilitySink for PeerCell {
 
     fn is_active(&self) -> bool {
         self.is_active_member()
+    }
+
+    /// Grants the ejection while the fleet's budget has room. A peer that
+    /// left the set is no longer this fleet's to count: granted, and not
+    /// counted.
+    fn request_ejection(&self) -> bool {
+        if !self.is_active_member() || self.is_ejected() {
+            return true;
+        }
+        if !self.budget.try_take() {
+            return false;
+        }
+        if self.ejected.swap(true, Ordering::AcqRel) {
+            // A racing request of the same peer won: one grant per peer.
+            self.budget.give_back();
+        }
+        if !self.is_active_member() {
+            // Removed meanwhile: `deactivate` may have missed this grant.
+            self.give_back_ejection();
+        }
+        true
+    }
+
+    fn release_ejection(&self) {
+        self.give_back_ejection();
     }
 }
 
@@ -197,7 +240,7 @@ mod tests {
     #[test]
     fn a_cell_queues_itself_once_until_taken_and_goes_quiet_when_removed() {
         let inbox = Arc::new(Inbox::default());
-        let cell = PeerCell::new(7, &inbox);
+        let cell = PeerCell::new(7, &inbox, &Arc::new(EjectionBudget::new(None)));
         let membership = FleetMembership::new(cell.clone());
         assert!(!inbox.is_pending());
         membership.notify(Availability::Probe);
@@ -217,8 +260,12 @@ mod tests {
         inbox.take(&mut again);
         assert_eq!(again.len(), 1);
         again[0].take();
-        // Removed: reports are dropped and the peer may forget the membership.
+        // Removed: reports are dropped, the peer may forget the membership,
+        // and its ejection grant goes back.
+        assert!(membership.request_ejection());
+        assert!(cell.is_ejected());
         cell.deactivate();
+        assert!(!cell.is_ejected());
         assert!(!membership.is_active());
         membership.notify(Availability::Available);
         assert!(!inbox.is_pending());

@@ -1,6 +1,7 @@
 //! Power of two choices among the pickable peers, in O(1): two weighted
 //! draws from the exact set of pickable peers (per-thread random numbers, no
-//! shared generator), the less loaded first.
+//! shared generator), the one that is not degraded first, else the less
+//! loaded first.
 //!
 //! A retry avoids the peers of earlier attempts: from a drawn position the
 //! choice walks forward past peers in the attempt record. At most
@@ -83,9 +84,18 @@ pub(crate) fn two<K: Hash + Eq + Clone, S>(
     }
 }
 
-/// Whether peer `a` is less loaded than peer `b`, per unit of weight.
+/// Whether peer `a` should win over peer `b`: a peer that is not degraded
+/// beats a degraded one whatever their loads (a degraded peer that fails
+/// fast must not attract calls because it looks unloaded); otherwise the
+/// less loaded per unit of weight wins.
 fn less_loaded<K: Hash + Eq + Clone, S>(set: &PeerSet<K, S>, a: usize, b: usize) -> bool {
     let (a, b) = (set.peer(a), set.peer(b));
+    if set.has_degraded() {
+        let (da, db) = (a.tracked.is_degraded(), b.tracked.is_degraded());
+        if da != db {
+            return db;
+        }
+    }
     let la = a.stats.in_flight.load(Ordering::Relaxed) as u64;
     let lb = b.stats.in_flight.load(Ordering::Relaxed) as u64;
     if let (Some(ea), Some(eb)) = (&a.stats.ewma, &b.stats.ewma) {

@@ -31,6 +31,12 @@ pub(crate) enum Deferred {
         reason: &'static str,
         cooldown: Option<Duration>,
     },
+    /// A peer's breaker tripped but the ejection cap kept it in rotation,
+    /// degraded (`degraded`), or a degraded peer recovered.
+    Degraded {
+        peer: PeerId,
+        degraded: bool,
+    },
     /// A call found no peer to take it.
     Rejected,
     /// Every peer was open and the all-open policy acted on `peers` of them.
@@ -44,7 +50,7 @@ impl Deferred {
     /// The flip of a peer now in `category` / `tracked`.
     pub(crate) fn availability(peer: PeerId, category: Category, tracked: Tracked, now: Instant) -> Self {
         let (available, reason, cooldown) = match category {
-            Category::Available => (true, "available", None),
+            Category::Available | Category::Degraded => (true, "available", None),
             Category::Open => (
                 false,
                 "breaker open",
@@ -93,6 +99,23 @@ impl Deferred {
                 )
                 .peer(Some(peer))
             }
+            Deferred::Degraded { peer, degraded } => {
+                let (from, to, reason) = if *degraded {
+                    ("available", "degraded", "ejection cap reached: open but kept")
+                } else {
+                    ("degraded", "available", "recovered")
+                };
+                Event::new(
+                    LayerName::Discovery,
+                    EventKind::StateChange {
+                        from,
+                        to,
+                        reason,
+                        cooldown: None,
+                    },
+                )
+                .peer(Some(peer))
+            }
             Deferred::Rejected => Event::new(
                 LayerName::Discovery,
                 EventKind::Rejected {
@@ -137,6 +160,8 @@ struct Handles {
     available: metrics::Gauge,
     open: metrics::Gauge,
     probing: metrics::Gauge,
+    degraded: metrics::Gauge,
+    ejected: metrics::Gauge,
     rejected: metrics::Counter,
     resets: metrics::Counter,
     early_probes: metrics::Counter,
@@ -153,6 +178,8 @@ impl Metrics {
                 available: gauge("palisade_discovery_available_peers"),
                 open: gauge("palisade_discovery_open_peers"),
                 probing: gauge("palisade_discovery_probing_peers"),
+                degraded: gauge("palisade_discovery_degraded_peers"),
+                ejected: gauge("palisade_discovery_ejected_peers"),
                 rejected: metrics::counter!("palisade_discovery_no_available_peers_total", "service" => service.clone()),
                 resets: metrics::counter!("palisade_discovery_all_open_total", "service" => service.clone(), "policy" => "reset"),
                 early_probes: metrics::counter!("palisade_discovery_all_open_total", "service" => service, "policy" => "probe_now"),
@@ -168,7 +195,7 @@ impl Metrics {
 
     /// Sets the gauges from the counts (under the write lock, so that they
     /// end at the last change).
-    pub(crate) fn counts(&self, known: usize, counts: Counts) {
+    pub(crate) fn counts(&self, known: usize, counts: Counts, ejected: usize) {
         #[cfg(feature = "metrics")]
         {
             let h = &self.handles;
@@ -176,9 +203,11 @@ impl Metrics {
             h.available.set(counts.get(Category::Available) as f64);
             h.open.set(counts.get(Category::Open) as f64);
             h.probing.set(counts.get(Category::Probing) as f64);
+            h.degraded.set(counts.get(Category::Degraded) as f64);
+            h.ejected.set(ejected as f64);
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (known, counts);
+        let _ = (known, counts, ejected);
     }
 
     pub(crate) fn rejected(&self) {

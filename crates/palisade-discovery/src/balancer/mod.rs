@@ -23,6 +23,7 @@ mod call;
 mod cell;
 mod choose;
 mod driver;
+mod eject;
 mod events;
 mod probes;
 mod set;
@@ -42,6 +43,7 @@ use tower_service::Service;
 
 use self::cell::{Inbox, PeerCell};
 use self::driver::{DiscoverStatus, DiscoverWake, Driver, Waiters};
+use self::eject::EjectionBudget;
 use self::events::Metrics;
 use self::set::{Joining, PeerSet, Tracked};
 use crate::config::Settings;
@@ -79,6 +81,8 @@ pub(crate) struct Balancer<D: Discover> {
     waker: Waker,
     waiters: Arc<Waiters>,
     inbox: Arc<Inbox>,
+    /// How many peers their breakers may take out of rotation at once.
+    ejections: Arc<EjectionBudget>,
     /// Mirrors the set's not-ready list length, so that `poll_ready` skips
     /// the re-polling without a lock when there is none.
     not_ready: CacheLine<AtomicUsize>,
@@ -103,6 +107,7 @@ impl<D: Discover> Balancer<D> {
         let waker = Waker::from(wake.clone());
         Self {
             metrics: Metrics::new(&settings),
+            ejections: Arc::new(EjectionBudget::new(settings.max_ejected_share)),
             settings,
             set: CacheLine(RwLock::new(PeerSet::default())),
             driver: Mutex::new(Driver {
@@ -176,7 +181,8 @@ where
 
     fn after_change(&self, set: &PeerSet<D::Key, D::Service>) {
         self.not_ready.store(set.not_ready().len(), Ordering::Relaxed);
-        self.metrics.counts(set.len(), set.counts());
+        self.ejections.set_peers(set.len());
+        self.metrics.counts(set.len(), set.counts(), self.ejections.ejected());
     }
 
     /// Applies every change the discover has ready, if its waker said it
@@ -224,8 +230,13 @@ where
     /// is taken: no user code runs under it.
     fn insert(&self, key: D::Key, service: D::Service) {
         let known = self.set.read().cell_of(&key);
-        let cell =
-            known.unwrap_or_else(|| PeerCell::new(self.next_serial.fetch_add(1, Ordering::Relaxed), &self.inbox));
+        let cell = known.unwrap_or_else(|| {
+            PeerCell::new(
+                self.next_serial.fetch_add(1, Ordering::Relaxed),
+                &self.inbox,
+                &self.ejections,
+            )
+        });
         let notifies = service.join_fleet(FleetMembership::new(cell.clone()));
         let availability = service.availability();
         let joining = Joining {
@@ -359,6 +370,11 @@ where
             now,
             peers,
         )
+        .with_ejections(
+            self.ejections.is_capped(),
+            self.ejections.ejected(),
+            self.ejections.limit(),
+        )
     }
 }
 
@@ -366,6 +382,7 @@ where
 fn believed(tracked: Tracked, now: Instant) -> Availability {
     match tracked {
         Tracked::Available => Availability::Available,
+        Tracked::Degraded { .. } => Availability::Degraded,
         Tracked::Probe { .. } => Availability::Probe,
         Tracked::Open { until } => Availability::Unavailable {
             reason: Unavailable::Open,

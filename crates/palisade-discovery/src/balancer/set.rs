@@ -1,15 +1,18 @@
 //! The peer set: a slab of per-peer slots with an index by key, and the
 //! views the request path reads without scanning:
 //!
-//! - `pickable`: the peers that are available and whose client was ready,
-//!   exact (kept up to date on every observation), so that a pick draws
-//!   from it in O(1) however many peers are unavailable;
+//! - `pickable`: the peers that are available (or degraded: in rotation,
+//!   but failing) and whose client was ready, exact (kept up to date on
+//!   every observation), so that a pick draws from it in O(1) however many
+//!   peers are unavailable;
 //! - `not_ready`: available peers whose client was not ready, re-polled by
 //!   `poll_ready`;
 //! - `policy`: the open and half-open peers the all-open policy may ask for
 //!   an early probe or a reset (not those that refused);
 //! - the probe queue: every peer that is not plainly available, by when to
-//!   look at it again;
+//!   look at it again (a degraded peer too: it gets one call per
+//!   [`RECHECK`], so that it can show it recovered although the choice
+//!   prefers healthier peers);
 //! - counts by category, for `NoAvailablePeers` and the gauges.
 //!
 //! Everything here is plain data changed under the balancer's write lock: no
@@ -33,6 +36,9 @@ use crate::health::Readiness;
 /// How soon a peer whose probe slots are all taken (or that is unavailable
 /// for another reason without saying for how long) is looked at again.
 pub(crate) const RECHECK: Duration = Duration::from_secs(1);
+/// How often a degraded peer gets a call whatever the choice would say (see
+/// [`Tracked::Degraded`]).
+pub(crate) const DEGRADED_RECHECK: Duration = RECHECK;
 /// What "never by itself" becomes when an instant must be computed.
 const FAR: Duration = Duration::from_secs(365 * 86_400);
 
@@ -41,6 +47,13 @@ const FAR: Duration = Duration::from_secs(365 * 86_400);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tracked {
     Available,
+    /// In rotation but failing ("open but kept" by the ejection cap): picked,
+    /// but the choice prefers any peer that is not degraded. So that it can
+    /// show it recovered, it is sent a call at `recheck` (one per
+    /// [`DEGRADED_RECHECK`]) whatever the choice says.
+    Degraded {
+        recheck: Instant,
+    },
     /// Half-open with a free probe slot: its probe is due at once.
     Probe {
         since: Instant,
@@ -64,6 +77,9 @@ impl Tracked {
         let later = |d: Duration| at.checked_add(d).unwrap_or_else(|| at + FAR);
         match availability {
             Availability::Available => Tracked::Available,
+            Availability::Degraded => Tracked::Degraded {
+                recheck: at + DEGRADED_RECHECK,
+            },
             Availability::Probe => Tracked::Probe { since: at },
             Availability::Unavailable {
                 reason: Unavailable::Open,
@@ -82,10 +98,21 @@ impl Tracked {
         }
     }
 
+    /// Whether the peer is in rotation but failing.
+    pub(crate) fn is_degraded(self) -> bool {
+        matches!(self, Tracked::Degraded { .. })
+    }
+
+    /// Whether a call may be sent to the peer (when its client is ready).
+    pub(crate) fn takes_calls(self) -> bool {
+        matches!(self, Tracked::Available | Tracked::Degraded { .. })
+    }
+
     /// When the probe queue should bring the peer up again.
     fn due(self) -> Option<Instant> {
         match self {
             Tracked::Available => None,
+            Tracked::Degraded { recheck } => Some(recheck),
             Tracked::Probe { since } => Some(since),
             Tracked::Open { until } | Tracked::Other { until } => Some(until),
             Tracked::Busy { recheck } => Some(recheck),
@@ -97,7 +124,9 @@ impl Tracked {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Category {
     Available,
-    /// Available, but its client was not ready.
+    /// In rotation, but failing (kept by the ejection cap).
+    Degraded,
+    /// Available (or degraded), but its client was not ready.
     NotReady,
     Open,
     /// Half-open (probe due or probes in flight).
@@ -108,7 +137,7 @@ pub(crate) enum Category {
 }
 
 impl Category {
-    const ALL: usize = 6;
+    const ALL: usize = 7;
 
     fn of(tracked: Tracked, readiness: Readiness) -> Self {
         match (readiness, tracked) {
@@ -116,8 +145,9 @@ impl Category {
             (_, Tracked::Open { .. }) => Category::Open,
             (_, Tracked::Probe { .. } | Tracked::Busy { .. }) => Category::Probing,
             (_, Tracked::Other { .. }) => Category::Other,
-            (Readiness::NotReady, Tracked::Available) => Category::NotReady,
+            (Readiness::NotReady, Tracked::Available | Tracked::Degraded { .. }) => Category::NotReady,
             (Readiness::Ready, Tracked::Available) => Category::Available,
+            (Readiness::Ready, Tracked::Degraded { .. }) => Category::Degraded,
         }
     }
 
@@ -296,6 +326,13 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         self.max_weight
     }
 
+    /// Whether some pickable peer is degraded (the choice then compares
+    /// that first).
+    #[inline]
+    pub(crate) fn has_degraded(&self) -> bool {
+        self.counts.get(Category::Degraded) > 0
+    }
+
     /// Whether every peer has the same weight (draws need no rejection
     /// sampling, and do not touch the slots).
     #[inline]
@@ -467,13 +504,14 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         let slot = &mut self.peers[i];
         let before = Category::of(slot.tracked, slot.readiness);
         let was_pickable = slot.pick_pos.is_some();
+        let was_degraded = slot.tracked.is_degraded();
         slot.tracked = tracked;
         slot.readiness = readiness;
         slot.refused_policy = refused;
         let after = Category::of(tracked, readiness);
         self.counts.sub(before);
         self.counts.add(after);
-        let available = matches!(tracked, Tracked::Available);
+        let available = tracked.takes_calls();
         let in_policy = matches!(
             tracked,
             Tracked::Open { .. } | Tracked::Probe { .. } | Tracked::Busy { .. }
@@ -512,6 +550,15 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         if report && pickable != was_pickable {
             self.deferred
                 .push(Deferred::availability(slot.id.clone(), after, tracked, now));
+        }
+        let degraded = tracked.is_degraded();
+        // Kept in rotation instead of ejected, or recovered from that (a
+        // degraded peer that leaves rotation is reported above).
+        if report && pickable && was_pickable && degraded != was_degraded {
+            self.deferred.push(Deferred::Degraded {
+                peer: slot.id.clone(),
+                degraded,
+            });
         }
         self.clean_queue();
     }
@@ -565,7 +612,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             if self.index.get(&s.key) != Some(&i) || s.cell.index() != i {
                 return Err(format!("peer {i} is indexed wrong"));
             }
-            let pickable = matches!(s.tracked, Tracked::Available) && s.readiness == Readiness::Ready;
+            let pickable = s.tracked.takes_calls() && s.readiness == Readiness::Ready;
             if s.pick_pos.is_some() != pickable || s.pick_pos.is_some_and(|p| self.pickable[p] != i) {
                 return Err(format!("peer {i} pickable {pickable} but {:?}", s.pick_pos));
             }
@@ -585,7 +632,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         if counts != self.counts {
             return Err(format!("counts {:?}, kept {:?}", counts, self.counts));
         }
-        if self.pickable.len() != counts.get(Category::Available)
+        if self.pickable.len() != counts.get(Category::Available) + counts.get(Category::Degraded)
             || self.not_ready.len() != counts.get(Category::NotReady)
         {
             return Err("list lengths disagree with counts".into());

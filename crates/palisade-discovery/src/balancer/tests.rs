@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::cell::{Inbox, Observed, PeerCell};
 use super::driver::Waiters;
+use super::eject::EjectionBudget;
 use super::set::{Category, Joining, PeerSet};
 use crate::future::PeerStats;
 use crate::health::Readiness;
@@ -27,8 +28,9 @@ enum Op {
 }
 
 fn availability(code: u8) -> Availability {
-    match code % 5 {
+    match code % 6 {
         0 => Availability::Available,
+        5 => Availability::Degraded,
         1 => Availability::Probe,
         2 => Availability::Unavailable {
             reason: Unavailable::Open,
@@ -68,6 +70,7 @@ proptest! {
     #[test]
     fn every_view_and_count_stays_true(ops in proptest::collection::vec(op(), 1..200)) {
         let inbox = Arc::new(Inbox::new(Arc::new(Waiters::default())));
+        let budget = Arc::new(EjectionBudget::new(None));
         let mut set: PeerSet<u8, ()> = PeerSet::default();
         let mut model: BTreeMap<u8, (Availability, Readiness)> = BTreeMap::new();
         let start = Instant::now();
@@ -77,7 +80,7 @@ proptest! {
             match op {
                 Op::Insert(k, a) => {
                     serial += 1;
-                    let cell = set.cell_of(&k).unwrap_or_else(|| PeerCell::new(serial, &inbox));
+                    let cell = set.cell_of(&k).unwrap_or_else(|| PeerCell::new(serial, &inbox, &budget));
                     let joining = Joining { service: (), weight: 1 + u32::from(a % 3), cell, notifies: true, availability: availability(a), at: now };
                     set.insert(k, PeerId::new(k.to_string()), joining, || Arc::new(PeerStats::new(LoadMetric::PendingRequests)));
                     model.insert(k, (availability(a), Readiness::Ready));
@@ -110,9 +113,12 @@ proptest! {
                 prop_assert!(false, "{}", e);
             }
             prop_assert_eq!(set.len(), model.len());
-            let pickable = model.values().filter(|(a, r)| *a == Availability::Available && *r == Readiness::Ready).count();
+            let pickable = model.values().filter(|(a, r)| a.is_available() && *a != Availability::Probe && *r == Readiness::Ready).count();
+            let available = model.values().filter(|(a, r)| *a == Availability::Available && *r == Readiness::Ready).count();
+            let degraded = model.values().filter(|(a, r)| *a == Availability::Degraded && *r == Readiness::Ready).count();
             prop_assert_eq!(set.pickable().len(), pickable);
-            prop_assert_eq!(set.counts().get(Category::Available), pickable);
+            prop_assert_eq!(set.counts().get(Category::Available), available);
+            prop_assert_eq!(set.counts().get(Category::Degraded), degraded);
             let open = model.values().filter(|(a, r)| *r != Readiness::Failed && matches!(a, Availability::Unavailable { reason: Unavailable::Open, .. })).count();
             prop_assert_eq!(set.counts().get(Category::Open), open);
         }

@@ -99,6 +99,26 @@ impl Ctl {
         });
     }
 
+    /// Like a breaker inside a balancer tripping: asks the fleet whether it
+    /// may leave rotation; open when granted, degraded (kept in rotation)
+    /// when the ejection cap refuses. Returns whether it was granted.
+    pub fn trip(&self, retry_in: Duration) -> bool {
+        if self.fleet.request_ejection() {
+            self.open(retry_in);
+            true
+        } else {
+            self.set(Availability::Degraded);
+            false
+        }
+    }
+
+    /// Like a breaker closing: gives its ejection grant back (if any) and is
+    /// available.
+    pub fn close(&self) {
+        self.fleet.release_ejection();
+        self.set(Availability::Available);
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
         if ready && let Some(w) = self.waker.lock().take() {
