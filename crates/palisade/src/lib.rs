@@ -113,3 +113,6 @@ pub use palisade_fallback as fallback;
 pub use palisade_retry as retry;
 #[cfg(feature = "timeout")]
 pub use palisade_timeout as timeout;
+
+#[cfg(feature = "tonic")]
+pub mod preset;

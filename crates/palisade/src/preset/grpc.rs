@@ -1,0 +1,357 @@
+//! The gRPC preset: [`GrpcClient`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use palisade_bulkhead::{BulkheadConfigBuilder, BulkheadLayer};
+use palisade_circuit_breaker::{CircuitBreakerConfigBuilder, CircuitBreakerHandle, CircuitBreakerLayer};
+use palisade_core::BoxError;
+use palisade_core::error::{ConfigError, TimeoutKind};
+use palisade_core::event::Listener;
+use palisade_core::protocol::Grpc;
+use palisade_discovery::{Instance, MakePeer, PeerDiscoveryBuilder, PeerDiscoveryLayer, Registry, RegistryDiscover};
+use palisade_retry::{ReplayBody, RetryLayer, RetryLayerBuilder};
+use palisade_timeout::{TimeoutBuilder, TimeoutLayer};
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use super::defaults;
+use super::health::{ClientHealth, HealthSource};
+
+/// How the preset connects to one registered instance: a tonic [`Channel`]
+/// for it. The default ([`connect_lazy`]) connects lazily to
+/// `http://{address}`.
+pub type Connect = Arc<dyn Fn(&Instance) -> Result<Channel, BoxError> + Send + Sync>;
+
+/// The default [`Connect`]: a lazily connected [`Channel`] to
+/// `http://{address}` with tonic's defaults (TCP_NODELAY on, no connect
+/// timeout: the per-attempt timeout bounds a connect that hangs, and the
+/// breaker counts it).
+pub fn connect_lazy(instance: &Instance) -> Result<Channel, BoxError> {
+    Ok(Endpoint::from_shared(format!("http://{}", instance.addr()))?.connect_lazy())
+}
+
+/// The response future of a [`GrpcClient`].
+pub type ResponseFuture = BoxFuture<'static, Result<http::Response<Body>, BoxError>>;
+
+type Inner = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+
+/// The whole Palisade client stack for a gRPC service, as one cloneable,
+/// `Send` service that a tonic generated client takes as it is
+/// (`EchoClient::new(client)`). Built by [`GrpcClient::builder`]; see the
+/// [module docs](super) for the layers and their defaults.
+///
+/// Clones share everything (peer set, breakers, bulkhead, retry budget), so
+/// clone it into every task.
+#[derive(Clone)]
+pub struct GrpcClient {
+    inner: Inner,
+    health: HealthSource,
+}
+
+impl fmt::Debug for GrpcClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcClient")
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcClient {
+    /// The builder, for the instances of `service` in `registry`: the full
+    /// stack with a balancer over the registry's instances and a breaker and
+    /// an attempt timeout per instance.
+    pub fn builder<R: Registry>(registry: R, service: impl Into<String>) -> GrpcClientBuilder {
+        GrpcClientBuilder::new(Target::Registry {
+            registry: Arc::new(registry),
+            service: service.into(),
+        })
+    }
+
+    /// The builder for one tonic [`Channel`] (no registry, no balancer): the
+    /// stack wraps the one connection, its breaker and attempt timeout
+    /// included.
+    pub fn over_channel(channel: Channel) -> GrpcClientBuilder {
+        GrpcClientBuilder::new(Target::Channel(channel))
+    }
+
+    /// A snapshot of the client's health: every instance with its breaker
+    /// state, in-flight calls and latest error (over a registry), the
+    /// registry's state, the bulkhead's occupancy and the retry budget.
+    pub fn health(&self) -> ClientHealth {
+        self.health.snapshot()
+    }
+}
+
+impl Service<http::Request<Body>> for GrpcClient {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: http::Request<Body>) -> ResponseFuture {
+        self.inner.call(request)
+    }
+}
+
+pub(crate) enum Target {
+    Registry {
+        registry: Arc<dyn Registry>,
+        service: String,
+    },
+    Channel(Channel),
+}
+
+/// Builds a [`GrpcClient`]. Every setting starts at the preset's default
+/// (the seed system's numbers, see the [module docs](super)); each layer's
+/// own builder is reachable through a closure, so every knob of every layer
+/// can be set, and [`build`](Self::build) validates them all and returns the
+/// first [`ConfigError`], naming the layer and the field.
+///
+/// ```
+/// # use palisade::preset::GrpcClient;
+/// # use palisade::discovery::InMemoryRegistry;
+/// # use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), palisade::BoxError> {
+/// let registry = InMemoryRegistry::new();
+/// let client = GrpcClient::builder(registry, "echo")
+///     .retries(2)
+///     .attempt_timeout(Duration::from_millis(300))
+///     .breaker(|b| b.failure_threshold(5))
+///     .build()?;
+/// # drop(client); Ok(()) }
+/// ```
+pub struct GrpcClientBuilder {
+    target: Target,
+    connect: Connect,
+    breaker: CircuitBreakerConfigBuilder,
+    attempt_timeout: TimeoutBuilder<Grpc>,
+    total_timeout: TimeoutBuilder<Grpc>,
+    retry: RetryLayerBuilder<Grpc>,
+    bulkhead: BulkheadConfigBuilder,
+    balancer: PeerDiscoveryBuilder<Grpc>,
+    listeners: Vec<Arc<dyn Listener>>,
+}
+
+impl fmt::Debug for GrpcClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let target = match &self.target {
+            Target::Registry { service, .. } => format!("registry service {service:?}"),
+            Target::Channel(_) => "one channel".to_owned(),
+        };
+        f.debug_struct("GrpcClientBuilder")
+            .field("target", &target)
+            .field("breaker", &self.breaker)
+            .field("bulkhead", &self.bulkhead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcClientBuilder {
+    pub(crate) fn new(target: Target) -> Self {
+        Self {
+            target,
+            connect: Arc::new(connect_lazy),
+            breaker: defaults::breaker(),
+            attempt_timeout: TimeoutLayer::builder()
+                .grpc()
+                .kind(TimeoutKind::Attempt)
+                .timeout(Some(defaults::ATTEMPT_TIMEOUT)),
+            total_timeout: TimeoutLayer::builder().grpc().kind(TimeoutKind::Total).timeout(None),
+            retry: RetryLayer::builder().grpc().retries(defaults::RETRIES),
+            bulkhead: defaults::bulkhead(),
+            balancer: PeerDiscoveryLayer::builder().grpc(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// How to connect to an instance (default [`connect_lazy`]): set TLS,
+    /// keep-alive or a connect timeout on the [`Endpoint`] here. Called once
+    /// per instance address while it stays registered.
+    pub fn connect<F>(mut self, connect: F) -> Self
+    where
+        F: Fn(&Instance) -> Result<Channel, BoxError> + Send + Sync + 'static,
+    {
+        self.connect = Arc::new(connect);
+        self
+    }
+
+    /// Attempts after the first (default 1, to another instance), the
+    /// seed's `retries`. Shorthand for `.retry(|r| r.retries(n))`.
+    pub fn retries(self, retries: u32) -> Self {
+        self.retry(|r| r.retries(retries))
+    }
+
+    /// Each attempt's timeout (default 30 s), the seed's `timeout`: every
+    /// attempt gets the whole of it, bounded by the call's deadline. `None`
+    /// turns it off.
+    pub fn attempt_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.attempt_timeout_layer(|t| t.timeout(timeout))
+    }
+
+    /// The whole call's timeout, over every attempt and backoff (default
+    /// none: the caller's deadline, a per-call option or an inherited
+    /// `grpc-timeout`, still bounds it).
+    pub fn total_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into();
+        self.total_timeout_layer(|t| t.timeout(timeout))
+    }
+
+    /// Sets any knob of the per-instance breaker, starting from the preset's
+    /// (the seed's) numbers.
+    pub fn breaker(mut self, f: impl FnOnce(CircuitBreakerConfigBuilder) -> CircuitBreakerConfigBuilder) -> Self {
+        self.breaker = f(self.breaker);
+        self
+    }
+
+    /// Sets any knob of the per-attempt timeout layer.
+    pub fn attempt_timeout_layer(mut self, f: impl FnOnce(TimeoutBuilder<Grpc>) -> TimeoutBuilder<Grpc>) -> Self {
+        self.attempt_timeout = f(self.attempt_timeout);
+        self
+    }
+
+    /// Sets any knob of the total timeout layer.
+    pub fn total_timeout_layer(mut self, f: impl FnOnce(TimeoutBuilder<Grpc>) -> TimeoutBuilder<Grpc>) -> Self {
+        self.total_timeout = f(self.total_timeout);
+        self
+    }
+
+    /// Sets any knob of the retry layer (backoff, budget, predicate settings,
+    /// per-route overrides).
+    pub fn retry(mut self, f: impl FnOnce(RetryLayerBuilder<Grpc>) -> RetryLayerBuilder<Grpc>) -> Self {
+        self.retry = f(self.retry);
+        self
+    }
+
+    /// Sets any knob of the client's bulkhead, starting from the preset's
+    /// (1,024 calls in flight, no queue).
+    pub fn bulkhead(mut self, f: impl FnOnce(BulkheadConfigBuilder) -> BulkheadConfigBuilder) -> Self {
+        self.bulkhead = f(self.bulkhead);
+        self
+    }
+
+    /// Sets any knob of the balancer (all-open policy, ejection cap, panic
+    /// threshold, load metric). Ignored over one channel.
+    pub fn balancer(mut self, f: impl FnOnce(PeerDiscoveryBuilder<Grpc>) -> PeerDiscoveryBuilder<Grpc>) -> Self {
+        self.balancer = f(self.balancer);
+        self
+    }
+
+    /// Adds a listener that hears every layer's events (breaker
+    /// transitions, retries, timeouts, rejections, peer changes).
+    pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Validates every layer's settings and builds the stack (no connection
+    /// is made until the first call). Over a registry, call it inside a
+    /// tokio runtime: the registry's watch starts here.
+    pub fn build(self) -> Result<GrpcClient, ConfigError> {
+        let Self {
+            target,
+            connect,
+            mut breaker,
+            mut attempt_timeout,
+            mut total_timeout,
+            mut retry,
+            mut bulkhead,
+            mut balancer,
+            listeners,
+        } = self;
+        for listener in &listeners {
+            breaker = breaker.listener(listener.clone());
+            attempt_timeout = attempt_timeout.listener(listener.clone());
+            total_timeout = total_timeout.listener(listener.clone());
+            retry = retry.listener(listener.clone());
+            bulkhead = bulkhead.listener(listener.clone());
+            balancer = balancer.listener(listener.clone());
+        }
+        let breaker = CircuitBreakerLayer::new(breaker.build()?).protocol(Grpc::default());
+        let attempt_timeout = attempt_timeout.build()?;
+        let bulkhead = BulkheadLayer::new(bulkhead.build()?).protocol(Grpc::default());
+        let bulkhead_handle = bulkhead.handle();
+        let retry = retry.build()?;
+        let retry_handle = retry.clone();
+        let upper = ServiceBuilder::new()
+            .layer(total_timeout.build()?)
+            .layer(retry)
+            .map_request(unreplay as fn(_) -> _)
+            .layer(bulkhead);
+        let (inner, health) = match target {
+            Target::Registry { registry, service } => {
+                let make = MakeGrpcPeer {
+                    breaker,
+                    attempt_timeout,
+                    connect,
+                };
+                let discover = RegistryDiscover::new(&*registry, &service, make);
+                let balancer = balancer
+                    .service_name(&service)
+                    .registry_status(discover.status())
+                    .build()?
+                    .layer(discover);
+                let health = {
+                    let balancer = balancer.clone();
+                    HealthSource::balancer(move || balancer.health(), bulkhead_handle, retry_handle)
+                };
+                (box_stack(upper.service(balancer)), health)
+            }
+            Target::Channel(channel) => {
+                let handle: CircuitBreakerHandle = breaker.handle();
+                let health = HealthSource::single(handle, bulkhead_handle, retry_handle);
+                let stack = upper.service(breaker.layer(attempt_timeout.layer(channel)));
+                (box_stack(stack), health)
+            }
+        };
+        Ok(GrpcClient { inner, health })
+    }
+}
+
+/// The retry layer hands each attempt a replayable body; tonic's `Channel`
+/// takes tonic's body type.
+fn unreplay(request: http::Request<ReplayBody<Body>>) -> http::Request<Body> {
+    request.map(Body::new)
+}
+
+fn box_stack<S, B>(stack: S) -> Inner
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(stack.map_response(|response: http::Response<B>| response.map(Body::new)))
+}
+
+/// Makes one instance's service: its channel behind its attempt timeout and
+/// its own breaker.
+#[derive(Clone)]
+struct MakeGrpcPeer {
+    breaker: CircuitBreakerLayer<Grpc>,
+    attempt_timeout: TimeoutLayer<Grpc>,
+    connect: Connect,
+}
+
+impl MakePeer for MakeGrpcPeer {
+    type Service = palisade_circuit_breaker::CircuitBreaker<palisade_timeout::Timeout<Channel, Grpc>, Grpc>;
+
+    fn make_peer(&mut self, instance: &Instance) -> Result<Self::Service, BoxError> {
+        let channel = (self.connect)(instance)?;
+        Ok(self
+            .breaker
+            .for_peer(instance.id())
+            .layer(self.attempt_timeout.layer(channel)))
+    }
+}
