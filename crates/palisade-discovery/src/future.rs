@@ -228,6 +228,11 @@ where
                 protocol,
                 peer,
             } => {
+                // Completed already: the inner future is not polled again
+                // (many panic when they are), the caller gets the typed error.
+                if guard.is_none() {
+                    return Poll::Ready(Err(polled_after_completion()));
+                }
                 let result = ready!(future.poll(cx));
                 let Some(mut guard) = guard.take() else {
                     return Poll::Ready(Err(polled_after_completion()));
