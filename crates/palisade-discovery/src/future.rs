@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use palisade_body::{BodyLimits, Settle, TrackResponse};
+use palisade_body::{BodyEnd, BodyLimits, Settle, TrackResponse};
 use palisade_core::BoxError;
 use palisade_core::classify::{Outcome, Verdict};
 use palisade_core::error::{NoAvailablePeers, PolledAfterCompletion};
@@ -154,6 +154,25 @@ impl Settle for InFlight {
             Outcome::Ignored => {}
         }
         // Drop releases the in-flight count.
+    }
+
+    /// A verdict that waited for the end of the stream: a failure is
+    /// described by what ended it, the gRPC status of the trailers (code and
+    /// message) or the body's error with its cause chain, so that the
+    /// health report's `last_error` is this failure, not an older one.
+    fn settle_at_end(mut self, outcome: Outcome, end: BodyEnd<'_>) {
+        if outcome == Outcome::Failure && !self.described {
+            match end {
+                BodyEnd::Eos(Some(trailers)) => {
+                    if let Some(status) = crate::tag::describe_grpc(trailers) {
+                        self.record_failed_response(format!("{status} (in the trailers)"));
+                    }
+                }
+                BodyEnd::Error(error) => self.record_error(error),
+                BodyEnd::Eos(None) | BodyEnd::Dropped => {}
+            }
+        }
+        self.settle(outcome);
     }
 }
 
