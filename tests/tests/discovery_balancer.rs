@@ -538,3 +538,60 @@ async fn the_health_report_shows_the_latest_failure_with_its_cause_chain() {
     );
     assert!(now.last_error_at.unwrap() > first_at);
 }
+
+// Review of issue 14, item 7: a gRPC failure that comes at the end of a
+// stream (the status in the trailers, after replies were sent) is the
+// peer's latest error in the health report, with its code and message; not
+// the older trailers-only error, nor a vague "failed at the end of its
+// stream".
+#[tokio::test(start_paused = true)]
+async fn a_status_in_the_trailers_of_a_stream_is_the_peers_latest_error() {
+    let fleet = Fleet::start(InMemoryRegistry::without_ttl()).await;
+    // Breakers that never trip: every peer keeps being tried.
+    let (mut client, balancer) = fleet.client(1_000);
+    for server in &fleet.servers {
+        server.faults().set_status(Some(Code::Internal));
+    }
+    for _ in 0..12 {
+        let _ = attempt(&mut client, &AttemptRecord::new()).await;
+    }
+    let health = balancer.health();
+    assert!(
+        health
+            .peers
+            .iter()
+            .filter_map(|p| p.last_error.as_deref())
+            .any(|e| e.starts_with("gRPC status 13 (INTERNAL)")),
+        "{health}"
+    );
+    for server in &fleet.servers {
+        server.faults().set_status(None);
+        server.faults().fail_stream_after(1, Code::Unavailable);
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let request = palisade_testkit::echo::StreamRequest {
+        message: "hi".into(),
+        count: 3,
+        ..Default::default()
+    };
+    let mut stream = client.server_stream(request).await.unwrap().into_inner();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream did not fail"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    let health = balancer.health();
+    let latest = health
+        .peers
+        .iter()
+        .max_by_key(|p| p.last_error_at)
+        .unwrap_or_else(|| panic!("{health}"));
+    let error = latest.last_error.as_deref().unwrap_or_else(|| panic!("{health}"));
+    assert!(
+        error.starts_with("gRPC status 14 (UNAVAILABLE): ") && error.ends_with("(in the trailers)"),
+        "{health}"
+    );
+}

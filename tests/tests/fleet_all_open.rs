@@ -213,3 +213,41 @@ async fn after_a_fleet_wide_blip_fail_fast_waits_out_the_cooldown() {
         client.unary(hello()).await.unwrap();
     }
 }
+
+// Review of issue 14: probe-now after a fleet-wide blip. Calls succeed from
+// the first one after the recovery on, and every peer comes back to closed
+// at its own probe: none is left open or half-open for good (a peer lost
+// from the probe queue, or half-open with no probe in flight, would be).
+#[tokio::test(start_paused = true)]
+async fn with_probe_now_calls_succeed_after_a_blip_and_every_peer_closes_again() {
+    let fleet = Fleet::start().await;
+    let (mut client, balancer) = client!(fleet, AllOpenPolicy::ProbeNow);
+    blip!(fleet, client);
+    let recovered = Instant::now();
+    // Beyond the longest cooldown a failed probe round can have reached
+    // (10 s doubled per failed round, capped at 120 s).
+    let until = recovered + Duration::from_secs(130);
+    let mut calls = 0;
+    while Instant::now() < until {
+        client.unary(hello()).await.unwrap_or_else(|status| {
+            panic!(
+                "call {calls} after the recovery failed: {status:?}\n{}",
+                balancer.health()
+            )
+        });
+        calls += 1;
+        if balancer.health().counts().available == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = balancer.health();
+    assert_eq!(health.counts().available, 3, "every peer closed again: {health}");
+    assert!(
+        health
+            .peers
+            .iter()
+            .all(|p| p.state == palisade_discovery::PeerState::Available),
+        "{health}"
+    );
+}

@@ -39,6 +39,18 @@ use crate::limits::BodyLimits;
 pub trait Settle: Send + 'static {
     /// The call ended with `outcome`.
     fn settle(self, outcome: Outcome);
+
+    /// The call ended with `outcome`, judged when its body ended; `end` says
+    /// how (the trailers at end of stream, or the body's error), for a guard
+    /// that describes failures (the balancer's health report shows a gRPC
+    /// status that came in the trailers). By default, [`settle`](Self::settle).
+    fn settle_at_end(self, outcome: Outcome, end: BodyEnd<'_>)
+    where
+        Self: Sized,
+    {
+        let _ = end;
+        self.settle(outcome);
+    }
 }
 
 impl Settle for () {
@@ -49,6 +61,11 @@ impl<A: Settle, B: Settle> Settle for (A, B) {
     fn settle(self, outcome: Outcome) {
         self.0.settle(outcome);
         self.1.settle(outcome);
+    }
+
+    fn settle_at_end(self, outcome: Outcome, end: BodyEnd<'_>) {
+        self.0.settle_at_end(outcome, end);
+        self.1.settle_at_end(outcome, end);
     }
 }
 
@@ -88,7 +105,7 @@ impl<E: ClassifyEos, S: Settle> OnEnd for SettleOnEnd<E, S> {
             // The policy's verdict (a failure read from the head always stays one).
             (BodyEnd::Dropped, _) => self.dropped,
         };
-        self.settle.settle(outcome);
+        self.settle.settle_at_end(outcome, end);
     }
 }
 

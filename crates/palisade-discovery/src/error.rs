@@ -4,6 +4,8 @@
 pub use palisade_core::BoxError;
 pub use palisade_core::error::{ConfigError, NoAvailablePeers};
 
+#[cfg(feature = "dns")]
+pub use crate::registry::dns::NoSuchName;
 #[cfg(feature = "etcd")]
 pub use crate::registry::etcd::DeregisterFailed;
 pub use crate::registry::{InvalidInstance, Unreachable, Unsupported};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use palisade_body::{BodyLimits, Settle, TrackResponse};
+use palisade_body::{BodyEnd, BodyLimits, Settle, TrackResponse};
 use palisade_core::BoxError;
 use palisade_core::classify::{Outcome, Verdict};
 use palisade_core::error::{NoAvailablePeers, PolledAfterCompletion};
@@ -155,6 +155,25 @@ impl Settle for InFlight {
         }
         // Drop releases the in-flight count.
     }
+
+    /// A verdict that waited for the end of the stream: a failure is
+    /// described by what ended it, the gRPC status of the trailers (code and
+    /// message) or the body's error with its cause chain, so that the
+    /// health report's `last_error` is this failure, not an older one.
+    fn settle_at_end(mut self, outcome: Outcome, end: BodyEnd<'_>) {
+        if outcome == Outcome::Failure && !self.described {
+            match end {
+                BodyEnd::Eos(Some(trailers)) => {
+                    if let Some(status) = crate::tag::describe_grpc(trailers) {
+                        self.record_failed_response(format!("{status} (in the trailers)"));
+                    }
+                }
+                BodyEnd::Error(error) => self.record_error(error),
+                BodyEnd::Eos(None) | BodyEnd::Dropped => {}
+            }
+        }
+        self.settle(outcome);
+    }
 }
 
 impl Drop for InFlight {
@@ -228,6 +247,11 @@ where
                 protocol,
                 peer,
             } => {
+                // Completed already: the inner future is not polled again
+                // (many panic when they are), the caller gets the typed error.
+                if guard.is_none() {
+                    return Poll::Ready(Err(polled_after_completion()));
+                }
                 let result = ready!(future.poll(cx));
                 let Some(mut guard) = guard.take() else {
                     return Poll::Ready(Err(polled_after_completion()));

@@ -351,7 +351,7 @@ pub use layer::PeerDiscoveryLayer;
 pub use load::LoadMetric;
 pub use peer::{AlwaysAvailable, PeerWeight, Weighted};
 #[cfg(feature = "dns")]
-pub use registry::dns::{DnsRegistry, HickoryResolver, Resolve, SrvTarget};
+pub use registry::dns::{DnsRegistry, HickoryResolver, NoSuchName, Resolve, SrvTarget};
 #[cfg(feature = "etcd")]
 pub use registry::etcd::{DeregisterFailed, EtcdRegistry, EtcdRegistryBuilder};
 pub use registry::{

@@ -12,7 +12,11 @@ use palisade_core::protocol::{Inspect, Plain};
 use tower::discover::Discover;
 use tower_service::Service;
 
-use crate::balancer::{Balancer, Sent};
+use crate::balancer::{Balancer, Sent, Wait};
+
+/// How many times one `poll_ready` applies news that came in while it
+/// looked, before it yields.
+const NEWS_ROUNDS: usize = 3;
 use crate::config::Settings;
 use crate::future::{InFlight, ResponseFuture};
 use crate::health::HealthReport;
@@ -121,13 +125,19 @@ where
     /// [`NoAvailablePeers`](palisade_core::error::NoAvailablePeers) at once.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         let shared = &*self.shared;
-        shared.drive_discover();
-        shared.apply_inbox();
-        shared.poll_not_ready::<Req>(cx);
-        if shared.must_wait(cx) {
-            return Poll::Pending;
+        for _ in 0..NEWS_ROUNDS {
+            shared.drive_discover();
+            shared.apply_inbox();
+            shared.poll_not_ready::<Req>();
+            match shared.must_wait(cx) {
+                Wait::Go => return Poll::Ready(Ok(())),
+                Wait::Pending => return Poll::Pending,
+                Wait::News => {}
+            }
         }
-        Poll::Ready(Ok(()))
+        // News keeps coming: yield, and look again when polled next.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

@@ -60,22 +60,23 @@ fn percent_decode(bytes: &[u8]) -> String {
 /// The status line of an http response, or the gRPC status its head carries
 /// (a trailers-only answer) with its message.
 fn describe_http<B>(response: &http::Response<B>) -> String {
-    let headers = response.headers();
-    match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
-        Some(code) => {
-            let name = palisade_core::protocol::GrpcCode::from_headers(headers).map_or("UNKNOWN", |c| c.name());
-            let message = headers
-                .get("grpc-message")
-                .map(|v| percent_decode(v.as_bytes()))
-                .unwrap_or_default();
-            if message.is_empty() {
-                format!("gRPC status {code} ({name})")
-            } else {
-                format!("gRPC status {code} ({name}): {message}")
-            }
-        }
-        None => format!("HTTP {}", response.status()),
-    }
+    describe_grpc(response.headers()).unwrap_or_else(|| format!("HTTP {}", response.status()))
+}
+
+/// The gRPC status in `headers` (a trailers-only head, or the trailers at
+/// the end of a stream) with its message, if there is one.
+pub(crate) fn describe_grpc(headers: &http::HeaderMap) -> Option<String> {
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok())?;
+    let name = palisade_core::protocol::GrpcCode::from_headers(headers).map_or("UNKNOWN", |c| c.name());
+    let message = headers
+        .get("grpc-message")
+        .map(|v| percent_decode(v.as_bytes()))
+        .unwrap_or_default();
+    Some(if message.is_empty() {
+        format!("gRPC status {code} ({name})")
+    } else {
+        format!("gRPC status {code} ({name}): {message}")
+    })
 }
 
 impl<Res> TagPeer<Res> for Plain {}

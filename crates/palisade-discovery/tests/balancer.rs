@@ -1037,3 +1037,244 @@ async fn a_peer_that_never_reports_is_followed_lazily() {
     tokio::time::advance(Duration::from_secs(3)).await;
     assert_eq!(call_now(&mut lb, ()).unwrap(), "quiet");
 }
+
+// Review of issue 14's probe-now policy: a peer at the head of the probe
+// queue that refuses the early probe (forced open) is set aside for this
+// call, not popped again and again until the call's attempts are spent.
+#[tokio::test(start_paused = true)]
+async fn probe_now_is_not_stuck_on_a_refusing_peer_at_the_head_of_the_queue() {
+    let (peers, mut lb) = fleet(3, AllOpenPolicy::ProbeNow);
+    peers[0].forced.store(true, Ordering::SeqCst);
+    peers[0].open(Duration::from_secs(1));
+    peers[1].open(Duration::from_secs(10));
+    peers[2].open(Duration::from_secs(20));
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p1", "{}", lb.health());
+    assert_eq!(peers[0].probe_requests.load(Ordering::SeqCst), 1, "asked once");
+    // The refusing peer is still queued at its own time: once its cooldown
+    // ends (half-open, not reported), its probe goes out.
+    peers[0].forced.store(false, Ordering::SeqCst);
+    peers[0].set_quietly(Availability::Probe);
+    peers[1].open(Duration::from_secs(10));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p0", "{}", lb.health());
+}
+
+// An early probe granted by a peer whose client is not ready is not sent:
+// the call goes to the next peer, and the peer (half-open, no probe slot
+// held) gets its probe as soon as its client is ready.
+#[tokio::test(start_paused = true)]
+async fn probe_now_skips_a_peer_whose_client_is_not_ready_and_probes_it_once_ready() {
+    let (peers, mut lb) = fleet(3, AllOpenPolicy::ProbeNow);
+    peers[0].open(Duration::from_secs(10));
+    peers[1].open(Duration::from_secs(1));
+    peers[2].open(Duration::from_secs(20));
+    peers[1].set_ready(false);
+    let before = peers[1].calls();
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p0", "{}", lb.health());
+    assert_eq!(peers[1].calls(), before);
+    assert_eq!(*peers[1].availability.lock(), Availability::Probe);
+    // p0 serves now (its probe is out: open again for the test).
+    peers[0].open(Duration::from_secs(10));
+    peers[1].set_ready(true);
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "p1", "{}", lb.health());
+}
+
+// Back-pressure: two callers wait in `poll_ready` on busy clients that keep
+// only the last waker they were given (as a tower `Buffer` does). A client
+// that becomes ready wakes both: the balancer polls every client with the
+// peer's own waker, not the caller's.
+#[test]
+fn every_caller_waiting_on_busy_clients_is_woken_when_one_is_ready() {
+    use std::task::{Context, Wake, Waker};
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let peers: Vec<_> = ["a", "b"].iter().map(|n| Ctl::new(n)).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    call_now(&mut lb, ()).unwrap();
+    for p in &peers {
+        p.set_ready(false);
+    }
+    assert!(call_now(&mut lb, ()).is_err());
+    let mut other = lb.clone();
+    let flags: Vec<Arc<Flag>> = (0..2).map(|_| Arc::new(Flag::default())).collect();
+    let wakers: Vec<Waker> = flags.iter().map(|f| Waker::from(f.clone())).collect();
+    let mut first = Context::from_waker(&wakers[0]);
+    let mut second = Context::from_waker(&wakers[1]);
+    assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut first).is_pending());
+    assert!(tower_service::Service::<()>::poll_ready(&mut other, &mut second).is_pending());
+    peers[0].set_ready(true);
+    assert!(flags[0].0.load(Ordering::SeqCst), "the first caller's wake-up was lost");
+    assert!(
+        flags[1].0.load(Ordering::SeqCst),
+        "the second caller's wake-up was lost"
+    );
+    assert!(tower_service::Service::<()>::poll_ready(&mut lb, &mut first).is_ready());
+    assert_eq!(call_now(&mut lb, ()).unwrap(), "a");
+}
+
+// The same from tasks: a caller waits in `ready()`, another caller polled
+// the balancer once and gave up (its waker is the last the busy clients
+// saw); a client made ready by another task wakes the waiting caller
+// (paused clock: a lost wake-up would hang until the timeout).
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_for_a_busy_client_is_woken_from_another_task() {
+    use tower::ServiceExt;
+    let peers: Vec<_> = ["a", "b"].iter().map(|n| Ctl::new(n)).collect();
+    let (_tx, mut lb) = balancer(&peers);
+    call_now(&mut lb, ()).unwrap();
+    for p in &peers {
+        p.set_ready(false);
+    }
+    assert!(call_now(&mut lb, ()).is_err());
+    let mut waiting = lb.clone();
+    let first = tokio::spawn(async move {
+        tower_service::Service::<()>::call(ServiceExt::<()>::ready(&mut waiting).await.unwrap(), ()).await
+    });
+    tokio::task::yield_now().await;
+    let mut gave_up = lb.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(tower_service::Service::<()>::poll_ready(&mut gave_up, &mut cx).is_pending());
+    drop(gave_up);
+    let b = peers[1].clone();
+    tokio::spawn(async move { b.set_ready(true) }).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("the waiting caller was never woken");
+    assert_eq!(first.unwrap().unwrap(), "b");
+}
+
+// A response future polled again after it completed answers the typed
+// error, without polling the peer's future again (which would panic).
+#[test]
+fn a_response_future_polled_after_completion_answers_the_typed_error() {
+    use palisade_core::error::PolledAfterCompletion;
+    let peers = vec![Ctl::new("a")];
+    let (_tx, mut lb) = balancer(&peers);
+    call_now(&mut lb, ()).unwrap();
+    let mut future = tower_service::Service::<()>::call(&mut lb, ());
+    assert!(matches!(poll_once(&mut future), Poll::Ready(Ok(_))));
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_once(&mut future)))
+        .expect("polling again panicked");
+    let Poll::Ready(Err(error)) = again else {
+        panic!("polled again: not the typed error")
+    };
+    assert!(error.is::<PolledAfterCompletion>(), "{error}");
+    // The same for a call that no peer could take.
+    peers[0].open(Duration::from_secs(10));
+    let (_tx2, mut empty) = balancer(&[]);
+    let mut failed = tower_service::Service::<()>::call(&mut empty, ());
+    assert!(matches!(poll_once(&mut failed), Poll::Ready(Err(_))));
+    let Poll::Ready(Err(error)) = poll_once(&mut failed) else {
+        panic!("polled again: not the typed error")
+    };
+    assert!(error.is::<PolledAfterCompletion>(), "{error}");
+}
+
+/// A peer whose `reset_open` runs `hook` first (once): code that runs while
+/// the all-open policy acts.
+#[derive(Clone)]
+struct Hooked(Peer, Arc<parking_lot::Mutex<Option<Hook>>>);
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+impl palisade_core::peer::CheckAvailability for Hooked {
+    fn availability(&self) -> Availability {
+        self.0.availability()
+    }
+    fn join_fleet(&self, membership: palisade_core::peer::FleetMembership) -> bool {
+        self.0.join_fleet(membership)
+    }
+    fn request_probe(&self) -> bool {
+        self.0.request_probe()
+    }
+    fn reset_open(&self) -> bool {
+        let hook = self.1.lock().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.0.reset_open()
+    }
+}
+
+impl palisade_discovery::PeerWeight for Hooked {}
+
+impl tower_service::Service<()> for Hooked {
+    type Response = String;
+    type Error = PeerDown;
+    type Future = PeerFuture;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), PeerDown>> {
+        tower_service::Service::<()>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, req: ()) -> PeerFuture {
+        self.0.call(req)
+    }
+}
+
+// Review of issue 14: the all-open policy's lock is never waited for on the
+// request path. While one caller resets the fleet (here: stopped inside a
+// peer's `reset_open`), a caller on another thread is not blocked: its call
+// answers at once, and its `poll_ready` waits without blocking its thread
+// and is woken when the reset is done.
+#[test]
+fn a_caller_is_not_blocked_while_another_applies_the_all_open_policy() {
+    use std::sync::mpsc;
+    use std::task::{Context, Wake, Waker};
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let peers: Vec<_> = (0..3).map(|i| Ctl::new(&format!("p{i}"))).collect();
+    let hook = Arc::new(parking_lot::Mutex::new(None::<Hook>));
+    let (tx, discover) = channel_discover();
+    for c in &peers {
+        tx.send(Change::Insert(c.name.clone(), Hooked(Peer(c.clone()), hook.clone())))
+            .unwrap();
+    }
+    let mut lb = PeerDiscoveryLayer::builder()
+        .no_ejection_cap()
+        .build()
+        .unwrap()
+        .layer(discover);
+    call_now(&mut lb, ()).unwrap();
+    for p in &peers {
+        p.open(Duration::from_secs(10));
+    }
+    let flag = Arc::new(Flag::default());
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut other = lb.clone();
+    let waker_flag = flag.clone();
+    *hook.lock() = Some(Box::new(move || {
+        // Another caller, on another thread, while this one holds the
+        // policy's lock (before this peer is reset).
+        let handle = std::thread::spawn(move || {
+            let waker = Waker::from(waker_flag);
+            let mut cx = Context::from_waker(&waker);
+            let waited = tower_service::Service::<()>::poll_ready(&mut other, &mut cx).is_pending();
+            let answered = tower_service::Service::<()>::call(&mut other, ());
+            let _ = done_tx.send((waited, poll_once(&mut Box::pin(answered)).is_ready()));
+        });
+        // A blocked caller would never answer: a deadlock, caught here.
+        let answer = done_rx.recv_timeout(Duration::from_secs(30));
+        assert!(answer.is_ok(), "the other caller was blocked by the policy's lock");
+        let (waited, answered) = answer.unwrap();
+        assert!(waited, "poll_ready did not wait for the acting caller");
+        assert!(answered, "the call did not answer at once");
+        handle.join().unwrap();
+    }));
+    // This call finds every peer open and resets them (the default policy).
+    assert!(call_now(&mut lb, ()).is_ok(), "{}", lb.health());
+    assert!(
+        flag.0.load(Ordering::SeqCst),
+        "the caller waiting in poll_ready was not woken"
+    );
+}

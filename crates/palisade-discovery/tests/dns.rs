@@ -10,7 +10,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use palisade_core::BoxError;
-use palisade_discovery::{DnsRegistry, Instance, Registry, RegistryDiscover, RegistryState, Resolve, SrvTarget};
+use palisade_discovery::{
+    DnsRegistry, Instance, NoSuchName, Registry, RegistryDiscover, RegistryState, Resolve, SrvTarget,
+};
 use parking_lot::Mutex;
 use tower::discover::Change;
 
@@ -36,8 +38,11 @@ impl FakeDns {
 impl Resolve for FakeDns {
     fn lookup_ip(&self, host: &str) -> BoxFuture<'static, Result<Vec<IpAddr>, BoxError>> {
         *self.lookups.lock() += 1;
-        let answer = self.hosts.lock().get(host).cloned().unwrap_or(Err("NXDOMAIN".into()));
-        futures::future::ready(answer.map_err(BoxError::from)).boxed()
+        let answer = match self.hosts.lock().get(host).cloned() {
+            Some(answer) => answer.map_err(BoxError::from),
+            None => Err(NoSuchName::new(host).into()),
+        };
+        futures::future::ready(answer).boxed()
     }
 
     fn lookup_srv(&self, name: &str) -> BoxFuture<'static, Result<Vec<SrvTarget>, BoxError>> {
@@ -46,7 +51,7 @@ impl Resolve for FakeDns {
             .lock()
             .get(name)
             .cloned()
-            .ok_or_else(|| BoxError::from("NXDOMAIN"));
+            .ok_or_else(|| BoxError::from(NoSuchName::new(name)));
         futures::future::ready(answer).boxed()
     }
 }
@@ -107,17 +112,36 @@ async fn a_changed_answer_adds_and_removes_peers_and_a_failure_keeps_the_set() {
     drain(&mut discover, &mut peers);
     assert_eq!(peers, set(&["10.0.0.2:50051", "[fd00::3]:50051"]));
 
-    // DNS fails: the set stays, the registry is down; it answers again: resync.
+    // DNS fails for a while (SERVFAIL): the set stays, the registry is
+    // degraded with the error (issue 14 review: no longer reported down);
+    // it answers again: resync, the note is gone.
     dns.fail("echo.internal");
     tokio::time::sleep(Duration::from_secs(5)).await;
     drain(&mut discover, &mut peers);
-    assert_eq!(discover.status().state(), RegistryState::Down);
+    assert_eq!(discover.status().state(), RegistryState::Up);
+    let note = discover.status().note().expect("the failure is the registry's note");
+    assert!(note.contains("SERVFAIL") && note.contains("last known set"), "{note}");
     assert_eq!(peers, set(&["10.0.0.2:50051", "[fd00::3]:50051"]));
     dns.set("echo.internal", &["10.0.0.9"]);
     tokio::time::sleep(Duration::from_secs(6)).await;
     drain(&mut discover, &mut peers);
     assert_eq!(discover.status().state(), RegistryState::Up);
+    assert_eq!(discover.status().note(), None);
     assert_eq!(peers, set(&["10.0.0.9:50051"]));
+
+    // The name disappears from the zone (NXDOMAIN): not a temporary
+    // failure; the registry is down, says why, and the set stays.
+    dns.hosts.lock().remove("echo.internal");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drain(&mut discover, &mut peers);
+    assert_eq!(discover.status().state(), RegistryState::Down);
+    let note = discover.status().note().expect("the registry's note says why");
+    assert!(note.contains("does not exist (NXDOMAIN)"), "{note}");
+    assert_eq!(peers, set(&["10.0.0.9:50051"]));
+    dns.set("echo.internal", &["10.0.0.9"]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drain(&mut discover, &mut peers);
+    assert_eq!(discover.status().state(), RegistryState::Up);
 
     // An empty answer is treated as a failure, not as "no peers".
     dns.set("echo.internal", &[]);

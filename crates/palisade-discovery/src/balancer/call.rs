@@ -17,7 +17,8 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use palisade_core::BoxError;
 use palisade_core::error::NoAvailablePeers;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use tower::discover::Discover;
 use tower_service::Service;
 
+use super::driver::Waiters;
 use super::events::{self, Deferred};
 use super::set::{Category, PeerSet, Tracked};
 use super::{Balancer, choose};
@@ -43,6 +45,30 @@ const PROBE_POPS: usize = 8;
 /// turn out unable to take it (reports not yet applied, a client that just
 /// became busy).
 const PICK_ROUNDS: usize = 3;
+
+/// The peers (by their cell's serial) that one call already took from the
+/// probe queue and offered itself to: the same call does not offer itself
+/// to them again (a peer whose client is not ready, or that refused, would
+/// otherwise come back at the queue's head and eat the call's attempts).
+/// On the stack: no allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    serials: [u64; PROBE_POPS],
+    len: usize,
+}
+
+impl Tried {
+    pub(crate) fn contains(&self, serial: u64) -> bool {
+        self.serials[..self.len].contains(&serial)
+    }
+
+    pub(crate) fn push(&mut self, serial: u64) {
+        if self.len < self.serials.len() {
+            self.serials[self.len] = serial;
+            self.len += 1;
+        }
+    }
+}
 
 /// A call handed to a peer.
 pub(crate) struct Sent<F> {
@@ -80,6 +106,22 @@ enum Policy<F, Req> {
     No(Req),
 }
 
+/// The all-open policy is being applied: raised while the policy's lock is
+/// held, lowered (and the callers waiting in `poll_ready` woken) on every
+/// path out, a panic of a peer's code included.
+struct Acting<'a> {
+    flag: &'a AtomicBool,
+    waiters: &'a Waiters,
+    _lock: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for Acting<'_> {
+    fn drop(&mut self) {
+        self.flag.store(false, Ordering::SeqCst);
+        self.waiters.wake_all();
+    }
+}
+
 type Fut<D, Req> = <<D as Discover>::Service as Service<Req>>::Future;
 type Set<'a, D> = RwLockReadGuard<'a, PeerSet<<D as Discover>::Key, <D as Discover>::Service>>;
 
@@ -107,13 +149,17 @@ where
         // next call, unless no other peer can take this one.
         let mut due_ignores_record = false;
         let mut skip_due = false;
+        // Separate lists: a peer the due step asked (and found still open)
+        // may yet be asked for an early probe by the all-open policy.
+        let mut due_tried = Tried::default();
+        let mut policy_tried_peers = Tried::default();
         loop {
             let set = self.set.read();
             let due_head = set.next_due().filter(|&(at, _)| at <= Instant::now());
             if due_budget > 0 && due_head.is_some() && !skip_due {
                 due_budget -= 1;
                 drop(set);
-                match self.call_due(protocol, req, record.as_ref(), due_ignores_record) {
+                match self.call_due(protocol, req, record.as_ref(), due_ignores_record, &mut due_tried) {
                     Due::Sent(sent) => return Ok(sent),
                     Due::Failed(back) => req = back,
                     Due::NoneFresh(back) => {
@@ -150,7 +196,7 @@ where
                 break;
             }
             policy_tried = true;
-            match self.all_open(protocol, req) {
+            match self.all_open(protocol, req, &mut policy_tried_peers) {
                 Policy::Sent(sent) => return Ok(sent),
                 Policy::Again(back) => req = back,
                 Policy::No(back) => {
@@ -174,13 +220,15 @@ where
     /// `allow_used`, one it names when no other is due) and offers it the
     /// call. Whatever it answers is reported, which queues it again when it
     /// still is not available; peers set aside for the record are queued
-    /// again at once.
+    /// again at once, and so are peers this call already offered itself to
+    /// (`tried`).
     fn call_due<Req, P>(
         &self,
         protocol: &P,
         req: Req,
         record: Option<&AttemptRecord>,
         allow_used: bool,
+        tried: &mut Tried,
     ) -> Due<Fut<D, Req>, Req>
     where
         P: Inspect<Req>,
@@ -192,9 +240,12 @@ where
         let now = Instant::now();
         let mut chosen = None;
         let mut used = Vec::new();
+        let mut skipped = Vec::new();
         for _ in 0..PROBE_POPS {
             let Some(i) = set.pop_due(now) else { break };
-            if record.is_some_and(|r| r.contains(&set.peer(i).id)) {
+            if tried.contains(set.peer(i).cell.serial) {
+                skipped.push(i);
+            } else if record.is_some_and(|r| r.contains(&set.peer(i).id)) {
                 used.push(i);
             } else {
                 chosen = Some(i);
@@ -204,8 +255,11 @@ where
         if chosen.is_none() && allow_used {
             chosen = used.pop();
         }
-        for i in used {
+        for i in used.into_iter().chain(skipped) {
             set.requeue(i);
+        }
+        if let Some(i) = chosen {
+            tried.push(set.peer(i).cell.serial);
         }
         let events = std::mem::take(&mut set.deferred);
         let set = parking_lot::RwLockWriteGuard::downgrade(set);
@@ -267,8 +321,9 @@ where
             return Err(req);
         }
         // The balancer does not wait on one peer: a peer that is not ready
-        // is skipped (re-polled by later `poll_ready`s, with their waker).
-        let mut cx = Context::from_waker(Waker::noop());
+        // is skipped, and its client wakes the peer's own waker when it is
+        // ready again, which wakes every caller waiting in `poll_ready`.
+        let mut cx = Context::from_waker(&slot.waker);
         match service.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Pending => {
@@ -305,7 +360,13 @@ where
 
     /// No peer is pickable and none is due: when every peer that could take
     /// a call is open (none merely busy), applies the all-open policy.
-    fn all_open<Req, P>(&self, protocol: &P, req: Req) -> Policy<Fut<D, Req>, Req>
+    ///
+    /// The policy's lock is only tried, never waited for on the request
+    /// path: a caller that finds another acting looks at the set again (the
+    /// other's resets or early probe may have made peers pickable) and picks
+    /// again, or fails; a caller in `poll_ready` waits (without blocking its
+    /// thread) until the acting caller is done.
+    fn all_open<Req, P>(&self, protocol: &P, req: Req, tried: &mut Tried) -> Policy<Fut<D, Req>, Req>
     where
         P: Inspect<Req>,
         D::Service: Service<Req>,
@@ -320,13 +381,26 @@ where
         if policy == AllOpenPolicy::FailFast || !applies(&self.set.read()) {
             return Policy::No(req);
         }
-        // One caller acts; the others wait for it, then find the fleet
-        // reset (or their own peer to probe).
-        let _acting = self.policy_lock.lock();
+        // One caller acts, so that a fleet is reset once, not once per
+        // caller. The others do not block on it: they look at the set again.
+        let Some(acting) = self.policy_lock.try_lock() else {
+            self.apply_inbox();
+            return if self.set.read().pickable().is_empty() {
+                Policy::No(req)
+            } else {
+                Policy::Again(req)
+            };
+        };
+        self.policy_acting.store(true, Ordering::SeqCst);
+        let _acting = Acting {
+            flag: &self.policy_acting,
+            waiters: &self.waiters,
+            _lock: acting,
+        };
         self.apply_inbox();
         match policy {
             AllOpenPolicy::Reset => self.reset_all(req, applies),
-            AllOpenPolicy::ProbeNow => self.probe_now(protocol, req),
+            AllOpenPolicy::ProbeNow => self.probe_now(protocol, req, tried),
             AllOpenPolicy::FailFast => Policy::No(req),
         }
     }
@@ -372,7 +446,18 @@ where
 
     /// Sends the call as an early probe of the peer whose probe is due
     /// soonest, respecting its probe limit; tries a few peers at most.
-    fn probe_now<Req, P>(&self, protocol: &P, mut req: Req) -> Policy<Fut<D, Req>, Req>
+    ///
+    /// Every peer popped from the probe queue is either offered the call or
+    /// queued again before the write lock is released: peers the policy may
+    /// not ask (refused before, failed) and peers this call already offered
+    /// itself to (`tried`: one that refused, or whose client was not ready)
+    /// are set aside and requeued at their own time, so that one refusing or
+    /// busy peer at the head of the queue cannot eat the call's attempts. A
+    /// peer that granted the early probe but whose client was not ready is
+    /// half-open with a free probe slot: due at once, its probe goes out
+    /// with the next call that finds its client ready (its client wakes the
+    /// balancer when it is), and no probe slot is held meanwhile.
+    fn probe_now<Req, P>(&self, protocol: &P, mut req: Req, tried: &mut Tried) -> Policy<Fut<D, Req>, Req>
     where
         P: Inspect<Req>,
         D::Service: Service<Req>,
@@ -388,16 +473,34 @@ where
                 return Policy::Again(req);
             }
             if set.policy_candidates().is_empty() {
+                let events = std::mem::take(&mut set.deferred);
+                drop(set);
+                events::emit(&events, &self.settings);
                 break;
             }
-            let Some(i) = set.pop_head() else { break };
-            if !set.is_policy_candidate(i) {
-                // Not one the policy may ask (refused before, or unavailable
-                // for another reason): back in the queue at its time.
+            let mut chosen = None;
+            let mut skipped = Vec::new();
+            for _ in 0..PROBE_POPS {
+                let Some(i) = set.pop_head() else { break };
+                if !set.is_policy_candidate(i) || tried.contains(set.peer(i).cell.serial) {
+                    skipped.push(i);
+                } else {
+                    chosen = Some(i);
+                    break;
+                }
+            }
+            // Back in the queue at their time, under the same lock (the
+            // indices are stable until it is released).
+            for i in skipped {
                 set.requeue(i);
-                continue;
             }
             let events = std::mem::take(&mut set.deferred);
+            let Some(i) = chosen else {
+                drop(set);
+                events::emit(&events, &self.settings);
+                break;
+            };
+            tried.push(set.peer(i).cell.serial);
             let set = parking_lot::RwLockWriteGuard::downgrade(set);
             let result = self.try_peer(&set, i, req, Ask::EarlyProbe, protocol);
             drop(set);

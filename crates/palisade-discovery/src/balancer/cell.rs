@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Wake;
 
 use palisade_core::peer::{Availability, AvailabilitySink};
 use parking_lot::Mutex;
@@ -38,6 +39,9 @@ pub(crate) struct Observed {
     /// seeing it when it asked: what lets a refusing peer back into the
     /// policy, even when its reports were coalesced.
     pub(crate) reported: bool,
+    /// The peer's client woke its waker (it was not ready when polled):
+    /// it is taken as ready again, and its next `poll_ready` says for sure.
+    pub(crate) woken: bool,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +146,22 @@ impl PeerCell {
     }
 }
 
+/// The waker a peer's client is polled with (in a pick and in `poll_ready`):
+/// when a client that was not ready wakes it, the peer is queued in the
+/// inbox as woken, which wakes every caller waiting in `poll_ready`. One
+/// waker per peer, built once, shared by every caller: a client that keeps
+/// only the last waker it was given (a tower `Buffer`, a tonic `Channel`)
+/// cannot lose a caller's wake-up.
+impl Wake for PeerCell {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.observe(|o| o.woken = true);
+    }
+}
+
 impl AvailabilitySink for PeerCell {
     fn availability_changed(&self, availability: Availability) {
         let now = Instant::now();
@@ -203,7 +223,9 @@ impl Inbox {
 
     fn push(&self, cell: Arc<PeerCell>) {
         self.queue.lock().push(cell);
-        self.pending.store(true, Ordering::Release);
+        // SeqCst with the waiters' flag: a caller that registers and then
+        // finds nothing pending cannot miss this push's wake-up.
+        self.pending.store(true, Ordering::SeqCst);
         self.waiters.wake_all();
     }
 
@@ -221,13 +243,13 @@ impl Inbox {
     /// Whether news is waiting.
     #[inline]
     pub(crate) fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
+        self.pending.load(Ordering::SeqCst)
     }
 
     /// Moves the waiting cells into `into` (empty, its capacity reused), so
     /// that draining allocates nothing once the vectors have grown.
     pub(crate) fn take(&self, into: &mut Vec<Arc<PeerCell>>) {
-        self.pending.store(false, Ordering::Release);
+        self.pending.store(false, Ordering::SeqCst);
         std::mem::swap(&mut *self.queue.lock(), into);
     }
 }

@@ -26,12 +26,13 @@ impl Waiters {
         if !wakers.iter().any(|w| w.will_wake(waker)) {
             wakers.push(waker.clone());
         }
-        self.any.store(true, Ordering::Release);
+        // SeqCst: the caller then checks for news (see `Inbox::push`).
+        self.any.store(true, Ordering::SeqCst);
     }
 
     /// Wakes every waiting task (outside the lock).
     pub(crate) fn wake_all(&self) {
-        if !self.any.swap(false, Ordering::AcqRel) {
+        if !self.any.swap(false, Ordering::SeqCst) {
             return;
         }
         let wakers = std::mem::take(&mut *self.wakers.lock());

@@ -11,7 +11,10 @@
 //!   a flag ([`driver`]); peers report into an [`Inbox`](cell::Inbox) that
 //!   never takes the set's lock ([`cell`]).
 //! - The all-open policy holds a lock of its own while it acts, so that a
-//!   fleet is reset (or probed) once, not once per waiting caller.
+//!   fleet is reset (or probed) once, not once per caller. It is only ever
+//!   *tried* on the request path: a caller that finds it taken looks at the
+//!   set again instead of blocking its thread, and a caller in `poll_ready`
+//!   waits (Pending, woken when the acting caller is done).
 //!
 //! Lock order: discover, then set, then one peer's service, then a cell,
 //! then the inbox. User code (a breaker's listeners, a peer's
@@ -31,7 +34,7 @@ mod set;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use palisade_core::BoxError;
@@ -51,6 +54,17 @@ use crate::future::{PeerStats, error_chain};
 use crate::health::{HealthReport, PeerHealth, PeerState, Readiness};
 use crate::peer::PeerWeight;
 pub(crate) use call::Sent;
+
+/// What `poll_ready` does after looking at the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Ready: a call may be made.
+    Go,
+    /// Pending: the caller's waker is registered for any news.
+    Pending,
+    /// News came in while looking: apply it and look again.
+    News,
+}
 
 /// How many not-ready peers one `poll_ready` re-polls at most.
 const NOT_READY_POLLS: usize = 8;
@@ -89,6 +103,10 @@ pub(crate) struct Balancer<D: Discover> {
     not_ready_cursor: AtomicUsize,
     next_serial: AtomicU64,
     policy_lock: Mutex<()>,
+    /// Raised while a caller applies the all-open policy (holds
+    /// `policy_lock`): callers in `poll_ready` wait for it instead of
+    /// failing.
+    policy_acting: AtomicBool,
     metrics: Metrics,
 }
 
@@ -122,6 +140,7 @@ impl<D: Discover> Balancer<D> {
             not_ready_cursor: AtomicUsize::new(0),
             next_serial: AtomicU64::new(0),
             policy_lock: Mutex::new(()),
+            policy_acting: AtomicBool::new(false),
         }
     }
 }
@@ -277,9 +296,10 @@ where
         events::emit(&events, &self.settings);
     }
 
-    /// Re-polls a few peers whose client was not ready, with the caller's
-    /// context, so that they come back when ready (and wake the caller).
-    pub(crate) fn poll_not_ready<Req>(&self, cx: &mut Context<'_>)
+    /// Re-polls a few peers whose client was not ready, each with its own
+    /// waker (see [`PeerCell`]): a client that becomes ready wakes it, which
+    /// brings the peer back and wakes every caller waiting in `poll_ready`.
+    pub(crate) fn poll_not_ready<Req>(&self)
     where
         D::Service: Service<Req>,
         <D::Service as Service<Req>>::Error: Into<BoxError>,
@@ -295,7 +315,8 @@ where
             for k in 0..n.min(NOT_READY_POLLS) {
                 let slot = set.peer(list[(start + k) % n]);
                 let mut service = slot.service.lock();
-                match service.poll_ready(cx) {
+                let mut cx = Context::from_waker(&slot.waker);
+                match service.poll_ready(&mut cx) {
                     Poll::Ready(Ok(())) => slot.cell.observe_readiness(Readiness::Ready),
                     Poll::Pending => {}
                     Poll::Ready(Err(error)) => {
@@ -311,21 +332,31 @@ where
     }
 
     /// Whether the caller must wait (back-pressure): no peer can take a call
-    /// now, but some available peer's client is only busy (not ready) and no
-    /// probe is due. The caller is woken when one of the peers it polled is
-    /// ready, or on any news (a registry change, a peer's report).
-    pub(crate) fn must_wait(&self, cx: &Context<'_>) -> bool {
-        if self.not_ready.load(Ordering::Relaxed) == 0 {
-            return false;
+    /// now, but some available peer's client is only busy (not ready), no
+    /// probe is due and no news is waiting; or another caller is applying
+    /// the all-open policy right now. The caller is woken on any news: a
+    /// busy client that becomes ready (every not-ready client was last
+    /// polled with its peer's waker, which queues the peer as news), a
+    /// registry change, a peer's report, the end of the policy's action.
+    pub(crate) fn must_wait(&self, cx: &Context<'_>) -> Wait {
+        let acting = || self.policy_acting.load(Ordering::SeqCst);
+        if self.not_ready.load(Ordering::Relaxed) == 0 && !acting() {
+            return Wait::Go;
         }
         let blocked = || {
+            if self.inbox.is_pending() {
+                // News to apply first (a client woke, a peer reported).
+                return Wait::News;
+            }
             let set = self.set.read();
-            set.pickable().is_empty()
-                && !set.not_ready().is_empty()
-                && set.next_due().is_none_or(|(at, _)| at > Instant::now())
+            let blocked = set.pickable().is_empty()
+                && (acting()
+                    || (!set.not_ready().is_empty() && set.next_due().is_none_or(|(at, _)| at > Instant::now())));
+            if blocked { Wait::Pending } else { Wait::Go }
         };
-        if !blocked() {
-            return false;
+        let first = blocked();
+        if first != Wait::Pending {
+            return first;
         }
         // Registered, then checked again: news that came in between is not
         // lost (it either shows in the check or wakes the waker).

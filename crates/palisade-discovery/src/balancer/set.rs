@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use palisade_core::peer::{Availability, PeerId, Unavailable};
@@ -182,6 +183,9 @@ pub(crate) struct Slot<K, S> {
     pub(crate) service: Mutex<S>,
     pub(crate) stats: Arc<PeerStats>,
     pub(crate) cell: Arc<PeerCell>,
+    /// The waker its client is polled with (its cell: see `PeerCell`'s
+    /// `Wake`), built once.
+    pub(crate) waker: Waker,
     pub(crate) weight: u32,
     /// Whether the peer reports its transitions (`join_fleet` said so).
     pub(crate) notifies: bool,
@@ -406,6 +410,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             readiness: Some(Readiness::Ready),
             refused_policy: false,
             reported: true,
+            woken: false,
         };
         if let Some(&i) = self.index.get(&key) {
             let old_weight = std::mem::replace(&mut self.peers[i].weight, weight);
@@ -427,6 +432,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             id,
             service: Mutex::new(service),
             stats: stats(),
+            waker: Waker::from(cell.clone()),
             cell,
             weight,
             notifies,
@@ -493,7 +499,12 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         let tracked = observed
             .availability
             .map_or(slot.tracked, |(a, at)| Tracked::from_availability(a, at));
-        let readiness = observed.readiness.unwrap_or(slot.readiness);
+        let mut readiness = observed.readiness.unwrap_or(slot.readiness);
+        if observed.woken && readiness == Readiness::NotReady {
+            // Its client woke the waker it was polled with: picked again,
+            // and its next poll says for sure.
+            readiness = Readiness::Ready;
+        }
         let refused = observed.refused_policy || (slot.refused_policy && !observed.reported);
         self.update(i, tracked, readiness, refused, now, true);
     }

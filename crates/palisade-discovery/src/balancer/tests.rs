@@ -91,7 +91,7 @@ proptest! {
                 }
                 Op::Observe(k, a, r) => {
                     if let Some(cell) = set.cell_of(&k) {
-                        let observed = Observed { availability: Some((availability(a), now)), readiness: r.map(readiness), refused_policy: a % 7 == 0, reported: a % 2 == 0 };
+                        let observed = Observed { availability: Some((availability(a), now)), readiness: r.map(readiness), refused_policy: a % 7 == 0, reported: a % 2 == 0, woken: false };
                         set.apply(cell.index(), observed, now);
                         let entry = model.get_mut(&k).unwrap();
                         entry.0 = availability(a);
@@ -121,6 +121,262 @@ proptest! {
             prop_assert_eq!(set.counts().get(Category::Degraded), degraded);
             let open = model.values().filter(|(a, r)| *r != Readiness::Failed && matches!(a, Availability::Unavailable { reason: Unavailable::Open, .. })).count();
             prop_assert_eq!(set.counts().get(Category::Open), open);
+        }
+    }
+}
+
+/// The request path against the probe queue: random availability changes,
+/// clients that are not ready, peers that refuse early probes, time passing
+/// and calls, through a real balancer with the probe-now policy (and the
+/// others). After every step, once the inbox is applied, every peer that is
+/// not plainly available has its live entry in the probe queue: no call
+/// pops a peer without sending it the call or queueing it again.
+mod request_path {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::future::{Ready, ready};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Waker};
+
+    use futures::channel::mpsc;
+    use palisade_core::peer::{CheckAvailability, FleetMembership, Memberships};
+    use palisade_core::protocol::Plain;
+    use parking_lot::Mutex;
+    use tower::discover::Change;
+    use tower_service::Service;
+
+    use super::*;
+    use crate::balancer::Balancer;
+    use crate::config::{AllOpenPolicy, Settings};
+    use crate::peer::PeerWeight;
+
+    struct Ctl {
+        availability: Mutex<Availability>,
+        ready: AtomicBool,
+        forced: AtomicBool,
+        waker: Mutex<Option<Waker>>,
+        fleet: Memberships,
+    }
+
+    #[derive(Clone)]
+    struct Mock(Arc<Ctl>);
+
+    impl Ctl {
+        fn set(&self, a: Availability) {
+            *self.availability.lock() = a;
+            self.fleet.notify(a);
+        }
+    }
+
+    impl CheckAvailability for Mock {
+        fn availability(&self) -> Availability {
+            *self.0.availability.lock()
+        }
+        fn join_fleet(&self, membership: FleetMembership) -> bool {
+            self.0.fleet.join(membership);
+            true
+        }
+        fn request_probe(&self) -> bool {
+            if self.0.forced.load(Ordering::SeqCst) {
+                return false;
+            }
+            let now = *self.0.availability.lock();
+            match now {
+                Availability::Unavailable {
+                    reason: Unavailable::Open,
+                    ..
+                } => {
+                    self.0.set(Availability::Probe);
+                    true
+                }
+                other => other.is_available(),
+            }
+        }
+        fn reset_open(&self) -> bool {
+            if self.0.forced.load(Ordering::SeqCst) {
+                return false;
+            }
+            self.0.set(Availability::Available);
+            true
+        }
+    }
+
+    impl PeerWeight for Mock {}
+
+    impl Service<()> for Mock {
+        type Response = ();
+        type Error = Infallible;
+        type Future = Ready<Result<(), Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0.ready.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                *self.0.waker.lock() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            // Like a breaker: a probe admitted takes the slot.
+            let mut a = self.0.availability.lock();
+            if *a == Availability::Probe {
+                *a = Availability::Unavailable {
+                    reason: Unavailable::ProbesBusy,
+                    retry_in: Duration::ZERO,
+                };
+            }
+            ready(Ok(()))
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Set(u8, u8),
+        Ready(u8, bool),
+        Forced(u8, bool),
+        Call,
+        Advance(u16),
+        Remove(u8),
+        Insert(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0..8u8, any::<u8>()).prop_map(|(k, a)| Step::Set(k, a)),
+            2 => (0..8u8, any::<bool>()).prop_map(|(k, r)| Step::Ready(k, r)),
+            1 => (0..8u8, any::<bool>()).prop_map(|(k, f)| Step::Forced(k, f)),
+            6 => Just(Step::Call),
+            2 => (0..3_000u16).prop_map(Step::Advance),
+            1 => (0..8u8).prop_map(Step::Remove),
+            1 => (0..8u8).prop_map(Step::Insert),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = AllOpenPolicy> {
+        prop_oneof![
+            3 => Just(AllOpenPolicy::ProbeNow),
+            1 => Just(AllOpenPolicy::Reset),
+            1 => Just(AllOpenPolicy::FailFast),
+        ]
+    }
+
+    type Discover = futures::stream::Map<
+        mpsc::UnboundedReceiver<Change<u8, Mock>>,
+        fn(Change<u8, Mock>) -> Result<Change<u8, Mock>, Infallible>,
+    >;
+
+    fn ok(change: Change<u8, Mock>) -> Result<Change<u8, Mock>, Infallible> {
+        Ok(change)
+    }
+
+    fn run(steps: Vec<Step>, policy: AllOpenPolicy) -> Result<(), TestCaseError> {
+        use futures::StreamExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let _guard = rt.enter();
+        let (tx, rx) = mpsc::unbounded();
+        let discover: Discover = rx.map(ok as fn(_) -> _);
+        let settings = Settings {
+            all_open: policy,
+            max_ejected_share: None,
+            ..Settings::default()
+        };
+        let balancer = Balancer::new(discover, Arc::new(settings));
+        let ctls: Vec<Arc<Ctl>> = (0..8)
+            .map(|_| {
+                Arc::new(Ctl {
+                    availability: Mutex::new(Availability::Available),
+                    ready: AtomicBool::new(true),
+                    forced: AtomicBool::new(false),
+                    waker: Mutex::new(None),
+                    fleet: Memberships::new(),
+                })
+            })
+            .collect();
+        for (k, c) in ctls.iter().enumerate().take(4) {
+            let _ = tx.unbounded_send(Change::Insert(k as u8, Mock(c.clone())));
+        }
+        let mut pending = VecDeque::new();
+        for step in steps {
+            match step {
+                Step::Set(k, a) => ctls[usize::from(k)].set(super::availability(a)),
+                Step::Ready(k, r) => {
+                    let c = &ctls[usize::from(k)];
+                    c.ready.store(r, Ordering::SeqCst);
+                    if r && let Some(w) = c.waker.lock().take() {
+                        w.wake();
+                    }
+                }
+                Step::Forced(k, f) => ctls[usize::from(k)].forced.store(f, Ordering::SeqCst),
+                Step::Call => {
+                    balancer.drive_discover();
+                    balancer.apply_inbox();
+                    balancer.poll_not_ready::<()>();
+                    balancer.apply_inbox();
+                    // With probe-now, when no peer is pickable and none is
+                    // busy, a peer that would take an early probe (open or
+                    // half-open with a free slot, not refusing, client
+                    // ready) must get the call.
+                    let must_serve = policy == AllOpenPolicy::ProbeNow && {
+                        let set = balancer.set.read();
+                        set.pickable().is_empty()
+                            && set.counts().get(Category::NotReady) == 0
+                            && (0..8u8).any(|k| {
+                                let c = &ctls[usize::from(k)];
+                                set.cell_of(&k)
+                                    .is_some_and(|cell| set.is_policy_candidate(cell.index()))
+                                    && !c.forced.load(Ordering::SeqCst)
+                                    && c.ready.load(Ordering::SeqCst)
+                                    && matches!(
+                                        *c.availability.lock(),
+                                        Availability::Probe
+                                            | Availability::Unavailable {
+                                                reason: Unavailable::Open,
+                                                ..
+                                            }
+                                    )
+                            })
+                    };
+                    match balancer.call(&Plain, ()) {
+                        Ok(sent) => pending.push_back(sent),
+                        Err(error) => prop_assert!(!must_serve, "a peer could take an early probe: {}", error),
+                    }
+                }
+                Step::Advance(ms) => rt.block_on(tokio::time::advance(Duration::from_millis(u64::from(ms)))),
+                Step::Remove(k) => {
+                    let _ = tx.unbounded_send(Change::Remove(k));
+                }
+                Step::Insert(k) => {
+                    let _ = tx.unbounded_send(Change::Insert(k, Mock(ctls[usize::from(k)].clone())));
+                }
+            }
+            // A call's result comes back later: its in-flight guard is
+            // dropped once a few calls have passed.
+            while pending.len() > 3 {
+                pending.pop_front();
+            }
+            balancer.drive_discover();
+            balancer.apply_inbox();
+            let set = balancer.set.read();
+            if let Err(e) = set.check() {
+                prop_assert!(false, "after {:?}: {}", step, e);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn no_peer_leaves_the_probe_queue_without_a_pending_probe(
+            steps in proptest::collection::vec(step(), 1..120),
+            policy in policy(),
+        ) {
+            run(steps, policy)?;
         }
     }
 }

@@ -83,7 +83,10 @@ impl Resolve for HickoryResolver {
         let resolver = self.0.clone();
         let host = host.to_owned();
         async move {
-            let answer = resolver.lookup_ip(host.as_str()).await?;
+            let answer = resolver
+                .lookup_ip(host.as_str())
+                .await
+                .map_err(|e| hickory_error(&host, e))?;
             Ok(answer.iter().collect())
         }
         .boxed()
@@ -93,7 +96,10 @@ impl Resolve for HickoryResolver {
         let resolver = self.0.clone();
         let name = name.to_owned();
         async move {
-            let answer = resolver.srv_lookup(name.as_str()).await?;
+            let answer = resolver
+                .srv_lookup(name.as_str())
+                .await
+                .map_err(|e| hickory_error(&name, e))?;
             Ok(answer
                 .answers()
                 .iter()
@@ -198,8 +204,49 @@ impl<R: Resolve> DnsRegistry<R> {
     }
 }
 
+/// A DNS answer that a name does not exist (NXDOMAIN). Unlike a temporary
+/// failure (a timeout, SERVFAIL), which reports the registry degraded, it
+/// reports the registry down (the service's name is wrong, or was removed
+/// from the zone); the last known set keeps serving either way. A
+/// [`Resolve`] implementation returns it (boxed) for such an answer;
+/// [`HickoryResolver`] does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoSuchName {
+    name: String,
+}
+
+impl NoSuchName {
+    /// `name` does not exist.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// The name that does not exist.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for NoSuchName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} does not exist (NXDOMAIN)", self.name)
+    }
+}
+
+impl std::error::Error for NoSuchName {}
+
+/// Boxes a hickory error, as [`NoSuchName`] when it says NXDOMAIN.
+fn hickory_error(name: &str, error: hickory_resolver::net::NetError) -> BoxError {
+    if error.is_nx_domain() {
+        NoSuchName::new(name).into()
+    } else {
+        error.into()
+    }
+}
+
 /// What one resolution found: the instances, and the SRV targets skipped
 /// because they did not resolve (with why).
+#[derive(Debug, PartialEq, Eq)]
 struct Answer {
     instances: Vec<Instance>,
     skipped: Vec<String>,
@@ -239,6 +286,67 @@ async fn resolve<R: Resolve>(resolver: &R, service: &str, target: &Target) -> Re
     Ok(Answer { instances, skipped })
 }
 
+/// What the watch does with one resolution's outcome: a pure function of
+/// it, tested on its own.
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    /// Serve these instances; `skipped` names the SRV targets left out.
+    Serve {
+        instances: Vec<Instance>,
+        skipped: Vec<String>,
+    },
+    /// A temporary failure (a timeout, SERVFAIL, the resolver unreachable):
+    /// the last known set keeps serving, the registry is reported degraded
+    /// with the error, and the lookup is retried with the backoff.
+    Transient(String),
+    /// The service's name does not exist (NXDOMAIN), or the answer has no
+    /// usable address: the last known set keeps serving (during an
+    /// incident a broken zone is likelier than a fleet of zero) and the
+    /// registry is reported down with why.
+    Down(String),
+}
+
+fn judge(outcome: Result<Answer, BoxError>) -> Judged {
+    match outcome {
+        Ok(answer) if !answer.instances.is_empty() => Judged::Serve {
+            instances: answer.instances,
+            skipped: answer.skipped,
+        },
+        Ok(answer) if answer.skipped.is_empty() => Judged::Down("empty answer".to_owned()),
+        Ok(answer) => Judged::Down(format!("no SRV target resolved: {}", answer.skipped.join(", "))),
+        Err(error) if is_no_such_name(&*error) => Judged::Down(crate::future::error_chain(&*error)),
+        Err(error) => Judged::Transient(format!(
+            "DNS lookup failed, serving the last known set: {}",
+            crate::future::error_chain(&*error)
+        )),
+    }
+}
+
+/// Whether `error` (or one of its causes) is a [`NoSuchName`].
+fn is_no_such_name(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<NoSuchName>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The delay before the next lookup after a failure.
+fn retry_delay(
+    backoff: Option<&Backoff>,
+    attempt: &mut u32,
+    previous: &mut Option<Duration>,
+    interval: Duration,
+) -> Duration {
+    let delay = backoff.map_or(Duration::from_secs(1), |b| b.delay(*attempt, *previous));
+    *previous = Some(delay);
+    *attempt = attempt.saturating_add(1);
+    delay.min(interval)
+}
+
 async fn watch_loop<R: Resolve>(
     resolver: Arc<R>,
     service: String,
@@ -249,46 +357,52 @@ async fn watch_loop<R: Resolve>(
 ) {
     let mut attempt = 0u32;
     let mut previous = None;
-    let mut reported_down = false;
+    let mut reported: Option<String> = None;
     let mut skipped_before: Vec<String> = Vec::new();
     loop {
-        let wait = match resolve(&*resolver, &service, &target).await {
-            Ok(answer) if !answer.instances.is_empty() => {
-                reported_down = false;
+        let wait = match judge(resolve(&*resolver, &service, &target).await) {
+            Judged::Serve { instances, skipped } => {
+                reported = None;
                 attempt = 0;
                 previous = None;
-                if tx.send(WatchEvent::Reset(answer.instances)).await.is_err() {
+                if tx.send(WatchEvent::Reset(instances)).await.is_err() {
                     return;
                 }
-                if !answer.skipped.is_empty() {
-                    let reason = format!("SRV targets skipped: {}", answer.skipped.join(", "));
-                    if answer.skipped != skipped_before {
+                if !skipped.is_empty() {
+                    let reason = format!("SRV targets skipped: {}", skipped.join(", "));
+                    if skipped != skipped_before {
                         tracing::warn!(target: "palisade", layer = "discovery", %service, %reason, "DNS SRV targets did not resolve; serving the others");
                     }
                     if tx.send(WatchEvent::Degraded { reason }).await.is_err() {
                         return;
                     }
                 }
-                skipped_before = answer.skipped;
+                skipped_before = skipped;
                 interval
             }
-            outcome => {
-                let reason = match outcome {
-                    Ok(answer) if answer.skipped.is_empty() => "empty answer".to_owned(),
-                    Ok(answer) => format!("no SRV target resolved: {}", answer.skipped.join(", ")),
-                    Err(e) => e.to_string(),
-                };
-                if !reported_down {
-                    reported_down = true;
-                    tracing::warn!(target: "palisade", layer = "discovery", %service, %reason, "DNS lookup failed; serving the last known set");
-                    if tx.send(WatchEvent::Down { reason }).await.is_err() {
+            Judged::Transient(reason) => {
+                if reported.as_ref() != Some(&reason) {
+                    tracing::warn!(target: "palisade", layer = "discovery", %service, %reason, "DNS lookup failed (temporary); serving the last known set");
+                    if tx.send(WatchEvent::Degraded { reason: reason.clone() }).await.is_err() {
                         return;
                     }
+                    reported = Some(reason);
                 }
-                let delay = backoff.map_or(Duration::from_secs(1), |b| b.delay(attempt, previous));
-                previous = Some(delay);
-                attempt = attempt.saturating_add(1);
-                delay.min(interval)
+                retry_delay(backoff.as_ref(), &mut attempt, &mut previous, interval)
+            }
+            Judged::Down(reason) => {
+                if reported.as_ref() != Some(&reason) {
+                    tracing::warn!(target: "palisade", layer = "discovery", %service, %reason, "DNS has no usable answer; serving the last known set");
+                    if tx.send(WatchEvent::Down { reason: reason.clone() }).await.is_err() {
+                        return;
+                    }
+                    // The health report's note says why.
+                    if tx.send(WatchEvent::Degraded { reason: reason.clone() }).await.is_err() {
+                        return;
+                    }
+                    reported = Some(reason);
+                }
+                retry_delay(backoff.as_ref(), &mut attempt, &mut previous, interval)
             }
         };
         tokio::select! {
@@ -330,5 +444,46 @@ impl<R: Resolve> Registry for DnsRegistry<R> {
             }
         }
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(addrs: &[&str], skipped: &[&str]) -> Answer {
+        Answer {
+            instances: addrs.iter().map(|a| Instance::new("echo", *a)).collect(),
+            skipped: skipped.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_kind_of_lookup_outcome_is_judged_apart() {
+        // Served, with or without skipped SRV targets.
+        assert_eq!(
+            judge(Ok(answer(&["10.0.0.1:80"], &["bad.internal:80 (no address)"]))),
+            Judged::Serve {
+                instances: vec![Instance::new("echo", "10.0.0.1:80")],
+                skipped: vec!["bad.internal:80 (no address)".to_owned()],
+            }
+        );
+        // A temporary failure: degraded, with the error and its causes.
+        let servfail: BoxError = "SERVFAIL".into();
+        assert_eq!(
+            judge(Err(servfail)),
+            Judged::Transient("DNS lookup failed, serving the last known set: SERVFAIL".to_owned())
+        );
+        // The name does not exist: down, and said so.
+        assert_eq!(
+            judge(Err(NoSuchName::new("echo.internal").into())),
+            Judged::Down("echo.internal does not exist (NXDOMAIN)".to_owned())
+        );
+        // No usable answer: down.
+        assert_eq!(judge(Ok(answer(&[], &[]))), Judged::Down("empty answer".to_owned()));
+        assert_eq!(
+            judge(Ok(answer(&[], &["a.internal:80 (no address)"]))),
+            Judged::Down("no SRV target resolved: a.internal:80 (no address)".to_owned())
+        );
     }
 }

@@ -10,7 +10,9 @@
 //!   confirm; a revocation that fails (a member just died and the request
 //!   went to it, an election in progress) is retried with the backoff, on a
 //!   fresh connection to the configured endpoints after the first failure,
-//!   until it succeeds or `shutdown_timeout` (default 5 s) has passed; it
+//!   until it succeeds or `shutdown_timeout` (default 5 s) has passed (each
+//!   attempt bounded by a quarter of it, so a hung member leaves time for
+//!   the others); it
 //!   then fails with [`DeregisterFailed`], which names the key, the lease,
 //!   the attempts and the last error, and says that the key expires with its
 //!   lease. A lease already gone counts as revoked. Dropping the handle does
@@ -139,7 +141,11 @@ impl EtcdRegistryBuilder {
     }
 
     /// How long [`Registration::shutdown`] keeps trying to revoke the lease
-    /// (default 5 s, non-zero) before it reports [`DeregisterFailed`].
+    /// (default 5 s, non-zero) before it reports [`DeregisterFailed`]: the
+    /// bound of the whole shutdown. Each attempt (and each reconnection
+    /// between attempts) has its own bound, a quarter of it or the
+    /// [`request_timeout`](Self::request_timeout) if shorter, so that a
+    /// member that hangs leaves time to try the others.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
         self
@@ -293,22 +299,31 @@ fn lease_gone(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// How many revocation attempts `shutdown_timeout` leaves room for at
+/// least, when members hang: each attempt (and each reconnection) is bounded
+/// by `shutdown_timeout / SHUTDOWN_ATTEMPTS` (and by `request_timeout`).
+const SHUTDOWN_ATTEMPTS: u32 = 4;
+
 /// Revokes `lease`, retrying within `config.shutdown_timeout`: after a
 /// failure, with a fresh connection to the configured endpoints (so that a
 /// request is not sent again down a connection to a dead member), after the
-/// backoff's delay.
+/// backoff's delay. Each attempt has its own bound (see
+/// [`SHUTDOWN_ATTEMPTS`]), so that a member that hangs cannot eat the whole
+/// shutdown: the total is `shutdown_timeout`, whatever the members do.
 async fn revoke(mut client: Client, config: &Config, key: &str, lease: i64) -> Result<(), DeregisterFailed> {
     let started = tokio::time::Instant::now();
     let deadline = started + config.shutdown_timeout;
+    let per_attempt = (config.shutdown_timeout / SHUTDOWN_ATTEMPTS).min(config.request_timeout);
+    let attempt_deadline = || (tokio::time::Instant::now() + per_attempt).min(deadline);
     let mut attempts = 0u32;
     let mut previous = None;
     loop {
         attempts += 1;
-        let last_error = match tokio::time::timeout_at(deadline, client.lease_revoke(lease)).await {
+        let last_error = match tokio::time::timeout_at(attempt_deadline(), client.lease_revoke(lease)).await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(error)) if lease_gone(&error) => return Ok(()),
             Ok(Err(error)) => crate::future::error_chain(&error),
-            Err(_) => format!("no answer within {:?}", config.shutdown_timeout),
+            Err(_) => format!("no answer within {per_attempt:?}"),
         };
         let delay = config.delay(attempts - 1, previous);
         previous = Some(delay);
@@ -325,7 +340,7 @@ async fn revoke(mut client: Client, config: &Config, key: &str, lease: i64) -> R
         }
         tracing::debug!(target: "palisade", layer = "discovery", %key, lease, attempts, error = %last_error, "revoking an etcd lease failed; retrying");
         tokio::time::sleep(delay).await;
-        if let Ok(Ok(fresh)) = tokio::time::timeout_at(deadline, config.connect()).await {
+        if let Ok(Ok(fresh)) = tokio::time::timeout_at(attempt_deadline(), config.connect()).await {
             client = fresh;
         }
     }
