@@ -111,7 +111,13 @@ fn opts() -> Opts {
                     .next()
                     .expect("--clients bare,quickstart")
                     .split(',')
-                    .map(|c| Kind::ALL.into_iter().find(|k| k.name() == c).expect("a client name"))
+                    .map(|c| {
+                        Kind::ALL
+                            .into_iter()
+                            .chain(Kind::LAYERS)
+                            .find(|k| k.name() == c)
+                            .expect("a client name")
+                    })
                     .collect();
             }
             // `cargo bench` passes `--bench`; criterion-style options of a
@@ -131,10 +137,17 @@ enum Kind {
     Tower,
     Quickstart,
     Multi,
+    // One layer of the quickstart alone over one channel (not in the default
+    // run: name them with `--clients`), to see what each costs.
+    OnlyTimeout,
+    OnlyBreaker,
+    OnlyBulkhead,
+    OnlyRetry,
 }
 
 impl Kind {
     const ALL: [Kind; 5] = [Kind::Bare, Kind::BalanceList, Kind::Tower, Kind::Quickstart, Kind::Multi];
+    const LAYERS: [Kind; 4] = [Kind::OnlyTimeout, Kind::OnlyBreaker, Kind::OnlyBulkhead, Kind::OnlyRetry];
 
     fn name(self) -> &'static str {
         match self {
@@ -143,6 +156,10 @@ impl Kind {
             Kind::Tower => "tower",
             Kind::Quickstart => "quickstart",
             Kind::Multi => "multi",
+            Kind::OnlyTimeout => "timeout",
+            Kind::OnlyBreaker => "breaker",
+            Kind::OnlyBulkhead => "bulkhead",
+            Kind::OnlyRetry => "retry",
         }
     }
 
@@ -150,6 +167,7 @@ impl Kind {
     fn baseline(self) -> Kind {
         match self {
             Kind::Bare | Kind::Quickstart => Kind::Bare,
+            Kind::OnlyTimeout | Kind::OnlyBreaker | Kind::OnlyBulkhead | Kind::OnlyRetry => Kind::Bare,
             Kind::BalanceList | Kind::Tower | Kind::Multi => Kind::BalanceList,
         }
     }
@@ -364,6 +382,10 @@ enum Client {
     Tower(TowerStack),
     Quickstart(EchoClient<QuickStack>),
     Multi(EchoClient<MultiStack>),
+    Timeout(EchoClient<Timeout<Channel, Grpc>>),
+    Breaker(EchoClient<CircuitBreaker<Channel, Grpc>>),
+    Bulkhead(EchoClient<Bulkhead<Channel, Grpc>>),
+    Retry(EchoClient<Retry<MapRequest<Channel, Unreplay>, Grpc, DefaultPredicate>>),
 }
 
 impl Client {
@@ -372,6 +394,10 @@ impl Client {
             Client::Channel(client) => client.unary(request).await.is_ok(),
             Client::Quickstart(client) => client.unary(request).await.is_ok(),
             Client::Multi(client) => client.unary(request).await.is_ok(),
+            Client::Timeout(client) => client.unary(request).await.is_ok(),
+            Client::Breaker(client) => client.unary(request).await.is_ok(),
+            Client::Bulkhead(client) => client.unary(request).await.is_ok(),
+            Client::Retry(client) => client.unary(request).await.is_ok(),
             Client::Tower(stack) => {
                 // Boxed, as a user does to name it: rustc cannot prove the
                 // `Send` of tower's retry future over a `Buffer` otherwise.
@@ -528,6 +554,32 @@ fn main() {
                     Kind::Tower => Client::Tower(tower_stack(&addrs).expect("tower stack")),
                     Kind::Quickstart => Client::Quickstart(quickstart(servers[0].channel()).expect("quickstart")),
                     Kind::Multi => Client::Multi(multi(&registry).expect("multi")),
+                    Kind::OnlyTimeout => Client::Timeout(EchoClient::new(
+                        TimeoutLayer::builder()
+                            .grpc()
+                            .timeout(Some(Duration::from_millis(300)))
+                            .build()
+                            .expect("timeout")
+                            .layer(servers[0].channel()),
+                    )),
+                    Kind::OnlyBreaker => Client::Breaker(EchoClient::new(
+                        CircuitBreakerLayer::new(CircuitBreakerConfig::builder().build().expect("breaker"))
+                            .protocol(Grpc::default())
+                            .layer(servers[0].channel()),
+                    )),
+                    Kind::OnlyBulkhead => Client::Bulkhead(EchoClient::new(
+                        BulkheadLayer::new(
+                            BulkheadConfig::builder().max_concurrent(16).max_queue(64).build().expect("bulkhead"),
+                        )
+                        .protocol(Grpc::default())
+                        .layer(servers[0].channel()),
+                    )),
+                    Kind::OnlyRetry => Client::Retry(EchoClient::new(
+                        ServiceBuilder::new()
+                            .layer(RetryLayer::builder().grpc().retries(2).build().expect("retry"))
+                            .layer(tower::util::MapRequestLayer::new(unreplay as Unreplay))
+                            .service(servers[0].channel()),
+                    )),
                 };
                 (kind, client)
             })

@@ -187,6 +187,8 @@ struct Counts {
 
 fn measure() -> Counts {
     let rt = runtime();
+    // Channels spawn their connection task on the runtime they are made in.
+    let _entered = rt.enter();
     let servers = rt.block_on(EchoServer::start_many("echo", 3)).unwrap();
     let registry = InMemoryRegistry::without_ttl();
     let _registrations: Vec<_> = servers
