@@ -311,6 +311,10 @@ impl<B> Inspect<http::Request<B>> for Http {
     }
 }
 
+/// The `grpc-status` header (or trailer) name, built once: a lookup by a
+/// `&str` parses the name on every call.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// A gRPC status code (`0` OK to `16` UNAUTHENTICATED).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GrpcCode(u8);
@@ -404,7 +408,7 @@ impl GrpcCode {
     /// The `grpc-status` in `headers` (a trailers-only response's headers, or
     /// the trailers), if there is one.
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
-        headers.get("grpc-status").map(GrpcCode::from_header)
+        headers.get(&GRPC_STATUS).map(GrpcCode::from_header)
     }
 
     /// The code a gRPC client infers from an http `status` that came without
