@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_body::{BodyLimits, TrackResponse};
+use palisade_core::classify::{Outcome, Verdict};
 use palisade_core::error::{BoxError, DeadlineExceeded, PolledAfterCompletion, TimedOut, TimeoutKind};
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use pin_project_lite::pin_project;
@@ -171,9 +172,12 @@ where
             this.inner.set(None);
             *this.state = State::Done;
             let output = match result {
+                // The guard is `()`: nothing here needs the response's outcome
+                // (only its end, for the body limits), so it is not classified.
                 Ok(response) => {
-                    let verdict = this.protocol.classify_response(&response);
-                    Ok(this.protocol.track_response(response, verdict, (), *this.body))
+                    Ok(this
+                        .protocol
+                        .track_response(response, Verdict::Now(Outcome::Ignored), (), *this.body))
                 }
                 Err(error) => {
                     let error = error.into();
@@ -184,7 +188,9 @@ where
                         && (this.wrote.grpc_timeout || (this.wrote.deadline && error.is::<DeadlineExceeded>()));
                     match *this.at {
                         // Late or not, as if this layer's own timer had fired.
-                        Some(at) if ours => Err(expired(*this.limit, this.listeners, now.saturating_duration_since(at))),
+                        Some(at) if ours => {
+                            Err(expired(*this.limit, this.listeners, now.saturating_duration_since(at)))
+                        }
                         _ => Err(error),
                     }
                 }
