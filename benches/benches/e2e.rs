@@ -90,7 +90,8 @@ fn opts() -> Opts {
     if std::env::var_os("E2E_QUICK").is_some_and(|v| v != "0") {
         quick(&mut opts);
     }
-    let secs = |v: Option<String>| Duration::from_secs_f64(v.and_then(|v| v.parse().ok()).expect("a number of seconds"));
+    let secs =
+        |v: Option<String>| Duration::from_secs_f64(v.and_then(|v| v.parse().ok()).expect("a number of seconds"));
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -146,8 +147,19 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Bare, Kind::BalanceList, Kind::Tower, Kind::Quickstart, Kind::Multi];
-    const LAYERS: [Kind; 4] = [Kind::OnlyTimeout, Kind::OnlyBreaker, Kind::OnlyBulkhead, Kind::OnlyRetry];
+    const ALL: [Kind; 5] = [
+        Kind::Bare,
+        Kind::BalanceList,
+        Kind::Tower,
+        Kind::Quickstart,
+        Kind::Multi,
+    ];
+    const LAYERS: [Kind; 4] = [
+        Kind::OnlyTimeout,
+        Kind::OnlyBreaker,
+        Kind::OnlyBulkhead,
+        Kind::OnlyRetry,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -219,7 +231,11 @@ fn quickstart(channel: Channel) -> Result<EchoClient<QuickStack>, BoxError> {
             RetryLayer::builder()
                 .grpc()
                 .retries(2)
-                .backoff(Backoff::exponential(Duration::from_millis(20)).jitter(Jitter::Full).build()?)
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(20))
+                        .jitter(Jitter::Full)
+                        .build()?,
+                )
                 .build()?,
         )
         .layer(tower::util::MapRequestLayer::new(unreplay as Unreplay))
@@ -309,7 +325,10 @@ fn tower_stack(addrs: &[String]) -> Result<TowerStack, BoxError> {
     let buffer = tower::buffer::Buffer::new(balance, 1024);
     Ok(tower::retry::Retry::new(
         policy,
-        tower::timeout::Timeout::new(tower::limit::ConcurrencyLimit::new(buffer, 64), Duration::from_millis(250)),
+        tower::timeout::Timeout::new(
+            tower::limit::ConcurrencyLimit::new(buffer, 64),
+            Duration::from_millis(250),
+        ),
     ))
 }
 
@@ -483,7 +502,13 @@ async fn measure(client: &Client, callers: usize, opts: &Opts) -> Sample {
     let cpu = cpu_time().saturating_sub(cpu);
     latencies.sort_unstable();
     let calls = latencies.len().max(1);
-    let pct = |p: f64| latencies.get(((calls as f64 * p) as usize).min(calls - 1)).copied().unwrap_or(0) as f64 / 1e3;
+    let pct = |p: f64| {
+        latencies
+            .get(((calls as f64 * p) as usize).min(calls - 1))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1e3
+    };
     Sample {
         calls_per_s: latencies.len() as f64 / wall.as_secs_f64(),
         p50_us: pct(0.50),
@@ -525,14 +550,21 @@ fn print_table(title: &str, callers: usize, rows: &[(Kind, Sample, Option<f64>)]
             p99,
             cpu,
             spread,
-            if s.errors > 0 { format!(" ({} errors)", s.errors) } else { String::new() },
+            if s.errors > 0 {
+                format!(" ({} errors)", s.errors)
+            } else {
+                String::new()
+            },
         );
     }
 }
 
 fn main() {
     let opts = opts();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async move {
         let servers = futures::future::try_join_all((0..3).map(|i| EchoServer::start(format!("echo-{i}"))))
             .await

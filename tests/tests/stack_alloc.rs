@@ -37,7 +37,10 @@ const WARM_UP: usize = 50;
 const MEASURED: usize = 101;
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn request() -> EchoRequest {
@@ -95,8 +98,14 @@ fn breaker() -> CircuitBreakerLayer<Grpc> {
 }
 
 fn bulkhead() -> BulkheadLayer<Grpc> {
-    BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build().unwrap())
-        .protocol(Grpc::default())
+    BulkheadLayer::new(
+        BulkheadConfig::builder()
+            .max_concurrent(16)
+            .max_queue(64)
+            .build()
+            .unwrap(),
+    )
+    .protocol(Grpc::default())
 }
 
 fn retry() -> RetryLayer<Grpc> {
@@ -106,13 +115,7 @@ fn retry() -> RetryLayer<Grpc> {
 macro_rules! unary {
     ($client:expr) => {{
         let mut client = $client.clone();
-        async move {
-            client
-                .unary(request())
-                .await
-                .map(drop)
-                .map_err(|s| s.to_string())
-        }
+        async move { client.unary(request()).await.map(drop).map_err(|s| s.to_string()) }
     }};
 }
 
@@ -124,7 +127,9 @@ impl MakePeer for MakePeerChannel {
 
     fn make_peer(&mut self, instance: &Instance) -> Result<Self::Service, BoxError> {
         let channel = Endpoint::from_shared(format!("http://{}", instance.addr()))?.connect_lazy();
-        Ok(breaker().for_peer(instance.id()).layer(attempt_timeout().layer(channel)))
+        Ok(breaker()
+            .for_peer(instance.id())
+            .layer(attempt_timeout().layer(channel)))
     }
 }
 

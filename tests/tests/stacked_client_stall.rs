@@ -73,12 +73,20 @@ async fn a_timer_that_fires_far_past_its_deadline_is_the_clients_stall_not_the_p
     // On time: the peer's failure.
     let (timed_out, state) = one_timed_out_call(&server, Duration::from_millis(300)).await;
     assert!(!timed_out.is_client_stall(), "{timed_out:?}");
-    assert_eq!(state, CircuitState::Open, "an attempt timeout on time opens the breaker");
+    assert_eq!(
+        state,
+        CircuitState::Open,
+        "an attempt timeout on time opens the breaker"
+    );
 
     // 1.7 s late: the client did not run; the caller still gets TimedOut.
     let (timed_out, state) = one_timed_out_call(&server, Duration::from_secs(2)).await;
     assert!(timed_out.is_client_stall(), "{timed_out:?}");
     assert!(timed_out.late_by() >= Duration::from_millis(1_700), "{timed_out:?}");
     assert!(timed_out.to_string().contains("client stalled"), "{timed_out}");
-    assert_eq!(state, CircuitState::Closed, "a stalled client's timeout is not the peer's failure");
+    assert_eq!(
+        state,
+        CircuitState::Closed,
+        "a stalled client's timeout is not the peer's failure"
+    );
 }
