@@ -29,6 +29,16 @@
 //! cargo bench -p palisade-benches --bench e2e -- --quick       # 1 round, 0.3 s warm-up, 1 s per client
 //! E2E_QUICK=1 cargo bench -p palisade-benches --bench e2e      # the same
 //! cargo bench -p palisade-benches --bench e2e -- --secs 3 --warmup 1 --rounds 3 --callers 1,64 --clients bare,quickstart
+//! cargo bench -p palisade-benches --bench e2e -- --clients timeout,breaker,bulkhead,retry   # one layer at a time
+//! valgrind --tool=callgrind target/release/deps/e2e-* --calls 2000 --warmup 0 --callers 1 --clients quickstart
+//! ```
+//!
+//! `--calls N` makes each caller send exactly N calls instead of running for
+//! a time: under callgrind, the difference of two runs (N = 500 and 2000)
+//! divided by the calls between them is the instructions per call, free of
+//! the start-up and of the machine's load.
+//!
+//! ```text
 //! ```
 
 // A load benchmark measures wall time: the std clock is the right one here.
@@ -72,6 +82,9 @@ struct Opts {
     rounds: usize,
     callers: Vec<usize>,
     clients: Vec<Kind>,
+    /// Each caller makes exactly this many calls instead of running for a
+    /// time (for instruction counts under `valgrind --tool=callgrind`).
+    calls: Option<u64>,
 }
 
 fn opts() -> Opts {
@@ -81,6 +94,7 @@ fn opts() -> Opts {
         rounds: 2,
         callers: vec![1, 16, 64],
         clients: Kind::ALL.to_vec(),
+        calls: None,
     };
     let quick = |o: &mut Opts| {
         o.warmup = Duration::from_millis(300);
@@ -98,6 +112,7 @@ fn opts() -> Opts {
             "--quick" => quick(&mut opts),
             "--secs" => opts.run = secs(args.next()),
             "--warmup" => opts.warmup = secs(args.next()),
+            "--calls" => opts.calls = args.next().and_then(|v| v.parse().ok()),
             "--rounds" => opts.rounds = args.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--callers" => {
                 opts.callers = args
@@ -455,7 +470,7 @@ struct Sample {
 
 /// Runs `callers` closed-loop callers through `client` for `time`; returns
 /// every successful call's latency in nanoseconds and the number of errors.
-async fn load(client: &Client, callers: usize, time: Duration) -> (Vec<u64>, u64) {
+async fn load(client: &Client, callers: usize, time: Duration, calls: Option<u64>) -> (Vec<u64>, u64) {
     let end = Instant::now() + time;
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
@@ -464,11 +479,17 @@ async fn load(client: &Client, callers: usize, time: Duration) -> (Vec<u64>, u64
                 let payload = Bytes::from_static(&[7; PAYLOAD]);
                 let mut latencies = Vec::with_capacity(1 << 16);
                 let mut errors = 0u64;
+                let mut made = 0u64;
                 loop {
                     let start = Instant::now();
-                    if start >= end {
+                    let done = match calls {
+                        Some(calls) => made >= calls,
+                        None => start >= end,
+                    };
+                    if done {
                         break;
                     }
+                    made += 1;
                     let request = EchoRequest {
                         message: String::new(),
                         payload: payload.clone(),
@@ -494,10 +515,10 @@ async fn load(client: &Client, callers: usize, time: Duration) -> (Vec<u64>, u64
 }
 
 async fn measure(client: &Client, callers: usize, opts: &Opts) -> Sample {
-    load(client, callers, opts.warmup).await;
+    load(client, callers, opts.warmup, None).await;
     let cpu = cpu_time();
     let start = Instant::now();
-    let (mut latencies, errors) = load(client, callers, opts.run).await;
+    let (mut latencies, errors) = load(client, callers, opts.run, opts.calls).await;
     let wall = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu);
     latencies.sort_unstable();
