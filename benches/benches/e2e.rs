@@ -30,13 +30,14 @@
 //! E2E_QUICK=1 cargo bench -p palisade-benches --bench e2e      # the same
 //! cargo bench -p palisade-benches --bench e2e -- --secs 3 --warmup 1 --rounds 3 --callers 1,64 --clients bare,quickstart
 //! cargo bench -p palisade-benches --bench e2e -- --clients timeout,breaker,bulkhead,retry   # one layer at a time
-//! valgrind --tool=callgrind target/release/deps/e2e-* --calls 2000 --warmup 0 --callers 1 --clients quickstart
+//! valgrind --tool=callgrind target/release/deps/e2e-* --calls 2000 --warmup 0 --callers 1 --threads 1 --clients quickstart
 //! ```
 //!
 //! `--calls N` makes each caller send exactly N calls instead of running for
 //! a time: under callgrind, the difference of two runs (N = 500 and 2000)
 //! divided by the calls between them is the instructions per call, free of
-//! the start-up and of the machine's load.
+//! the start-up and of the machine's load (`--threads 1` makes it repeat
+//! to within a few hundred instructions).
 //!
 //! ```text
 //! ```
@@ -85,6 +86,8 @@ struct Opts {
     /// Each caller makes exactly this many calls instead of running for a
     /// time (for instruction counts under `valgrind --tool=callgrind`).
     calls: Option<u64>,
+    /// The runtime's worker threads (`None`: one per core).
+    threads: Option<usize>,
 }
 
 fn opts() -> Opts {
@@ -95,6 +98,7 @@ fn opts() -> Opts {
         callers: vec![1, 16, 64],
         clients: Kind::ALL.to_vec(),
         calls: None,
+        threads: None,
     };
     let quick = |o: &mut Opts| {
         o.warmup = Duration::from_millis(300);
@@ -112,6 +116,7 @@ fn opts() -> Opts {
             "--quick" => quick(&mut opts),
             "--secs" => opts.run = secs(args.next()),
             "--warmup" => opts.warmup = secs(args.next()),
+            "--threads" => opts.threads = args.next().and_then(|v| v.parse().ok()),
             "--calls" => opts.calls = args.next().and_then(|v| v.parse().ok()),
             "--rounds" => opts.rounds = args.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--callers" => {
@@ -643,7 +648,7 @@ fn main() {
             opts.warmup,
             opts.run,
             opts.callers,
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get())),
         );
         let mut all: Vec<(usize, Kind, Vec<Sample>)> = Vec::new();
         for round in 1..=opts.rounds {
