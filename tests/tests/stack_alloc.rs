@@ -311,4 +311,20 @@ fn the_whole_stack_allocates_only_what_each_layer_needs() {
     for (name, n, base) in rows {
         println!("{name:<30} {n:>4} allocations per call ({:+})", n as i64 - base as i64);
     }
+    // The itemized budget of each layer over the one below (see BENCHMARKS.md).
+    let within = |name: &str, n: u64, base: u64, budget: u64| {
+        assert!(
+            n <= base + budget,
+            "{name}: {n} allocations per call, over {base} + {budget}"
+        );
+    };
+    // The grpc-timeout header value.
+    within("attempt timeout", c.attempt_timeout, c.bare, 1);
+    within("breaker", c.breaker, c.attempt_timeout, 0);
+    within("bulkhead", c.bulkhead, c.breaker, 0);
+    // Attempt record (2), replay state (1), head copy (6), service clone (1), body box (1), slack 1.
+    within("retry", c.retry, c.bulkhead, 12);
+    // Call options (1), its grpc-timeout (1), their copies in the kept head (2).
+    within("total timeout", c.quickstart, c.retry, 4);
+    within("multi-instance stack", c.multi, c.balance_list, 16);
 }
