@@ -93,6 +93,7 @@ pub struct ReplayBody<B> {
     kind: Kind<B>,
 }
 
+#[allow(clippy::large_enum_variant)] // boxing the replay state would cost an allocation per call
 enum Kind<B> {
     /// Not replayable: the call is sent once.
     Passthrough(B),
