@@ -36,6 +36,11 @@ pin_project! {
         hook: Option<H>,
         timers: Option<Box<Timers>>,
         ended: bool,
+        // The inner body said it had not ended right after the latest frame:
+        // until the next poll, `is_end_stream` answers `false` without asking
+        // again (allowed: `false` is only a hint), so that nested bodies ask
+        // the bottom one once per frame, not once per layer above it.
+        not_ended_yet: bool,
     }
 
     impl<B, H> PinnedDrop for CompletionBody<B, H>
@@ -62,6 +67,7 @@ impl<B: Body, H: OnEnd> CompletionBody<B, H> {
     pub fn with_limits(inner: B, hook: H, limits: BodyLimits) -> Self {
         let mut body = Self {
             ended: false,
+            not_ended_yet: false,
             timers: None,
             hook: Some(hook),
             inner,
@@ -109,6 +115,7 @@ where
         if *this.ended {
             return Poll::Ready(None);
         }
+        *this.not_ended_yet = false;
         let mut inner = this.inner;
         let polled = inner.as_mut().poll_frame(cx);
         let frame = match polled {
@@ -132,8 +139,11 @@ where
                     end_projected(this.ended, this.hook, this.timers, BodyEnd::Eos(Some(trailers)));
                 } else if inner.is_end_stream() {
                     end_projected(this.ended, this.hook, this.timers, BodyEnd::Eos(None));
-                } else if let Some(timers) = this.timers.as_mut() {
-                    timers.frame_arrived();
+                } else {
+                    *this.not_ended_yet = true;
+                    if let Some(timers) = this.timers.as_mut() {
+                        timers.frame_arrived();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -146,7 +156,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        self.ended || (!self.not_ended_yet && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -51,10 +51,25 @@ pub trait Settle: Send + 'static {
         let _ = end;
         self.settle(outcome);
     }
+
+    /// Whether [`settle`](Self::settle) uses its outcome. A guard that only
+    /// releases something when the call ends (a bulkhead permit without an
+    /// adaptive limit, the timeout's `()`) says `false`, and [`track`] then
+    /// does not classify the response or the error at all: it settles it as
+    /// [`Outcome::Ignored`] when it ends. `true` by default.
+    #[inline]
+    fn wants_outcome(&self) -> bool {
+        true
+    }
 }
 
 impl Settle for () {
     fn settle(self, _: Outcome) {}
+
+    #[inline]
+    fn wants_outcome(&self) -> bool {
+        false
+    }
 }
 
 impl<A: Settle, B: Settle> Settle for (A, B) {
@@ -66,6 +81,11 @@ impl<A: Settle, B: Settle> Settle for (A, B) {
     fn settle_at_end(self, outcome: Outcome, end: BodyEnd<'_>) {
         self.0.settle_at_end(outcome, end);
         self.1.settle_at_end(outcome, end);
+    }
+
+    #[inline]
+    fn wants_outcome(&self) -> bool {
+        self.0.wants_outcome() || self.1.wants_outcome()
     }
 }
 
@@ -148,6 +168,16 @@ where
     C: TrackResponse<Res, E, S>,
     S: Settle,
 {
+    if !settle.wants_outcome() {
+        // Nothing to classify for: the guard is released when the call ends.
+        return match result {
+            Ok(response) => Ok(classifier.track_response(response, Verdict::Now(Outcome::Ignored), settle, limits)),
+            Err(error) => {
+                settle.settle(Outcome::Ignored);
+                Err(error)
+            }
+        };
+    }
     match result {
         Ok(response) => {
             let verdict = classifier.classify_response(&response);

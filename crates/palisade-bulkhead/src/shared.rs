@@ -366,6 +366,13 @@ impl Settle for BulkheadPermit {
         }
         // Drop returns the slot.
     }
+
+    /// Only an adaptive limit hears outcomes: a fixed bulkhead's response is
+    /// not classified at all.
+    #[inline]
+    fn wants_outcome(&self) -> bool {
+        self.latency.is_timed()
+    }
 }
 
 impl Drop for BulkheadPermit {

@@ -37,7 +37,10 @@
 //! [`DeadlineExceeded`](crate::error::DeadlineExceeded) as
 //! [`Outcome::Ignored`] (see [`is_deadline_exceeded`](crate::error::is_deadline_exceeded)).
 //! A [`TimedOut`](crate::error::TimedOut) of the attempt timeout is still a
-//! failure: that limit belongs to the peer. Override either with
+//! failure: that limit belongs to the peer; unless its timer fired more than
+//! [`STALL_TOLERANCE`](crate::error::STALL_TOLERANCE) late, which is the
+//! client's own stall ([`TimedOut::is_client_stall`](crate::error::TimedOut::is_client_stall)),
+//! also [`Outcome::Ignored`]. Override either with
 //! [`ClassifyExt::errors_with`].
 //!
 //! # Abandoned calls

@@ -230,15 +230,31 @@ impl TimeoutKind {
     }
 }
 
+/// How late a timeout's timer may fire after its deadline before the
+/// lateness is taken for a stall of the client itself (100 ms).
+///
+/// tokio's timers fire within a millisecond of their deadline on a runtime
+/// that keeps up. A timer that fires much later says that the client's own
+/// runtime (or the host under it) was not running: its CPU was taken away,
+/// or a task blocked a worker thread. The peer may well have answered in
+/// time, unread. Such a [`TimedOut`] is [a client stall](TimedOut::is_client_stall):
+/// the caller still gets the error, but the built-in classifiers count it as
+/// [`Outcome::Ignored`](crate::classify::Outcome::Ignored), so a breaker or
+/// an adaptive limit does not blame the peer for the client's own slowness.
+pub const STALL_TOLERANCE: Duration = Duration::from_millis(100);
+
 /// A timeout fired and the work under it was dropped (cancelled).
 ///
 /// A tonic caller sees `DEADLINE_EXCEEDED`; an http server answers 504 (see
 /// [`PalisadeError`]). Unlike [`DeadlineExceeded`], an attempt's timeout is
-/// the peer's fault: the breaker counts it as a failure.
+/// the peer's fault: the breaker counts it as a failure, unless its timer
+/// fired more than [`STALL_TOLERANCE`] after the deadline
+/// ([`is_client_stall`](Self::is_client_stall)).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TimedOut {
     limit: Duration,
     kind: TimeoutKind,
+    late: Duration,
     status: StatusSource,
 }
 
@@ -247,6 +263,7 @@ impl fmt::Debug for TimedOut {
         f.debug_struct("TimedOut")
             .field("limit", &self.limit)
             .field("kind", &self.kind)
+            .field("late", &self.late)
             .finish()
     }
 }
@@ -254,11 +271,30 @@ impl fmt::Debug for TimedOut {
 impl TimedOut {
     /// A `kind` timeout of `limit` fired.
     pub fn new(kind: TimeoutKind, limit: Duration) -> Self {
+        Self::fired_late(kind, limit, Duration::ZERO)
+    }
+
+    /// A `kind` timeout of `limit` whose timer fired `late` after its
+    /// deadline (see [`STALL_TOLERANCE`]).
+    pub fn fired_late(kind: TimeoutKind, limit: Duration, late: Duration) -> Self {
         Self {
             limit,
             kind,
+            late,
             status: StatusSource::new(),
         }
+    }
+
+    /// How long after its deadline the timer fired.
+    pub fn late_by(&self) -> Duration {
+        self.late
+    }
+
+    /// Whether the timer fired more than [`STALL_TOLERANCE`] after its
+    /// deadline: the client stalled, and the timeout says nothing about the
+    /// peer.
+    pub fn is_client_stall(&self) -> bool {
+        self.late > STALL_TOLERANCE
     }
 
     /// The limit that was exceeded.
@@ -279,7 +315,15 @@ impl TimedOut {
 
 impl fmt::Display for TimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} timeout of {:?} elapsed", self.kind.as_str(), self.limit)
+        write!(f, "{} timeout of {:?} elapsed", self.kind.as_str(), self.limit)?;
+        if self.is_client_stall() {
+            write!(
+                f,
+                " (its timer fired {:?} late: the client stalled, not counted against the peer)",
+                self.late
+            )?;
+        }
+        Ok(())
     }
 }
 

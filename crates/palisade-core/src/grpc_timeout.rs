@@ -44,7 +44,7 @@ pub const MAX_DIGITS: usize = 8;
 const MAX_VALUE: u64 = 99_999_999;
 
 /// The units, finest first, with their length in nanoseconds.
-const UNITS: [(u8, u128); 6] = [
+const UNITS: [(u8, u64); 6] = [
     (b'n', 1),
     (b'u', 1_000),
     (b'm', 1_000_000),
@@ -89,14 +89,18 @@ pub fn format(timeout: Duration) -> HeaderValue {
 
 /// Writes the wire format of `timeout` into `buf`, returning its length.
 fn write(timeout: Duration, buf: &mut [u8; MAX_DIGITS + 1]) -> usize {
-    let nanos = timeout.as_nanos();
-    let (unit, value) = UNITS
-        .iter()
-        .find_map(|&(unit, len)| {
-            let value = nanos / len;
-            (value <= u128::from(MAX_VALUE)).then_some((unit, value as u64))
-        })
-        .unwrap_or((b'H', MAX_VALUE));
+    // In u64 (584 years of nanoseconds; longer ones are whole hours): a
+    // u128 division is a library call, and this runs on every call.
+    let (unit, value) = match u64::try_from(timeout.as_nanos()) {
+        Err(_) => (b'H', (timeout.as_secs() / 3_600).min(MAX_VALUE)),
+        Ok(nanos) => UNITS
+            .iter()
+            .find_map(|&(unit, len)| {
+                let value = nanos / len;
+                (value <= MAX_VALUE).then_some((unit, value))
+            })
+            .unwrap_or((b'H', MAX_VALUE)),
+    };
     let digits = write_digits(value, buf);
     buf[digits] = unit;
     digits + 1

@@ -44,7 +44,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use crate::classify::{
     AbandonPolicy, Classify, ClassifyEos, ClassifyFn, ErrorsWith, NeverAtEos, Outcome, ResponsesWith, Verdict,
 };
-use crate::error::{BoxError, DeadlineExceeded, is_deadline_exceeded};
+use crate::error::{BoxError, DeadlineExceeded, TimedOut, find_error, is_deadline_exceeded};
 use crate::options::{CallOptions, CallOptionsExt};
 use crate::peer::AttemptRecord;
 
@@ -95,7 +95,9 @@ pub trait Inspect<Req> {
 }
 
 /// The outcome of an error for the built-in classifiers: the caller's
-/// deadline is [`Outcome::Ignored`], any other error a failure.
+/// deadline, and a timeout that fired late because the client stalled
+/// ([`TimedOut::is_client_stall`]), are [`Outcome::Ignored`]; any other error
+/// is a failure.
 ///
 /// The error type is only known generically, so the deadline is recognised
 /// in the error types layers return: [`BoxError`] (walking its source chain
@@ -117,16 +119,25 @@ pub fn default_error_outcome<E: 'static>(error: &E) -> Outcome {
 fn is_callers_deadline<E: 'static>(error: &E) -> bool {
     let error: &dyn Any = error;
     if let Some(boxed) = error.downcast_ref::<BoxError>() {
-        return is_deadline_exceeded(boxed.as_ref());
+        return not_the_peers(boxed.as_ref());
     }
     if error.is::<DeadlineExceeded>() {
         return true;
     }
+    if let Some(timed_out) = error.downcast_ref::<TimedOut>() {
+        return timed_out.is_client_stall();
+    }
     #[cfg(feature = "tonic")]
     if let Some(status) = error.downcast_ref::<tonic::Status>() {
-        return is_deadline_exceeded(status);
+        return not_the_peers(status);
     }
     false
+}
+
+/// The caller's deadline, or a timeout that fired late because the client
+/// stalled.
+fn not_the_peers(error: &(dyn std::error::Error + 'static)) -> bool {
+    is_deadline_exceeded(error) || find_error::<TimedOut>(error).is_some_and(TimedOut::is_client_stall)
 }
 
 /// Any request and response: every `Ok` is a success and every `Err` a
@@ -300,6 +311,10 @@ impl<B> Inspect<http::Request<B>> for Http {
     }
 }
 
+/// The `grpc-status` header (or trailer) name, built once: a lookup by a
+/// `&str` parses the name on every call.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// A gRPC status code (`0` OK to `16` UNAUTHENTICATED).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GrpcCode(u8);
@@ -393,7 +408,7 @@ impl GrpcCode {
     /// The `grpc-status` in `headers` (a trailers-only response's headers, or
     /// the trailers), if there is one.
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcCode> {
-        headers.get("grpc-status").map(GrpcCode::from_header)
+        headers.get(&GRPC_STATUS).map(GrpcCode::from_header)
     }
 
     /// The code a gRPC client infers from an http `status` that came without

@@ -322,10 +322,27 @@ fn recorded(kept_head: &http::Request<()>) -> usize {
     kept_head.attempt_record().map_or(0, AttemptRecord::len)
 }
 
-/// Writes the time left until `deadline` as the attempt's `grpc-timeout`.
+/// How much longer than the time left a `grpc-timeout` already on an attempt
+/// may be and still be kept: one written for this very deadline a moment ago
+/// (by the total timeout just above, for the first attempt) is true to within
+/// its own rounding, and writing it again would format and allocate a header
+/// value per call for microseconds.
+const STAMP_SLACK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Writes the time left until `deadline` as the attempt's `grpc-timeout`,
+/// unless the header already says that (within [`STAMP_SLACK`]) or less.
 fn stamp_grpc_timeout<B>(attempt: &mut http::Request<B>, deadline: Instant) {
     let left = deadline.saturating_duration_since(Instant::now());
-    grpc_timeout::write_shorter(attempt.headers_mut(), left);
+    let fresh = attempt
+        .headers()
+        .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
+        .and_then(grpc_timeout::parse_header)
+        .is_some_and(|sent| sent <= left + STAMP_SLACK);
+    if !fresh {
+        attempt
+            .headers_mut()
+            .insert(grpc_timeout::GRPC_TIMEOUT_HEADER, grpc_timeout::format(left));
+    }
 }
 
 fn next_http_attempt<B: http_body::Body>(kept: &KeptRequest<B>) -> Option<http::Request<ReplayBody<B>>> {

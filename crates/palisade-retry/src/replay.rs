@@ -93,6 +93,7 @@ pub struct ReplayBody<B> {
     kind: Kind<B>,
 }
 
+#[allow(clippy::large_enum_variant)] // boxing the replay state would cost an allocation per call
 enum Kind<B> {
     /// Not replayable: the call is sent once.
     Passthrough(B),
@@ -139,10 +140,43 @@ struct Slot<B> {
 struct State<B> {
     /// The original body, until it ended.
     body: Option<B>,
-    frames: Vec<Bytes>,
+    frames: Frames,
     trailers: Option<HeaderMap>,
     buffered: usize,
     cap: usize,
+}
+
+/// The data frames sent so far, the first one inline: a unary call's body
+/// is one frame, and buffering it then allocates nothing.
+#[derive(Debug, Default)]
+struct Frames {
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
+}
+
+impl Frames {
+    fn get(&self, i: usize) -> Option<&Bytes> {
+        match i {
+            0 => self.first.as_ref(),
+            _ => self.rest.get(i - 1),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push(frame);
+        }
+    }
 }
 
 impl<B> ReplayBody<B> {
@@ -164,7 +198,7 @@ impl<B: Body> ReplayBody<B> {
         let capped = hint.lower() > cap as u64;
         let state = State {
             body: Some(body),
-            frames: Vec::new(),
+            frames: Frames::default(),
             trailers: None,
             buffered: 0,
             cap,
@@ -335,7 +369,7 @@ where
         let committed = replay.shared.committed.load(Ordering::Acquire);
         if committed && !state.frames.is_empty() && replay.replayed >= state.frames.len() {
             // No replay will be made: what this attempt has sent need not be kept.
-            state.frames = Vec::new();
+            state.frames = Frames::default();
             state.buffered = 0;
             replay.replayed = 0;
         }
@@ -351,7 +385,7 @@ where
                     replay.lost_here = true;
                     replay.shared.failed.store(true, Ordering::Release);
                     replay.shared.capped.store(true, Ordering::Release);
-                    state.frames = Vec::new();
+                    state.frames = Frames::default();
                     state.body = None;
                     Poll::Ready(Some(Err(error.into())))
                 }
@@ -371,7 +405,7 @@ where
                                 );
                                 replay.lost_here = true;
                                 replay.shared.capped.store(true, Ordering::Release);
-                                state.frames = Vec::new();
+                                state.frames = Frames::default();
                             } else {
                                 state.buffered += data.len();
                                 state.frames.push(data.clone());

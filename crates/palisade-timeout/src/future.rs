@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_body::{BodyLimits, TrackResponse};
+use palisade_core::classify::{Outcome, Verdict};
 use palisade_core::error::{BoxError, DeadlineExceeded, PolledAfterCompletion, TimedOut, TimeoutKind};
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use pin_project_lite::pin_project;
@@ -171,20 +172,26 @@ where
             this.inner.set(None);
             *this.state = State::Done;
             let output = match result {
+                // The guard is `()`: nothing here needs the response's outcome
+                // (only its end, for the body limits), so it is not classified.
                 Ok(response) => {
-                    let verdict = this.protocol.classify_response(&response);
-                    Ok(this.protocol.track_response(response, verdict, (), *this.body))
+                    Ok(this
+                        .protocol
+                        .track_response(response, Verdict::Now(Outcome::Ignored), (), *this.body))
                 }
                 Err(error) => {
                     let error = error.into();
                     // The layer below enforced this very limit (see the type's docs).
+                    let now = Instant::now();
                     let ours = this.sleep.is_some()
-                        && this.at.is_some_and(|at| at <= Instant::now() + SIMULTANEOUS)
+                        && this.at.is_some_and(|at| at <= now + SIMULTANEOUS)
                         && (this.wrote.grpc_timeout || (this.wrote.deadline && error.is::<DeadlineExceeded>()));
-                    if ours {
-                        Err(expired(*this.limit, this.listeners))
-                    } else {
-                        Err(error)
+                    match *this.at {
+                        // Late or not, as if this layer's own timer had fired.
+                        Some(at) if ours => {
+                            Err(expired(*this.limit, this.listeners, now.saturating_duration_since(at)))
+                        }
+                        _ => Err(error),
                     }
                 }
             };
@@ -207,7 +214,10 @@ where
         this.inner.set(None);
         this.sleep.set(None);
         *this.state = State::Done;
-        Poll::Ready(Err(expired(*this.limit, this.listeners)))
+        // A timer that fires far past its deadline measures the client's own
+        // stall, not the peer (see `STALL_TOLERANCE` and the crate docs).
+        let late = Instant::now().saturating_duration_since(at);
+        Poll::Ready(Err(expired(*this.limit, this.listeners, late)))
     }
 }
 
@@ -217,9 +227,21 @@ fn polled_after_completion() -> BoxError {
 }
 
 #[cold]
-fn expired(limit: Limit, listeners: &Listeners) -> BoxError {
+fn expired(limit: Limit, listeners: &Listeners, late: Duration) -> BoxError {
     match limit {
         Limit::Timeout(kind, timeout) => {
+            let error = TimedOut::fired_late(kind, timeout, late);
+            if error.is_client_stall() {
+                tracing::warn!(
+                    target: "palisade",
+                    layer = "timeout",
+                    event = "client_stall",
+                    kind = kind.as_str(),
+                    limit_ms = timeout.as_millis() as u64,
+                    late_ms = late.as_millis() as u64,
+                    "timeout fired late: the client stalled; not counted against the peer"
+                );
+            }
             listeners.emit(&Event::new(
                 LayerName::Timeout,
                 EventKind::TimedOut {
@@ -229,7 +251,7 @@ fn expired(limit: Limit, listeners: &Listeners) -> BoxError {
             ));
             #[cfg(feature = "metrics")]
             metrics::counter!("palisade_timeout_timed_out_total", "kind" => kind.as_str()).increment(1);
-            TimedOut::new(kind, timeout).into()
+            error.into()
         }
         Limit::Deadline(budget) => {
             listeners.emit(&Event::new(

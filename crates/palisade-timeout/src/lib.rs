@@ -84,6 +84,29 @@
 //! tests prove it against a real tonic server, for unary and for
 //! server-streaming calls.
 //!
+//! # A timer that fires late: the client stalled
+//!
+//! When the client's own runtime stalls (the host took its CPU away, a task
+//! blocked a worker thread), every timer in it fires late, and each attempt
+//! in flight times out although its peer may have answered in time, unread.
+//! Counting those as the peer's failures opens the breaker of a healthy peer
+//! (of the only peer, over one channel) and the client then fails every call
+//! after the stall ends, while a bare client only slowed down.
+//!
+//! So a timeout whose timer fires more than
+//! [`STALL_TOLERANCE`](palisade_core::error::STALL_TOLERANCE) (100 ms) after
+//! its deadline is taken for the client's stall: the caller still gets
+//! [`TimedOut`](palisade_core::error::TimedOut) (and a retry may follow), but
+//! [`TimedOut::is_client_stall`](palisade_core::error::TimedOut::is_client_stall)
+//! is true and the built-in classifiers count the call as
+//! [`Outcome::Ignored`](palisade_core::classify::Outcome::Ignored): the
+//! breaker and an adaptive bulkhead limit above the timeout do not blame the
+//! peer. A `warn` event (`event = "client_stall"`, with `late_ms`) says so.
+//! tokio's timers fire within a millisecond of their deadline on a runtime
+//! that keeps up, so 100 ms late is never the peer's doing; a classifier of
+//! your own ([`ClassifyExt::errors_with`](palisade_core::classify::ClassifyExt::errors_with))
+//! can decide otherwise.
+//!
 //! # Propagation over gRPC and http
 //!
 //! With a gRPC protocol ([`TimeoutBuilder::grpc`]) every outgoing request

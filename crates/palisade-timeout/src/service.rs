@@ -97,9 +97,10 @@ where
 
     fn call(&mut self, mut request: Req) -> Self::Future {
         let config = &*self.config;
-        let (per_call, deadline) = match self.protocol.call_options(&request) {
-            Some(options) => (options.timeout(), options.deadline()),
-            None => (None, None),
+        // One look into the extensions for the call's options.
+        let (mut has_options, per_call, deadline) = match self.protocol.call_options(&request) {
+            Some(options) => (true, options.timeout(), options.deadline()),
+            None => (false, None, None),
         };
         // A per-call timeout bounds each attempt: a total layer ignores it
         // (the call's deadline is its overall bound), see the crate docs.
@@ -116,6 +117,7 @@ where
             Some(inherited) if deadline.is_none_or(|own| inherited < own) => {
                 if let Some(extensions) = self.protocol.extensions_mut(&mut request) {
                     extensions.call_options_mut().set_deadline(inherited);
+                    has_options = true;
                 }
                 Some(inherited)
             }
@@ -150,7 +152,7 @@ where
         // write it into the call's options, where the earlier one is kept.
         // A per-attempt layer usually has only the connection below it, so it
         // writes only into options that already exist: that costs no allocation.
-        let worth_writing = config.kind != TimeoutKind::Attempt || self.protocol.call_options(&request).is_some();
+        let worth_writing = config.kind != TimeoutKind::Attempt || has_options;
         if let (Limit::Timeout(..), Some(at), true) = (limit, at, worth_writing)
             && let Some(extensions) = self.protocol.extensions_mut(&mut request)
         {
