@@ -85,7 +85,13 @@ pin_project! {
     ///   `CallOptions` and the inner service failed with [`DeadlineExceeded`]
     ///   (a timeout layer below, bounded by that deadline).
     ///
-    /// Either is reported as this layer's [`TimedOut`] / [`DeadlineExceeded`]
+    /// - this call wrote `grpc-timeout` and the peer answered a trailers-only
+    ///   `DEADLINE_EXCEEDED` (a server that honours the header, as grpc-go
+    ///   and grpcio do): the peer enforced this very limit, so the caller's
+    ///   deadline is not held against it, and an attempt's timeout counts
+    ///   as if this layer's timer had fired.
+    ///
+    /// Any of these is reported as this layer's [`TimedOut`] / [`DeadlineExceeded`]
     /// so that retry and breaker policies see which limit fired. Any other
     /// error (http or plain services, errors before the timer was armed,
     /// errors well before the limit) is returned as it came.
@@ -171,6 +177,18 @@ where
             this.inner.set(None);
             *this.state = State::Done;
             let output = match result {
+                // The peer enforced the `grpc-timeout` this call wrote and
+                // answered `DEADLINE_EXCEEDED` as the limit fell due: that is
+                // this layer's limit firing one hop away (see the type's docs).
+                Ok(response)
+                    if this.wrote.grpc_timeout
+                        && this.sleep.is_some()
+                        && this.at.is_some_and(|at| at <= Instant::now() + SIMULTANEOUS)
+                        && this.protocol.is_deadline_response(&response) =>
+                {
+                    drop(response);
+                    Err(expired(*this.limit, this.listeners))
+                }
                 Ok(response) => {
                     let verdict = this.protocol.classify_response(&response);
                     Ok(this.protocol.track_response(response, verdict, (), *this.body))

@@ -170,7 +170,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod config;
-mod context;
 pub mod error;
 mod future;
 mod layer;
@@ -178,7 +177,9 @@ mod server;
 mod service;
 
 pub use config::{DEFAULT_TIMEOUT, TimeoutBuilder};
-pub use context::{WithDeadline, current_deadline, with_deadline};
+/// The inherited deadline lives in [`palisade_core::context`], where every
+/// layer reads it; re-exported here unchanged.
+pub use palisade_core::context::{WithDeadline, current_deadline, with_deadline};
 pub use error::{DeadlineExceeded, TimedOut, TimeoutKind};
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::Config;
-use crate::context::current_deadline;
+use palisade_core::context::current_deadline;
 use crate::future::{Limit, ResponseFuture, Wrote};
 use palisade_core::grpc_timeout;
 

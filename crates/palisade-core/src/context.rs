@@ -1,9 +1,16 @@
 //! The deadline of the request being handled, carried in a tokio task-local.
 //!
-//! A [`DeadlineServerLayer`](crate::DeadlineServerLayer) runs each request's
-//! handler inside a scope that holds the request's deadline; every
-//! [`TimeoutLayer`](crate::TimeoutLayer) on an outgoing call made from there
-//! reads it as the call's deadline when the call carries none of its own.
+//! A server-side layer (`palisade_timeout::DeadlineServerLayer`) runs each
+//! request's handler inside a scope that holds the request's deadline; every
+//! Palisade layer on an outgoing call made from there reads it
+//! ([`effective_deadline`]): the timeout layer bounds the call by it, retry
+//! starts no attempt or backoff past it, the bulkhead queues no call past it.
+//! A call's own deadline ([`CallOptions::deadline`](crate::options::CallOptions::deadline))
+//! and the inherited one both apply: the earlier wins.
+//!
+//! It lives here, in the shared vocabulary, so that every layer sees it
+//! without depending on the timeout crate (which re-exports
+//! [`current_deadline`] and [`with_deadline`] unchanged).
 //!
 //! The scope follows the **future** that the server polls (the handler, and
 //! for a streaming response the response body), not the thread or the task
@@ -12,7 +19,7 @@
 //!
 //! ```
 //! use palisade_core::options::Deadline;
-//! use palisade_timeout::{current_deadline, with_deadline};
+//! use palisade_core::context::{current_deadline, with_deadline};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -41,16 +48,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use palisade_core::options::Deadline;
+use crate::options::Deadline;
 use pin_project_lite::pin_project;
 
 tokio::task_local! {
     static CURRENT: Option<Deadline>;
 }
 
-/// The deadline of the request whose handler is running, if a
-/// [`DeadlineServerLayer`](crate::DeadlineServerLayer) or [`with_deadline`]
-/// set one around the current future.
+/// The deadline of the request whose handler is running, if a server-side
+/// deadline layer or [`with_deadline`] set one around the current future.
 #[inline]
 pub fn current_deadline() -> Option<Deadline> {
     CURRENT.try_with(|deadline| *deadline).ok().flatten()
@@ -64,11 +70,22 @@ pub fn with_deadline<F: Future>(deadline: Deadline, future: F) -> WithDeadline<F
     scope(Some(deadline), future)
 }
 
+/// The deadline a call must respect: the earlier of its own (`own`, from its
+/// call options) and the inherited [`current_deadline`].
+#[inline]
+pub fn effective_deadline(own: Option<Deadline>) -> Option<Deadline> {
+    match (own, current_deadline()) {
+        (Some(own), Some(inherited)) => Some(own.min(inherited)),
+        (own, inherited) => own.or(inherited),
+    }
+}
+
 /// Runs `f` with the earlier of `own` and the current deadline current.
 /// Without a deadline of its own it installs no scope: whatever is current
-/// stays current.
+/// stays current. (For layers that must call an inner service inside the
+/// scope, as the server-side deadline layer does.)
 #[inline]
-pub(crate) fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
+pub fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
     match own {
         None => f(),
         Some(own) => {
@@ -81,8 +98,9 @@ pub(crate) fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Wraps `future` so that each of its polls runs [`in_scope`] of `deadline`.
-pub(crate) fn scope<F: Future>(deadline: Option<Deadline>, future: F) -> WithDeadline<F> {
+/// Wraps `future` so that each of its polls runs [`in_scope`] of `deadline`
+/// (no scope at all for `None`).
+pub fn scope<F: Future>(deadline: Option<Deadline>, future: F) -> WithDeadline<F> {
     WithDeadline {
         inner: future,
         deadline,
