@@ -145,6 +145,19 @@ pub trait Classify<Res, E> {
     fn abandon_policy(&self) -> AbandonPolicy {
         AbandonPolicy::DEFAULT
     }
+
+    /// Whether `response` is the peer saying that the call's time ran out
+    /// before it answered (gRPC: a trailers-only `DEADLINE_EXCEEDED`). A
+    /// layer that told the peer how long the call may take (a timeout layer
+    /// that wrote `grpc-timeout`) and gets this answer when its own limit is
+    /// due reports its own limit instead: the caller's deadline is not the
+    /// peer's fault, and an attempt's timeout counts as if the layer's timer
+    /// had fired. The default (and [`Http`](crate::protocol::Http)): never.
+    #[inline]
+    fn is_deadline_response(&self, response: &Res) -> bool {
+        let _ = response;
+        false
+    }
 }
 
 /// How a half-open circuit breaker judges a probe whose response is a stream.
@@ -338,6 +351,11 @@ where
     fn abandon_policy(&self) -> AbandonPolicy {
         self.inner.abandon_policy()
     }
+
+    #[inline]
+    fn is_deadline_response(&self, response: &Res) -> bool {
+        self.inner.is_deadline_response(response)
+    }
 }
 
 /// A classifier whose responses are first decided by a closure. See [`ClassifyExt::responses_with`].
@@ -375,6 +393,11 @@ where
     #[inline]
     fn abandon_policy(&self) -> AbandonPolicy {
         self.inner.abandon_policy()
+    }
+
+    #[inline]
+    fn is_deadline_response(&self, response: &Res) -> bool {
+        self.inner.is_deadline_response(response)
     }
 }
 

@@ -586,6 +586,13 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for Grpc {
     fn abandon_policy(&self) -> AbandonPolicy {
         self.abandon
     }
+
+    /// A trailers-only `DEADLINE_EXCEEDED`.
+    #[inline]
+    fn is_deadline_response(&self, response: &http::Response<B>) -> bool {
+        response.status() == StatusCode::OK
+            && GrpcCode::from_headers(response.headers()) == Some(GrpcCode::DEADLINE_EXCEEDED)
+    }
 }
 
 impl<B> Inspect<http::Request<B>> for Grpc {
