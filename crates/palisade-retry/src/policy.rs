@@ -400,7 +400,6 @@ macro_rules! replayable_protocol {
             }
 
             #[inline]
-            #[inline]
             fn written_timeout(&self, request: &http::Request<B>) -> Option<std::time::Duration> {
                 if $stamp {
                     request
