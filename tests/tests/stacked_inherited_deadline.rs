@@ -241,14 +241,19 @@ async fn a_call_holding_a_permit_does_not_wait_for_the_inner_service_past_its_de
         allow: Arc::new(AtomicUsize::new(2)),
         release: release.clone(),
     });
-    (&mut service).ready().await.unwrap();
+    ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut service)
+        .await
+        .unwrap();
     let holder = tokio::spawn(service.call(http::Request::new(tonic::body::Body::empty())));
-    (&mut service).ready().await.unwrap();
-    let queued = service.call(http::Request::new(tonic::body::Body::empty()));
-    assert_eq!(handle.queued(), 1);
+    let probe = handle.clone();
     let result = within(
         "the call ends at its deadline",
         with_deadline(Deadline::after(Duration::from_millis(30)), async move {
+            ServiceExt::<http::Request<tonic::body::Body>>::ready(&mut service)
+                .await
+                .unwrap();
+            let queued = service.call(http::Request::new(tonic::body::Body::empty()));
+            assert_eq!(probe.queued(), 1);
             // The slot comes free: the queued call takes the permit, then
             // waits for its (never ready) inner service.
             release.notify_one();

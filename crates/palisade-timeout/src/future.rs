@@ -36,7 +36,7 @@ impl Limit {
 
 /// An inner error this close to the limit is the limit firing: tokio's timers
 /// have a resolution of one millisecond.
-const SIMULTANEOUS: Duration = Duration::from_millis(1);
+pub(crate) const SIMULTANEOUS: Duration = Duration::from_millis(1);
 
 /// What the call wrote on its way down, which decides whether an inner error
 /// at the limit is this layer's limit firing (see [`ResponseFuture`]).
