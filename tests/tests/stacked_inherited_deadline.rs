@@ -275,3 +275,59 @@ async fn a_call_holding_a_permit_does_not_wait_for_the_inner_service_past_its_de
         ["deadline passed waiting for the inner service to be ready"]
     );
 }
+
+/// Retry sees the inherited deadline too: no backoff that would end past it
+/// starts, and a call whose inherited deadline has already passed is not
+/// sent at all (before the fix retry saw only the call's own options: it
+/// slept its backoff and sent every attempt).
+#[tokio::test]
+async fn retry_starts_no_attempt_or_backoff_past_the_inherited_deadline() {
+    let server = EchoServer::start("a").await.unwrap();
+    server.faults().set_status(Some(Code::Unavailable));
+    let events = stacked::RetryEvents::new();
+    let retry = RetryLayer::builder()
+        .grpc()
+        .retries(2)
+        .backoff(
+            palisade_core::backoff::Backoff::constant(Duration::from_secs(1))
+                .jitter(palisade_core::backoff::Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .no_budget()
+        .listener(events.clone())
+        .build()
+        .unwrap();
+    let (_, _, breaker, _) = layers(&server);
+    let state = breaker.handle();
+    let stack = ServiceBuilder::new()
+        .layer(retry)
+        .map_request(unreplay as Unreplay)
+        .layer(breaker)
+        .service(server.channel());
+    let client = EchoClient::new(stack);
+
+    // 300 ms left: the first attempt goes, the 1 s backoff does not start.
+    let c = client.clone();
+    let reply = handle("300m", move || {
+        let mut client = c.clone();
+        async move { client.unary(hello()).await }
+    })
+    .await;
+    assert_eq!(reply.unwrap_err().code(), Code::Unavailable, "the last attempt's error");
+    assert_eq!(events.count(), 0, "no retry past the deadline");
+    assert_eq!(server.stats().requests(), 1);
+
+    // Already spent: nothing is sent, the breaker is not asked.
+    state.reset();
+    let reply = handle("1n", move || {
+        let mut client = client.clone();
+        async move { client.unary(hello()).await }
+    })
+    .await;
+    let status = reply.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(!find_error::<DeadlineExceeded>(&status).unwrap().was_sent());
+    assert_eq!(server.stats().requests(), 1, "not sent");
+    assert_eq!(state.snapshot().consecutive_failures, 0);
+}
