@@ -864,7 +864,7 @@ mod tests {
             .with_body_dropped(Outcome::Ignored)
             .with_trailers_dropped(Outcome::Failure)
             .with_call_dropped(Outcome::Failure)
-            .with_probe_verdict(ProbeVerdict::AtEnd);
+            .with_probe_verdict(ProbeVerdict::AtHead);
         assert_eq!(Http::new().abandon_policy(), AbandonPolicy::DEFAULT);
         assert_eq!(Grpc::new().abandon_policy(), AbandonPolicy::DEFAULT);
         let http = Http::new().with_abandon_policy(policy);
