@@ -149,7 +149,9 @@ async fn the_peers_deadline_exceeded_at_the_callers_deadline_is_nobodys_fault() 
     let mut client = EchoClient::new(stack);
 
     let mut request = hello();
-    request.call_options_mut().set_deadline(Deadline::after(Duration::from_millis(50)));
+    request
+        .call_options_mut()
+        .set_deadline(Deadline::after(Duration::from_millis(50)));
     let call = tokio::spawn(async move { client.unary(request).await });
     requests_reach(&strict, 1).await;
     // The server answers at 49 ms, before our own timer (50 ms) fires.
@@ -161,7 +163,10 @@ async fn the_peers_deadline_exceeded_at_the_callers_deadline_is_nobodys_fault() 
     assert!(ours.was_sent());
     let snapshot = state.snapshot();
     assert_eq!(snapshot.state, CircuitState::Closed);
-    assert_eq!(snapshot.consecutive_failures, 0, "the caller's deadline is not the peer's fault");
+    assert_eq!(
+        snapshot.consecutive_failures, 0,
+        "the caller's deadline is not the peer's fault"
+    );
     assert_eq!(events.count(), 0, "a deadline is not retried");
     assert_eq!(strict.requests.load(Ordering::SeqCst), 1);
 }

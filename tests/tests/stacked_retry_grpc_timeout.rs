@@ -127,18 +127,34 @@ async fn a_grpc_timeout_the_caller_set_is_kept_and_counted_down() {
         client.unary(request).await
     });
     within("the first attempt", server.stats().wait_for_requests(1)).await;
-    let first = server.stats().last_grpc_timeout_raw().expect("the caller's grpc-timeout");
+    let first = server
+        .stats()
+        .last_grpc_timeout_raw()
+        .expect("the caller's grpc-timeout");
     let written = {
         let mut request = tonic::Request::new(());
         request.set_timeout(Duration::from_millis(500));
-        request.metadata().get("grpc-timeout").unwrap().to_str().unwrap().to_owned()
+        request
+            .metadata()
+            .get("grpc-timeout")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
     };
-    assert_eq!(first, written, "the first attempt carries the header as the caller wrote it");
+    assert_eq!(
+        first, written,
+        "the first attempt carries the header as the caller wrote it"
+    );
 
     events.wait_for(1).await;
     tokio::time::advance(backoff).await;
     within("the retry", server.stats().wait_for_requests(2)).await;
     let second = server.stats().last_grpc_timeout().expect("the retry's grpc-timeout");
-    assert_eq!(second, Duration::from_millis(400), "the time left of the caller's 500 ms");
+    assert_eq!(
+        second,
+        Duration::from_millis(400),
+        "the time left of the caller's 500 ms"
+    );
     within("the call ends", call).await.unwrap().unwrap();
 }

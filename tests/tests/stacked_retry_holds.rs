@@ -248,6 +248,10 @@ async fn the_kept_head_has_no_framing_of_the_dropped_body() {
     .await
     .unwrap();
     assert_eq!(downstream.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body = within("the downstream body", http_body_util::BodyExt::collect(downstream.into_body())).await;
+    let body = within(
+        "the downstream body",
+        http_body_util::BodyExt::collect(downstream.into_body()),
+    )
+    .await;
     assert!(body.is_ok(), "the body reads to its end: {body:?}");
 }

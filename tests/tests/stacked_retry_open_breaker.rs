@@ -246,7 +246,10 @@ async fn after_an_open_breaker(
     backoff: Duration,
     cooldown: Duration,
     max_pushback: Duration,
-) -> (Vec<Duration>, Result<tonic::Response<palisade_testkit::echo::EchoReply>, tonic::Status>) {
+) -> (
+    Vec<Duration>,
+    Result<tonic::Response<palisade_testkit::echo::EchoReply>, tonic::Status>,
+) {
     let _clock = ManualClock::hold();
     let server = EchoServer::start("a").await.unwrap();
     let events = RetryEvents::new();

@@ -46,6 +46,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use crate::options::Deadline;
@@ -59,8 +60,26 @@ tokio::task_local! {
 /// deadline layer or [`with_deadline`] set one around the current future.
 #[inline]
 pub fn current_deadline() -> Option<Deadline> {
+    // Most processes never install a scope: then every layer's question costs
+    // one relaxed load, not a thread-local access.
+    if !SCOPES_USED.load(Ordering::Relaxed) {
+        return None;
+    }
+    inherited()
+}
+
+/// The task-local's value, out of line: the common caller (no scope ever
+/// installed) never gets here.
+#[cold]
+#[inline(never)]
+fn inherited() -> Option<Deadline> {
     CURRENT.try_with(|deadline| *deadline).ok().flatten()
 }
+
+/// Whether a deadline scope was ever installed in this process. A thread that
+/// is inside a scope installed it itself (the scope is set by the thread that
+/// polls), so its own earlier store makes a relaxed load see `true` there.
+static SCOPES_USED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `future` with `deadline` as its current deadline, or rather the
 /// earlier of it and the deadline current **where the future is polled**: a
@@ -89,6 +108,9 @@ pub fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
     match own {
         None => f(),
         Some(own) => {
+            if !SCOPES_USED.load(Ordering::Relaxed) {
+                SCOPES_USED.store(true, Ordering::Relaxed);
+            }
             let effective = match current_deadline() {
                 Some(current) => current.min(own),
                 None => own,

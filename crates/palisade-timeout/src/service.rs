@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::Config;
-use palisade_core::context::current_deadline;
 use crate::future::{Limit, ResponseFuture, SIMULTANEOUS, Wrote};
+use palisade_core::context::current_deadline;
 use palisade_core::grpc_timeout;
 
 /// Applies a timeout and the call's deadline to the calls of `S`. Made by
