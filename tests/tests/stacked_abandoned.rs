@@ -9,8 +9,9 @@
 //! With the default `AbandonPolicy`, a 2xx whose body is dropped unread is a
 //! success: it resets the breaker's run of failures and closes a half-open
 //! breaker, and the bulkhead permit it held comes back; a streamed probe is
-//! judged at its response head, so a breaker whose client only streams closes
-//! while the streams are still open.
+//! judged at the end of its stream, but one whose head was healthy and whose
+//! stream is still open at `probe_timeout` is a success then, so a breaker
+//! whose client only streams closes while the streams are still open.
 //!
 //! Time is paused and advanced by the tests: no timer exists here but the
 //! breakers' cooldowns, which are lazy, so the clock moves only when a test
@@ -33,12 +34,14 @@ use tonic::Code;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const COOLDOWN: Duration = Duration::from_secs(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn breaker_config(failure_threshold: u32) -> CircuitBreakerConfig {
     CircuitBreakerConfig::builder()
         .failure_threshold(failure_threshold)
         .success_threshold(2)
         .cooldown(COOLDOWN)
+        .probe_timeout(PROBE_TIMEOUT)
         .jitter(Jitter::None)
         .build()
         .unwrap()
@@ -166,25 +169,53 @@ async fn a_grpc_client_that_only_streams_closes_its_breaker_while_the_streams_ar
     assert_eq!(handle.state(), CircuitState::Open);
     tokio::time::advance(COOLDOWN).await;
 
-    // The first probe: a healthy head, judged at once; its slot comes back
-    // while its stream goes on.
+    // The first probe: a healthy head; its verdict waits for the end of its
+    // stream, so it holds the probe slot while the stream goes on.
     let mut first = client.clone().server_stream(long_stream()).await.unwrap().into_inner();
     assert_eq!(first.message().await.unwrap().unwrap().sequence, 0);
     let snapshot = handle.snapshot();
     assert_eq!(snapshot.state, CircuitState::HalfOpen);
-    assert_eq!((snapshot.probes_in_flight, snapshot.probe_successes), (0, 1));
+    assert_eq!((snapshot.probes_in_flight, snapshot.probe_successes), (1, 0));
+    let busy = client
+        .clone()
+        .unary(EchoRequest {
+            message: "busy".into(),
+            payload: Default::default(),
+        })
+        .await;
+    assert_eq!(busy.unwrap_err().code(), Code::Unavailable, "the slot is held");
 
-    // The second probe closes the breaker; both streams are still open.
+    // At probe_timeout, still streaming healthily: a success, not a failure,
+    // and the slot comes back for the second probe.
+    tokio::time::advance(PROBE_TIMEOUT).await;
     let mut second = client
         .clone()
         .server_stream(long_stream())
         .await
         .unwrap_or_else(|status| panic!("the second probe was refused: {status:?}"))
         .into_inner();
-    assert_eq!(handle.state(), CircuitState::Closed);
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.state, CircuitState::HalfOpen);
+    assert_eq!((snapshot.probes_in_flight, snapshot.probe_successes), (1, 1));
     assert_eq!(second.message().await.unwrap().unwrap().sequence, 0);
+
+    // The second healthy stream at its probe_timeout closes the breaker; the
+    // call that found it so goes through. Both streams are still open.
+    tokio::time::advance(PROBE_TIMEOUT).await;
+    let reply = client
+        .clone()
+        .unary(EchoRequest {
+            message: "closed".into(),
+            payload: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("refused after the healthy streams: {status:?}"));
+    assert_eq!(reply.into_inner().message, "closed");
+    assert_eq!(handle.state(), CircuitState::Closed);
     assert_eq!(first.message().await.unwrap().unwrap().sequence, 1);
+    assert_eq!(second.message().await.unwrap().unwrap().sequence, 1);
     assert_eq!(server.stats().streams_completed(), 0, "the streams are still running");
+    assert_eq!(handle.snapshot().times_opened, 1, "never reopened");
 
     // Dropped half-read: still closed, and closed calls keep flowing.
     drop((first, second));

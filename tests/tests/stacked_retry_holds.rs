@@ -134,3 +134,124 @@ async fn the_breaker_below_counts_the_503_before_the_retry_is_sent() {
     assert_eq!(server.stats().requests(), 2);
     assert_eq!(state.state(), CircuitState::Closed);
 }
+
+/// Ready for the first `allow` readiness polls (across clones), then never:
+/// a connection pool that cannot hand out a connection any more.
+#[derive(Clone)]
+struct ReadyFor<S> {
+    inner: S,
+    allow: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for ReadyFor<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        use std::sync::atomic::Ordering;
+        if self
+            .allow
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.inner.poll_ready(cx)
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// The kept head of a retried 503 stands as the call's response when the
+/// next attempt cannot be sent before the deadline; it goes out with an
+/// empty body, so it must not announce the dropped body's length (brief
+/// fix13, item 5). Served on by a hyper server, a stale `content-length`
+/// would make the downstream client fail reading a body that never comes.
+#[tokio::test(start_paused = true)]
+async fn the_kept_head_has_no_framing_of_the_dropped_body() {
+    use palisade_core::options::{CallOptionsExt, Deadline};
+    let _clock = ManualClock::hold();
+    let server = HttpServer::start("h").await.unwrap();
+    server.faults().set_status(Some(StatusCode::SERVICE_UNAVAILABLE));
+    let events = RetryEvents::new();
+    let inner = ReadyFor {
+        inner: Collect::new(http2_client()),
+        allow: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+    };
+    let client = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .http()
+                .backoff(
+                    palisade_core::backoff::Backoff::constant(Duration::from_millis(10))
+                        .jitter(palisade_core::backoff::Jitter::None)
+                        .build()
+                        .unwrap(),
+                )
+                .listener(events.clone())
+                .build()
+                .unwrap(),
+        )
+        .service(inner);
+    let mut request = get(&server, "/");
+    request
+        .call_options_mut()
+        .set_deadline(Deadline::after(Duration::from_millis(100)));
+    let call = tokio::spawn(client.oneshot(request));
+    events.wait_for(1).await;
+    // The backoff, then the deadline while the service is not ready.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let response = within("the call ends", call).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.stats().requests(), 1);
+    assert!(
+        response.headers().get(http::header::CONTENT_LENGTH).is_none(),
+        "a dropped body's length: {:?}",
+        response.headers()
+    );
+    assert!(response.headers().get(http::header::TRANSFER_ENCODING).is_none());
+
+    // Served on through hyper, the response reads to its (empty) end.
+    let (parts, body) = response.into_parts();
+    let head = std::sync::Arc::new(parking_lot::Mutex::new(Some(parts)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(body);
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+            let parts = head.lock().take().unwrap();
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                    parts,
+                    http_body_util::Empty::<bytes::Bytes>::new(),
+                ))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let downstream = within(
+        "the downstream call",
+        sender.send_request(http::Request::new(http_body_util::Empty::<bytes::Bytes>::new())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(downstream.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = within(
+        "the downstream body",
+        http_body_util::BodyExt::collect(downstream.into_body()),
+    )
+    .await;
+    assert!(body.is_ok(), "the body reads to its end: {body:?}");
+}

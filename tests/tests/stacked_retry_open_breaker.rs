@@ -237,3 +237,96 @@ async fn with_a_balancer_an_open_peer_is_left_for_another_at_once() {
     assert_eq!(servers[1].stats().requests(), 1);
     assert_eq!(retry.budget().unwrap().available(), 0, "one deposit, one retry");
 }
+
+/// The quickstart stack without a balancer, over a healthy server, with a
+/// breaker tripped at once (cooldown `cooldown`, no jitter) and a constant
+/// `backoff`: one call, whose first attempt meets the open breaker. Returns
+/// the delays of the retries it decided and its result.
+async fn after_an_open_breaker(
+    backoff: Duration,
+    cooldown: Duration,
+    max_pushback: Duration,
+) -> (
+    Vec<Duration>,
+    Result<tonic::Response<palisade_testkit::echo::EchoReply>, tonic::Status>,
+) {
+    let _clock = ManualClock::hold();
+    let server = EchoServer::start("a").await.unwrap();
+    let events = RetryEvents::new();
+    let retry = RetryLayer::builder()
+        .grpc()
+        .retries(1)
+        .backoff(Backoff::constant(backoff).jitter(Jitter::None).build().unwrap())
+        .max_pushback(max_pushback)
+        .no_budget()
+        .listener(events.clone())
+        .build()
+        .unwrap();
+    let breaker = CircuitBreakerLayer::new(
+        CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .success_threshold(1)
+            .cooldown(cooldown)
+            .jitter(Jitter::None)
+            .build()
+            .unwrap(),
+    )
+    .protocol(Grpc::default());
+    let state = breaker.handle();
+    let stack = ServiceBuilder::new()
+        .layer(retry)
+        .map_request(unreplay as Unreplay)
+        .layer(bulkhead())
+        .layer(breaker)
+        .layer(attempt_timeout())
+        .service(server.channel());
+    let mut client = EchoClient::new(stack);
+    server.faults().set_status(Some(Code::Unavailable));
+    let status = within("the tripping call", client.unary(hello(Some(0))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(state.state(), CircuitState::Open);
+    server.faults().set_status(None);
+
+    let mut call = tokio::spawn(async move { client.unary(hello(None)).await });
+    tokio::select! {
+        () = events.wait_for(1) => {}
+        ended = &mut call => {
+            let result = ended.unwrap();
+            return (events.delays(), result);
+        }
+    }
+    let delay = events.delays()[0];
+    tokio::time::advance(delay).await;
+    let result = within("the retried call ends", call).await.unwrap();
+    (events.delays(), result)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_longer_than_retry_in_is_kept() {
+    let ms = Duration::from_millis;
+    let (delays, result) = after_an_open_breaker(ms(300), ms(100), ms(10_000)).await;
+    assert_eq!(delays, [ms(300)], "max(backoff, retry_in), not retry_in alone");
+    assert!(result.is_ok(), "the probe after the backoff succeeds: {result:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_in_longer_than_the_backoff_is_waited_out() {
+    let ms = Duration::from_millis;
+    let (delays, result) = after_an_open_breaker(ms(20), ms(100), ms(10_000)).await;
+    assert_eq!(delays, [ms(100)], "max(backoff, retry_in)");
+    assert!(result.is_ok(), "the probe after retry_in succeeds: {result:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_in_beyond_the_pushback_cap_is_not_retried() {
+    let ms = Duration::from_millis;
+    let (delays, result) = after_an_open_breaker(ms(20), ms(100), ms(50)).await;
+    assert_eq!(delays, [], "no retry");
+    let status = result.unwrap_err();
+    assert!(
+        status.source().and_then(|e| e.downcast_ref::<CircuitOpen>()).is_some(),
+        "the open breaker's answer stands: {status:?}"
+    );
+}

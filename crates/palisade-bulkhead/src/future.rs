@@ -11,6 +11,7 @@ use std::time::Duration;
 use palisade_body::{BodyLimits, TrackResponse, track};
 use palisade_core::BoxError;
 use palisade_core::classify::Outcome;
+use palisade_core::context;
 use palisade_core::error::{BulkheadRejection, DeadlineExceeded, PolledAfterCompletion};
 use palisade_core::event::LayerName;
 use palisade_core::options::CallOptions;
@@ -87,6 +88,11 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         limit: WaitLimit,
+        // The call's deadline (its own or the inherited one): it also bounds
+        // the wait for the inner service's readiness once a permit is held.
+        deadline: Option<Instant>,
+        // When the call was queued, for the error that says how long it waited.
+        since: Instant,
         // What the call counts as if its future is dropped while it runs
         // (handed to the permit when the inner call starts).
         cancelled: Outcome,
@@ -108,6 +114,11 @@ where
         f.debug_struct("ResponseFuture").field("state", &state).finish()
     }
 }
+
+/// Where a queued call waited when its deadline passed (in the error's message).
+const IN_QUEUE: &str = "in the bulkhead queue";
+/// Where a call holding a permit waited when its deadline passed.
+const AWAITING_READY: &str = "in the bulkhead for the inner service to be ready";
 
 /// About thirty years: a `max_wait` too long to add to now is the same as none.
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
@@ -161,9 +172,9 @@ where
             // behind (unready, to be polled again by the caller).
             let clone = inner.clone();
             let service = mem::replace(inner, clone);
-            let deadline = protocol
-                .call_options(&request)
-                .and_then(CallOptions::deadline)
+            // The call's own deadline, or (if earlier) the one inherited from
+            // the request being handled.
+            let deadline = context::effective_deadline(protocol.call_options(&request).and_then(CallOptions::deadline))
                 .map(|d| d.instant());
             let (sleep, limit) = match wait_bound(shared.max_wait, deadline) {
                 Some((at, limit)) => (Some(tokio::time::sleep_until(at)), limit),
@@ -178,6 +189,8 @@ where
                         request: Some(request),
                         sleep,
                         limit,
+                        deadline,
+                        since: Instant::now(),
                         cancelled,
                     }),
                 },
@@ -256,8 +269,10 @@ where
                         permit,
                         service,
                         request,
-                        sleep,
+                        mut sleep,
                         limit,
+                        deadline,
+                        since,
                         cancelled,
                     } = queued.as_mut().project();
                     if permit.is_none() {
@@ -268,7 +283,7 @@ where
                         match w.poll(cx) {
                             Poll::Ready(p) => *permit = Some(p),
                             Poll::Pending => {
-                                let Some(sleep) = sleep.as_pin_mut() else {
+                                let Some(sleep) = sleep.as_mut().as_pin_mut() else {
                                     return Poll::Pending;
                                 };
                                 ready!(sleep.poll(cx));
@@ -288,7 +303,7 @@ where
                                     WaitLimit::Deadline => {
                                         drop(granted);
                                         w.shared().deadline_passed_in_queue();
-                                        DeadlineExceeded::before_send().into()
+                                        DeadlineExceeded::while_waiting(IN_QUEUE, since.elapsed()).into()
                                     }
                                 };
                                 this.state.set(State::Done);
@@ -296,15 +311,48 @@ where
                             }
                         }
                         *waiter = None;
+                        // From here only the deadline bounds the wait (for
+                        // the inner service's readiness): `max_wait` is
+                        // about the queue.
+                        match *deadline {
+                            Some(at) if *limit != WaitLimit::Deadline => {
+                                if let Some(sleep) = sleep.as_mut().as_pin_mut() {
+                                    sleep.reset(at);
+                                } else {
+                                    sleep.set(Some(tokio::time::sleep_until(at)));
+                                }
+                                *limit = WaitLimit::Deadline;
+                            }
+                            Some(_) => {}
+                            None => sleep.set(None),
+                        }
                     }
                     let Some(svc) = service.as_mut() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if let Err(error) = ready!(svc.poll_ready(cx)) {
-                        // The permit is dropped with the state: the slot comes back.
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(error.into()));
+                    match svc.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(error)) => {
+                            // The permit is dropped with the state: the slot comes back.
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error.into()));
+                        }
+                        Poll::Pending => {
+                            // Holding a permit, the call must not wait for the
+                            // inner service past its deadline.
+                            let Some(sleep) = sleep.as_mut().as_pin_mut() else {
+                                return Poll::Pending;
+                            };
+                            ready!(sleep.poll(cx));
+                            if let Some(p) = permit.as_ref() {
+                                p.shared().deadline_passed_awaiting_ready();
+                            }
+                            let error = DeadlineExceeded::while_waiting(AWAITING_READY, since.elapsed());
+                            // The permit goes with the state: the slot comes back.
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error.into()));
+                        }
                     }
                     let (Some(mut svc), Some(req), Some(p)) = (service.take(), request.take(), permit.take()) else {
                         this.state.set(State::Done);

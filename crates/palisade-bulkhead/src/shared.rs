@@ -120,6 +120,18 @@ impl Shared {
         self.gauges.rejected.increment(1);
     }
 
+    /// A call that got a slot saw its deadline pass while the inner service
+    /// was not ready: it leaves with `DeadlineExceeded`, unsent, and the
+    /// slot comes back.
+    #[cold]
+    pub(crate) fn deadline_passed_awaiting_ready(&self) {
+        self.emit(EventKind::Rejected {
+            reason: "deadline passed waiting for the inner service to be ready",
+        });
+        #[cfg(feature = "metrics")]
+        self.gauges.rejected.increment(1);
+    }
+
     pub(crate) fn queue_changed(&self) {
         #[cfg(feature = "metrics")]
         self.gauges.queued.set(self.pool.queued() as f64);
@@ -285,6 +297,11 @@ impl BulkheadPermit {
             Latency::untimed()
         };
         Self { shared, latency }
+    }
+
+    /// The bulkhead the permit belongs to.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Time since admission.

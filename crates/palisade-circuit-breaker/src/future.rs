@@ -22,8 +22,10 @@ pin_project! {
     /// responses and errors, at the end of the body for http responses
     /// (what a body dropped before its end means is the protocol's
     /// [`AbandonPolicy`](palisade_core::classify::AbandonPolicy)). A half-open
-    /// probe is judged at its response head instead, unless the policy's
-    /// [`ProbeVerdict`] says [`AtEnd`](ProbeVerdict::AtEnd). Dropping the
+    /// probe too, except that one whose head was healthy and whose body still
+    /// streams at `probe_timeout` counts as a success then
+    /// ([`ProbeVerdict::AtEnd`], the default); with
+    /// [`AtHead`](ProbeVerdict::AtHead) it is judged at its head. Dropping the
     /// future before the response counts as the policy's
     /// [`call_dropped`](palisade_core::classify::AbandonPolicy::call_dropped)
     /// (by default nothing; the guard's `Drop` does it, so the future has no
@@ -106,36 +108,52 @@ where
     }
 }
 
-/// Settles a half-open probe. With [`ProbeVerdict::AtHead`] (the default) a
-/// response is judged by its head: a head that is not a failure is a success
-/// even if its verdict would wait for the end of the stream, and the body
-/// goes on without the guard, so a long stream does not hold the probe slot
-/// (and a client that only streams can close its breaker). Errors, and
-/// [`ProbeVerdict::AtEnd`], are tracked as any other call.
+/// Settles a half-open probe. With [`ProbeVerdict::AtEnd`] (the default) a
+/// probe is judged at the end of its stream like any call (a failure known
+/// from the head at once: it cannot turn into a success), except that a
+/// probe whose head was healthy (a success known from the head, or a verdict
+/// that waits for the trailers) and whose body still streams when the
+/// breaker's `probe_timeout` passes counts as a success then: the guard is
+/// marked so. With [`ProbeVerdict::AtHead`] a head that is not a failure is
+/// the probe's success at once, and the body goes on without the guard.
+/// Errors are settled at once either way.
 #[cold]
 #[inline(never)]
-fn track_probe<P, Res, E>(protocol: &P, result: Result<Res, E>, guard: CallGuard) -> Result<P::Response, BoxError>
+fn track_probe<P, Res, E>(protocol: &P, result: Result<Res, E>, mut guard: CallGuard) -> Result<P::Response, BoxError>
 where
     E: Into<BoxError>,
     P: TrackResponse<Res, E, CallGuard>,
 {
     let at_head = matches!(protocol.abandon_policy().probe_verdict(), ProbeVerdict::AtHead);
     match result {
-        Ok(response) if at_head => {
+        Ok(response) => {
             let verdict = protocol.classify_response(&response);
-            let outcome = match &verdict {
-                Verdict::Now(outcome) => *outcome,
-                Verdict::AtEndOfStream(_) => Outcome::Success,
-            };
-            tracing::debug!(
-                target: "palisade",
-                layer = "circuit_breaker",
-                event = "probe_judged_at_head",
-                outcome = outcome.as_str(),
-                "a probe's response head decided it"
-            );
-            guard.settle(outcome);
-            Ok(protocol.track_response(response, verdict, CallGuard::SPENT, BodyLimits::NONE))
+            let healthy = matches!(verdict, Verdict::Now(Outcome::Success) | Verdict::AtEndOfStream(_));
+            if at_head {
+                let outcome = match &verdict {
+                    Verdict::Now(outcome) => *outcome,
+                    Verdict::AtEndOfStream(_) => Outcome::Success,
+                };
+                tracing::debug!(
+                    target: "palisade",
+                    layer = "circuit_breaker",
+                    event = "probe_judged_at_head",
+                    outcome = outcome.as_str(),
+                    "a probe's response head decided it"
+                );
+                guard.settle(outcome);
+                return Ok(protocol.track_response(response, verdict, CallGuard::SPENT, BodyLimits::NONE));
+            }
+            if let Verdict::Now(Outcome::Failure) = verdict {
+                // A failure known from the head cannot turn into a success:
+                // the breaker reopens now, not when the body is done.
+                guard.settle(Outcome::Failure);
+                return Ok(protocol.track_response(response, verdict, CallGuard::SPENT, BodyLimits::NONE));
+            }
+            if healthy {
+                guard.mark_streaming();
+            }
+            Ok(protocol.track_response(response, verdict, guard, BodyLimits::NONE))
         }
         result => track(protocol, result, guard, BodyLimits::NONE).map_err(Into::into),
     }

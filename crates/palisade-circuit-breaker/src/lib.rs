@@ -125,13 +125,15 @@
 //!   (a 503 dropped unread is still a 503);
 //! - a gRPC response dropped before its trailers is **neither**;
 //! - a response future dropped before its response is **neither**;
-//! - a half-open **probe is judged at its response head**: a head that is not
-//!   a failure counts as the probe's success at once and the probe slot comes
-//!   back, so a client whose calls are long streams still closes its breaker
-//!   (an error later in that body is not held against the probe). With
-//!   [`ProbeVerdict::AtEnd`] a probe waits for the end of its body like any
-//!   call, and [`probe_timeout`] reclaims the slot of a stream that never
-//!   ends.
+//! - a half-open **probe is judged at the end of its stream**, like any call
+//!   ([`ProbeVerdict::AtEnd`]), with one exception: a probe whose head was
+//!   healthy and whose body is still streaming when [`probe_timeout`] passes
+//!   counts as a **success** then (at the first call or availability check
+//!   after it), so a long healthy stream neither holds the breaker half-open
+//!   nor counts as a failure; its later end is ignored. A probe with no head
+//!   by then is reclaimed as nothing. With [`ProbeVerdict::AtHead`] a head
+//!   that is not a failure is the probe's success at once and the slot comes
+//!   back (an error later in that body is not held against the probe).
 //!
 //! # Standalone and per peer
 //!
@@ -347,6 +349,7 @@
 //! [`Grpc::with_abandon_policy`]: palisade_core::protocol::Grpc::with_abandon_policy
 //! [`AbandonPolicy`]: palisade_core::classify::AbandonPolicy
 //! [`ProbeVerdict::AtEnd`]: palisade_core::classify::ProbeVerdict::AtEnd
+//! [`ProbeVerdict::AtHead`]: palisade_core::classify::ProbeVerdict::AtHead
 //! [`DeadlineExceeded`]: palisade_core::error::DeadlineExceeded
 //! [`TimedOut`]: palisade_core::error::TimedOut
 //! [`ClassifyExt`]: palisade_core::classify::ClassifyExt

@@ -35,6 +35,10 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 const PROBE_BIT: u64 = 1;
 const CANCEL_SHIFT: u32 = 1;
 const CANCEL_MASK: u64 = 0b11 << CANCEL_SHIFT;
+/// A probe's cancel bits once its healthy head arrived and its body streams
+/// (the value 3, which no call-dropped outcome uses; a dropped guard reads it
+/// as ignored).
+const STREAMING_BITS: u64 = 0b11 << CANCEL_SHIFT;
 const GENERATION_SHIFT: u32 = 3;
 const TIMED_GENERATION_MASK: u64 = (1 << 21) - 1;
 const START_SHIFT: u32 = 24;
@@ -261,6 +265,7 @@ impl Shared {
     /// Unpacks a ticket, and the call's duration when it was timed.
     fn unpack_ticket(&self, ticket: u64, now: Instant) -> (Ticket, Option<Duration>) {
         let probe = ticket & PROBE_BIT == PROBE_BIT;
+        let streaming = probe && ticket & CANCEL_MASK == STREAMING_BITS;
         if self.hot.timed {
             let start = (ticket >> START_SHIFT) & START_MASK;
             let elapsed = self.micros(now).wrapping_sub(start) & START_MASK;
@@ -268,6 +273,7 @@ impl Shared {
                 generation: (ticket >> GENERATION_SHIFT) & TIMED_GENERATION_MASK,
                 generation_mask: TIMED_GENERATION_MASK,
                 probe,
+                streaming,
             };
             (ticket, (!probe).then(|| Duration::from_micros(elapsed)))
         } else {
@@ -275,6 +281,7 @@ impl Shared {
                 generation: ticket >> GENERATION_SHIFT,
                 generation_mask: u64::MAX >> GENERATION_SHIFT,
                 probe,
+                streaming,
             };
             (ticket, None)
         }
@@ -335,6 +342,21 @@ impl Shared {
         }
         #[cfg(not(feature = "metrics"))]
         let _ = counted;
+    }
+
+    /// A probe's healthy head arrived and its body streams (see
+    /// [`Machine::mark_streaming`](crate::state::Machine::mark_streaming)).
+    #[cold]
+    fn mark_streaming(&self, ticket: u64) {
+        let now = Instant::now();
+        let (ticket, _) = self.unpack_ticket(ticket, now);
+        self.with_machine(
+            |m, _| {
+                m.mark_streaming(ticket);
+                ((), None)
+            },
+            now,
+        );
     }
 
     /// A guard dropped unsettled: the call's dropped-call outcome if it was
@@ -564,6 +586,17 @@ impl CallGuard {
     #[inline]
     pub(crate) fn response_arrived(&mut self) {
         self.ticket &= !CANCEL_MASK;
+    }
+
+    /// A probe's head was healthy and its body now streams: should it still
+    /// stream when `probe_timeout` passes, it counts as a success then.
+    pub(crate) fn mark_streaming(&mut self) {
+        if let Some(shared) = &self.shared
+            && self.is_probe()
+        {
+            self.ticket |= STREAMING_BITS;
+            shared.mark_streaming(self.ticket);
+        }
     }
 }
 

@@ -94,6 +94,9 @@ enum Phase {
     HalfOpen {
         in_flight: u32,
         successes: u32,
+        /// Probes in flight whose head was healthy and whose body still
+        /// streams: at `probe_timeout` they count as successes.
+        streaming: u32,
         last_admit: Instant,
     },
     ForcedOpen,
@@ -109,6 +112,8 @@ pub(crate) struct Ticket {
     /// the compact tickets of timed calls.
     pub(crate) generation_mask: u64,
     pub(crate) probe: bool,
+    /// A probe whose healthy head was reported ([`Machine::mark_streaming`]).
+    pub(crate) streaming: bool,
 }
 
 /// Why a call was refused.
@@ -394,6 +399,7 @@ impl Machine {
                 Phase::HalfOpen {
                     in_flight: 0,
                     successes: 0,
+                    streaming: 0,
                     last_admit: now,
                 },
                 "cooldown elapsed",
@@ -401,23 +407,34 @@ impl Machine {
             Phase::HalfOpen {
                 in_flight,
                 successes,
+                streaming,
                 last_admit,
             } if in_flight >= config.half_open_max_probes
                 && now.saturating_duration_since(last_admit) >= config.probe_timeout =>
             {
-                // The probes never reported: take the slots back under a new
-                // generation, so their late results are ignored.
+                // The probes never reported. Those whose head was healthy and
+                // whose body still streams are successes now (a long healthy
+                // stream must not hold the breaker half-open, nor count as a
+                // failure); the others are nothing. Either way their slots
+                // come back under a new generation, so that their late
+                // results are ignored.
                 tracing::debug!(
                     target: "palisade",
                     layer = "circuit_breaker",
                     peer = %config.peer.as_ref().map_or("-", |p| p.as_str()),
                     event = "probes_reclaimed",
                     in_flight,
-                    "probe slots reclaimed after probe_timeout"
+                    streaming,
+                    "probe slots reclaimed after probe_timeout; healthy streams count as successes"
                 );
+                let successes = successes.saturating_add(streaming);
+                if streaming > 0 && successes >= config.success_threshold {
+                    return Some(self.close(now, "probes streamed healthily past probe_timeout"));
+                }
                 self.set(Phase::HalfOpen {
                     in_flight: 0,
                     successes,
+                    streaming: 0,
                     last_admit: now,
                 });
                 self.slot_freed = true;
@@ -439,6 +456,7 @@ impl Machine {
                 generation: self.generation,
                 generation_mask: u64::MAX,
                 probe: false,
+                streaming: false,
             }),
             Phase::Open { until } => Err(Refusal {
                 reason: Unavailable::Open,
@@ -458,6 +476,7 @@ impl Machine {
                         generation: self.generation,
                         generation_mask: u64::MAX,
                         probe: true,
+                        streaming: false,
                     })
                 } else {
                     Err(Refusal {
@@ -518,6 +537,7 @@ impl Machine {
                 Phase::HalfOpen {
                     in_flight: 0,
                     successes: 0,
+                    streaming: 0,
                     last_admit: now,
                 },
                 "early probe requested",
@@ -541,6 +561,18 @@ impl Machine {
         }
     }
 
+    /// A probe admitted with `ticket` got a healthy head and its body now
+    /// streams: should it still stream at `probe_timeout`, it counts as a
+    /// success then. A ticket from an earlier generation changes nothing.
+    pub(crate) fn mark_streaming(&mut self, ticket: Ticket) {
+        if ticket.generation != self.generation & ticket.generation_mask || !ticket.probe {
+            return;
+        }
+        if let Phase::HalfOpen { streaming, .. } = &mut self.phase {
+            *streaming = streaming.saturating_add(1);
+        }
+    }
+
     /// Records the outcome of a call admitted with `ticket`. `elapsed` is the
     /// call's duration when the slow-call policy needs it. A ticket from an
     /// earlier generation changes nothing.
@@ -557,9 +589,15 @@ impl Machine {
         }
         match &mut self.phase {
             Phase::HalfOpen {
-                in_flight, successes, ..
+                in_flight,
+                successes,
+                streaming,
+                ..
             } if ticket.probe => {
                 *in_flight = in_flight.saturating_sub(1);
+                if ticket.streaming {
+                    *streaming = streaming.saturating_sub(1);
+                }
                 match outcome {
                     Outcome::Ignored => {
                         self.slot_freed = true;

@@ -109,13 +109,14 @@ async fn a_grpc_body_dropped_before_its_trailers_is_neither() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_streamed_probe_is_judged_at_its_head_and_gives_its_slot_back_at_once() {
-    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
+async fn with_probes_judged_at_the_head_a_streamed_probe_gives_its_slot_back_at_once() {
+    let grpc = Grpc::default().with_abandon_policy(AbandonPolicy::new().with_probe_verdict(ProbeVerdict::AtHead));
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), grpc);
     let handle = svc.handle();
     trip_and_cool_down(&mut svc, &handle).await;
 
     // The probe's head arrives: its status waits for the trailers, but a probe
-    // is judged at its head by default, so the stream still open closes it.
+    // is judged at its head with `AtHead`, so the stream still open closes it.
     let probe = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Closed, "closed while the stream is open");
     assert_eq!(handle.snapshot().probes_in_flight, 0);
@@ -137,9 +138,9 @@ async fn a_probe_whose_head_is_a_failure_reopens_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn with_probes_judged_at_the_end_a_probe_holds_its_slot_until_its_body_ends() {
-    let grpc = Grpc::default().with_abandon_policy(AbandonPolicy::new().with_probe_verdict(ProbeVerdict::AtEnd));
-    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), grpc);
+async fn by_default_a_probe_holds_its_slot_until_its_body_ends() {
+    assert_eq!(AbandonPolicy::DEFAULT.probe_verdict(), ProbeVerdict::AtEnd);
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config(1), Grpc::default());
     let handle = svc.handle();
     trip_and_cool_down(&mut svc, &handle).await;
 
@@ -268,4 +269,59 @@ async fn keyed_breakers_trip_per_route_with_overrides_and_stay_bounded() {
     tokio::time::advance(Duration::from_secs(61)).await;
     run(&mut svc, "/http/500").await.unwrap();
     assert_eq!(handle.keys(), vec!["/http/500".to_owned()]);
+}
+
+/// A probe whose head was healthy and whose stream is still open when
+/// `probe_timeout` passes counts as a success then: a long healthy stream
+/// neither holds the breaker half-open nor counts as a failure, and its later
+/// end changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_probe_still_streaming_healthily_at_probe_timeout_is_a_success() {
+    let config = CircuitBreakerConfig::builder()
+        .failure_threshold(1)
+        .success_threshold(1)
+        .probe_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config, Grpc::default());
+    let handle = svc.handle();
+    trip_and_cool_down(&mut svc, &handle).await;
+
+    let probe = svc.ready().await.unwrap().call(req("/status/14")).await.unwrap();
+    let mut body = probe.into_body();
+    assert!(body.frame().await.is_some(), "the stream is open");
+    assert_eq!(handle.state(), CircuitState::HalfOpen, "not judged at the head");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    // The next call finds the probe overdue: its healthy stream is a success.
+    let next = svc.ready().await.unwrap().call(req("/status/0")).await;
+    assert_eq!(handle.state(), CircuitState::Closed, "closed by the healthy stream");
+    assert!(next.is_ok(), "admitted once closed");
+    // Its trailers (UNAVAILABLE) arrive late: they belong to an earlier state.
+    while body.frame().await.is_some() {}
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.snapshot().consecutive_failures, 0);
+}
+
+/// A probe that never got its head by `probe_timeout` is reclaimed as
+/// nothing: the breaker stays half-open and admits a new probe.
+#[tokio::test(start_paused = true)]
+async fn a_probe_without_a_head_at_probe_timeout_is_reclaimed_as_nothing() {
+    let config = CircuitBreakerConfig::builder()
+        .failure_threshold(1)
+        .success_threshold(1)
+        .probe_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut svc = CircuitBreaker::with_protocol(grpc_server(), config, Grpc::default());
+    let handle = svc.handle();
+    trip_and_cool_down(&mut svc, &handle).await;
+    // Admitted, never polled: no head ever arrives.
+    let pending = svc.ready().await.unwrap().call(req("/status/0"));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(handle.snapshot().probes_in_flight, 1);
+    let r = svc.ready().await.unwrap().call(req("/status/0")).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::HalfOpen, "reclaimed, not a success");
+    r.into_body().collect().await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    drop(pending);
 }

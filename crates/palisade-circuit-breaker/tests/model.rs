@@ -104,6 +104,9 @@ enum MState {
     },
     HalfOpen {
         probes: BTreeSet<u64>,
+        /// Probes whose healthy head arrived and whose body is still open:
+        /// successes at `probe_timeout` (`ProbeVerdict::AtEnd`).
+        streaming: BTreeSet<u64>,
         successes: u32,
         last_admit: u64,
     },
@@ -137,17 +140,28 @@ impl Model {
             MState::Open { until } if now >= *until => {
                 self.state = MState::HalfOpen {
                     probes: BTreeSet::new(),
+                    streaming: BTreeSet::new(),
                     successes: 0,
                     last_admit: now,
                 };
                 self.epoch += 1;
             }
-            MState::HalfOpen { probes, last_admit, .. }
-                if probes.len() as u32 >= self.cfg.probes && now - *last_admit >= self.cfg.probe_timeout =>
-            {
+            MState::HalfOpen {
+                probes,
+                streaming,
+                successes,
+                last_admit,
+            } if probes.len() as u32 >= self.cfg.probes && now - *last_admit >= self.cfg.probe_timeout => {
+                // Healthy streams still open are successes; the rest nothing.
+                *successes += streaming.len() as u32;
+                let close = !streaming.is_empty() && *successes >= self.cfg.successes;
                 probes.clear();
+                streaming.clear();
                 *last_admit = now;
                 self.epoch += 1;
+                if close {
+                    self.close();
+                }
             }
             _ => {}
         }
@@ -208,24 +222,44 @@ impl Model {
         self.epoch += 1;
     }
 
+    fn close(&mut self) {
+        self.state = MState::Closed;
+        self.failed_rounds = 0;
+        self.run = 0;
+        self.last_failure = None;
+        self.window.clear();
+        self.epoch += 1;
+    }
+
+    /// A probe's healthy head arrived and its body stays open.
+    fn mark_streaming(&mut self, call: MCall) {
+        if call.epoch != self.epoch || !call.probe {
+            return;
+        }
+        if let MState::HalfOpen { streaming, .. } = &mut self.state {
+            streaming.insert(call.id);
+        }
+    }
+
     fn complete(&mut self, call: MCall, outcome: Outcome, now: u64) {
         if call.epoch != self.epoch {
             return;
         }
         match &mut self.state {
-            MState::HalfOpen { probes, successes, .. } if call.probe => {
+            MState::HalfOpen {
+                probes,
+                streaming,
+                successes,
+                ..
+            } if call.probe => {
                 assert!(probes.remove(&call.id));
+                streaming.remove(&call.id);
                 match outcome {
                     Outcome::Ignored => {}
                     Outcome::Success => {
                         *successes += 1;
                         if *successes >= self.cfg.successes {
-                            self.state = MState::Closed;
-                            self.failed_rounds = 0;
-                            self.run = 0;
-                            self.last_failure = None;
-                            self.window.clear();
-                            self.epoch += 1;
+                            self.close();
                         }
                     }
                     Outcome::Failure => {
@@ -584,6 +618,20 @@ fn run(cfg: Cfg, policy: AbandonPolicy, steps: Vec<Step>) -> Result<(), TestCase
                 // Judged at its head: a head that is not a failure is a success.
                 model.complete(c, head.unwrap_or(Outcome::Success), at);
                 call = None;
+            }
+            if let Some(c) = call
+                && c.probe
+            {
+                match head {
+                    // A failure known from the head reopens at once.
+                    Some(Outcome::Failure) => {
+                        model.complete(c, Outcome::Failure, at);
+                        call = None;
+                    }
+                    // Healthy: a success at `probe_timeout` if still open then.
+                    None | Some(Outcome::Success) if frames.is_some() => model.mark_streaming(c),
+                    _ => {}
+                }
             }
             match frames {
                 Some(frames) => bodies.push(OpenBody {

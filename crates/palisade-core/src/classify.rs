@@ -148,6 +148,19 @@ pub trait Classify<Res, E> {
     fn abandon_policy(&self) -> AbandonPolicy {
         AbandonPolicy::DEFAULT
     }
+
+    /// Whether `response` is the peer saying that the call's time ran out
+    /// before it answered (gRPC: a trailers-only `DEADLINE_EXCEEDED`). A
+    /// layer that told the peer how long the call may take (a timeout layer
+    /// that wrote `grpc-timeout`) and gets this answer when its own limit is
+    /// due reports its own limit instead: the caller's deadline is not the
+    /// peer's fault, and an attempt's timeout counts as if the layer's timer
+    /// had fired. The default (and [`Http`](crate::protocol::Http)): never.
+    #[inline]
+    fn is_deadline_response(&self, response: &Res) -> bool {
+        let _ = response;
+        false
+    }
 }
 
 /// How a half-open circuit breaker judges a probe whose response is a stream.
@@ -157,13 +170,17 @@ pub enum ProbeVerdict {
     /// At the response head: a head that is not a failure (an http 2xx, a
     /// gRPC `200` whose status waits for the trailers) is the probe's success,
     /// and the probe slot comes back at once. An error later in that body is
-    /// not held against the probe. A client that only streams still closes
-    /// its breaker. The default.
-    #[default]
+    /// not held against the probe.
     AtHead,
-    /// At the end of the body, like any other call: the probe slot is held
-    /// until then, and the breaker's `probe_timeout` reclaims it from a
-    /// stream that never ends.
+    /// At the end of the body, like any other call (a gRPC status in the
+    /// trailers decides), with one exception: a probe whose head was healthy
+    /// (not a failure known from the head) and whose body is still streaming
+    /// when the breaker's `probe_timeout` passes counts as a **success** at
+    /// that moment, so that a long healthy stream neither holds the breaker
+    /// half-open nor counts as a failure. Its later end is then ignored. A
+    /// probe with no response head by then is reclaimed, counting as
+    /// nothing. The default.
+    #[default]
     AtEnd,
 }
 
@@ -189,7 +206,7 @@ pub enum ProbeVerdict {
 /// // A client whose callers cancel only when the peer is too slow.
 /// let strict = AbandonPolicy::new()
 ///     .with_call_dropped(Outcome::Failure)
-///     .with_probe_verdict(ProbeVerdict::AtEnd);
+///     .with_probe_verdict(ProbeVerdict::AtHead);
 /// let http = Http::new().with_abandon_policy(strict);
 /// assert_eq!(http.abandon_policy().call_dropped(), Outcome::Failure);
 /// ```
@@ -211,12 +228,13 @@ impl AbandonPolicy {
     /// The defaults: a dropped body after a successful head is a
     /// [`Success`](Outcome::Success); a body dropped before its trailers and a
     /// dropped response future are [`Ignored`](Outcome::Ignored); a streamed
-    /// probe is judged [at its head](ProbeVerdict::AtHead).
+    /// probe is judged [at its end](ProbeVerdict::AtEnd), or as a success
+    /// when still streaming healthily at the breaker's `probe_timeout`.
     pub const DEFAULT: AbandonPolicy = AbandonPolicy {
         body_dropped: Outcome::Success,
         trailers_dropped: Outcome::Ignored,
         call_dropped: Outcome::Ignored,
-        probe_verdict: ProbeVerdict::AtHead,
+        probe_verdict: ProbeVerdict::AtEnd,
     };
 
     /// The defaults ([`AbandonPolicy::DEFAULT`]).
@@ -248,7 +266,7 @@ impl AbandonPolicy {
     }
 
     /// How a half-open breaker judges a probe whose response is a stream
-    /// (default [`ProbeVerdict::AtHead`]).
+    /// (default [`ProbeVerdict::AtEnd`]).
     pub const fn with_probe_verdict(mut self, verdict: ProbeVerdict) -> Self {
         self.probe_verdict = verdict;
         self
@@ -341,6 +359,11 @@ where
     fn abandon_policy(&self) -> AbandonPolicy {
         self.inner.abandon_policy()
     }
+
+    #[inline]
+    fn is_deadline_response(&self, response: &Res) -> bool {
+        self.inner.is_deadline_response(response)
+    }
 }
 
 /// A classifier whose responses are first decided by a closure. See [`ClassifyExt::responses_with`].
@@ -378,6 +401,11 @@ where
     #[inline]
     fn abandon_policy(&self) -> AbandonPolicy {
         self.inner.abandon_policy()
+    }
+
+    #[inline]
+    fn is_deadline_response(&self, response: &Res) -> bool {
+        self.inner.is_deadline_response(response)
     }
 }
 

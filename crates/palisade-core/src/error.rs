@@ -342,6 +342,8 @@ status_source!(TimedOut, GrpcCode::DEADLINE_EXCEEDED);
 pub struct DeadlineExceeded {
     budget: Option<Duration>,
     sent: bool,
+    /// Where an unsent call waited, and for how long, when its deadline passed.
+    waited: Option<(&'static str, Duration)>,
     status: StatusSource,
 }
 
@@ -350,6 +352,7 @@ impl fmt::Debug for DeadlineExceeded {
         f.debug_struct("DeadlineExceeded")
             .field("budget", &self.budget)
             .field("sent", &self.sent)
+            .field("waited", &self.waited)
             .finish()
     }
 }
@@ -360,8 +363,27 @@ impl DeadlineExceeded {
         Self {
             budget: None,
             sent: false,
+            waited: None,
             status: StatusSource::new(),
         }
+    }
+
+    /// The deadline passed while the call waited `waited` at `stage` (for
+    /// example `"in the bulkhead queue"`), before the inner service was
+    /// called. [`was_sent`](Self::was_sent) is false.
+    pub fn while_waiting(stage: &'static str, waited: Duration) -> Self {
+        Self {
+            budget: None,
+            sent: false,
+            waited: Some((stage, waited)),
+            status: StatusSource::new(),
+        }
+    }
+
+    /// Where the unsent call waited when its deadline passed, and for how
+    /// long, if it was made by [`while_waiting`](Self::while_waiting).
+    pub fn waited(&self) -> Option<(&'static str, Duration)> {
+        self.waited
     }
 
     /// The deadline passed while the call was in flight, after `budget` was granted to it.
@@ -369,6 +391,7 @@ impl DeadlineExceeded {
         Self {
             budget: Some(budget),
             sent: true,
+            waited: None,
             status: StatusSource::new(),
         }
     }
@@ -386,9 +409,13 @@ impl DeadlineExceeded {
 
 impl fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.budget {
-            Some(budget) => write!(f, "deadline exceeded: the call's remaining {budget:?} ran out"),
-            None => f.write_str("deadline exceeded before the call was sent"),
+        match (self.budget, self.waited) {
+            (Some(budget), _) => write!(f, "deadline exceeded: the call's remaining {budget:?} ran out"),
+            (None, Some((stage, waited))) => write!(
+                f,
+                "deadline exceeded after waiting {waited:?} {stage}; the call was not sent"
+            ),
+            (None, None) => f.write_str("deadline exceeded before the call was sent"),
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   [`Http`](protocol::Http) and [`Grpc`](protocol::Grpc) classifiers and
 //!   request inspectors every layer is generic over;
 //! - [`options`]: per-call options (timeout, retries, deadline) in request extensions;
+//! - [`context`]: the deadline of the request being handled (a task-local),
+//!   which every layer reads besides the call's own;
 //! - [`peer`]: [`PeerId`](peer::PeerId), the per-call
 //!   [`AttemptRecord`](peer::AttemptRecord) and the
 //!   [`CheckAvailability`](peer::CheckAvailability) trait a balancer asks;
@@ -64,6 +66,7 @@
 
 pub mod backoff;
 pub mod classify;
+pub mod context;
 pub mod error;
 pub mod event;
 pub mod grpc_timeout;

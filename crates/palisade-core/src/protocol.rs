@@ -601,6 +601,13 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for Grpc {
     fn abandon_policy(&self) -> AbandonPolicy {
         self.abandon
     }
+
+    /// A trailers-only `DEADLINE_EXCEEDED`.
+    #[inline]
+    fn is_deadline_response(&self, response: &http::Response<B>) -> bool {
+        response.status() == StatusCode::OK
+            && GrpcCode::from_headers(response.headers()) == Some(GrpcCode::DEADLINE_EXCEEDED)
+    }
 }
 
 impl<B> Inspect<http::Request<B>> for Grpc {
@@ -872,7 +879,7 @@ mod tests {
             .with_body_dropped(Outcome::Ignored)
             .with_trailers_dropped(Outcome::Failure)
             .with_call_dropped(Outcome::Failure)
-            .with_probe_verdict(ProbeVerdict::AtEnd);
+            .with_probe_verdict(ProbeVerdict::AtHead);
         assert_eq!(Http::new().abandon_policy(), AbandonPolicy::DEFAULT);
         assert_eq!(Grpc::new().abandon_policy(), AbandonPolicy::DEFAULT);
         let http = Http::new().with_abandon_policy(policy);

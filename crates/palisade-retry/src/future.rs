@@ -322,16 +322,17 @@ where
         };
         // An open breaker says when it takes calls again. With nothing below
         // that switched peers for this attempt, retrying sooner would only be
-        // refused again: honour its `retry_in` like a server's pushback.
-        let decision = match (decision, &result) {
+        // refused again: its `retry_in` is a floor under the backoff, and
+        // like a server's pushback it must fit the cap and the time left.
+        let open_for = match (decision, &result) {
             (RetryDecision::Retry, Err(error)) => match circuit_open(error) {
                 Some(open) if !self.kept.as_ref().is_some_and(|k| protocol.switched_peer(k)) => {
                     reason = "circuit open";
-                    RetryDecision::RetryAfter(open.retry_in())
+                    Some(open.retry_in())
                 }
-                _ => RetryDecision::Retry,
+                _ => None,
             },
-            (decision, _) => decision,
+            _ => None,
         };
         let mut fresh_rng = None;
         let delay = match decision {
@@ -340,6 +341,9 @@ where
                 return Some(self.conclude(result));
             }
             RetryDecision::RetryAfter(delay) => delay,
+            RetryDecision::Retry if open_for.is_some_and(|open| open > policy.max_pushback) => {
+                return Some(self.conclude(result));
+            }
             RetryDecision::Retry => {
                 let (previous, rng) = match self.retry.0.as_mut() {
                     Some(retry) => {
@@ -348,7 +352,8 @@ where
                     }
                     None => (None, fresh_rng.insert(call_rng(policy))),
                 };
-                policy.backoff.delay_with(attempts - 1, previous, rng)
+                let backoff = policy.backoff.delay_with(attempts - 1, previous, rng);
+                open_for.map_or(backoff, |open| backoff.max(open))
             }
         };
         let now = Instant::now();

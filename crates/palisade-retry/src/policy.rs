@@ -90,6 +90,17 @@ pub trait RetryProtocol<Req>: Inspect<Req> {
         let _ = (kept, peer);
     }
 
+    /// A time limit the caller already wrote on the request itself (gRPC: a
+    /// `grpc-timeout` header, as tonic's `Request::set_timeout` writes it):
+    /// the layer treats it as a deadline from the moment of the call, so
+    /// that later attempts carry the time left rather than the stale header.
+    /// The first attempt keeps the header as the caller wrote it. The
+    /// default: none.
+    fn written_timeout(&self, request: &Req) -> Option<std::time::Duration> {
+        let _ = request;
+        None
+    }
+
     /// Called just before an attempt of a call with a deadline is sent, with
     /// the deadline: [`Grpc`] writes the time left into `grpc-timeout`
     /// (rounded down, keeping a shorter one already there). The default does
@@ -274,6 +285,17 @@ impl<View, Res> RetryOn<View, Res> for Plain {
 
 // ---- Http and Grpc: replayable bodies ----
 
+/// The head of a response whose body is dropped now: should it stand as the
+/// call's response, it goes out with an empty body, so the headers that
+/// described the dropped body's framing go too (a server would otherwise
+/// announce a `content-length` it never sends).
+fn hold_head<RB>(response: http::Response<RB>) -> http::response::Parts {
+    let mut head = response.into_parts().0;
+    head.headers.remove(http::header::CONTENT_LENGTH);
+    head.headers.remove(http::header::TRANSFER_ENCODING);
+    head
+}
+
 /// What [`Http`] and [`Grpc`] keep of a request between attempts: its head
 /// (method, uri, headers, extensions) and a handle on its replay buffer.
 #[derive(Debug)]
@@ -395,6 +417,17 @@ macro_rules! replayable_protocol {
             }
 
             #[inline]
+            fn written_timeout(&self, request: &http::Request<B>) -> Option<std::time::Duration> {
+                if $stamp {
+                    request
+                        .headers()
+                        .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
+                        .and_then(grpc_timeout::parse_header)
+                } else {
+                    None
+                }
+            }
+
             fn before_send(&self, attempt: &mut Self::Attempt, deadline: Instant) {
                 if $stamp {
                     stamp_grpc_timeout(attempt, deadline);
@@ -431,7 +464,7 @@ impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Http {
     }
 
     fn hold(&self, response: http::Response<RB>) -> http::response::Parts {
-        response.into_parts().0
+        hold_head(response)
     }
 
     fn release(&self, held: http::response::Parts) -> Self::Output {
@@ -491,7 +524,7 @@ impl<RB> RetryOn<http::Request<()>, http::Response<RB>> for Grpc {
     }
 
     fn hold(&self, response: http::Response<RB>) -> http::response::Parts {
-        response.into_parts().0
+        hold_head(response)
     }
 
     fn release(&self, held: http::response::Parts) -> Self::Output {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use palisade_core::BoxError;
+use palisade_core::context;
 use palisade_core::event::{Event, EventKind, LayerName};
 use palisade_core::options::CallOptions;
 use tokio::time::Instant;
@@ -30,6 +31,13 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// service's for `Plain`, and `http::Response<RetryBody<RB>>` for `Http` and
 /// `Grpc` (see [`RetryBody`](crate::RetryBody): the inner body, passed
 /// through).
+///
+/// The call's deadline is the earlier of its own
+/// ([`CallOptions::deadline`](palisade_core::options::CallOptions::deadline))
+/// and the one inherited from the request being handled
+/// ([`palisade_core::context`]); a `grpc-timeout` the caller wrote on a gRPC
+/// request bounds it too (later attempts then carry the time left, the first
+/// one the header as written).
 ///
 /// A call whose deadline has already passed fails with
 /// [`DeadlineExceeded::before_send`](palisade_core::error::DeadlineExceeded::before_send)
@@ -116,7 +124,21 @@ where
             // A per-call option is not validated by a builder: clamp it to the
             // builder's maximum.
             .min(crate::config::MAX_RETRIES);
-        let deadline = options.and_then(CallOptions::deadline).map(|d| d.instant());
+        // The call's deadline, else (or if earlier) the deadline of the
+        // request being handled (a server-side deadline layer's task-local).
+        let known = context::effective_deadline(options.and_then(CallOptions::deadline)).map(|d| d.instant());
+        // A `grpc-timeout` the caller wrote (tonic's `set_timeout`) bounds the
+        // later attempts too; the first one carries it as written.
+        let deadline = match protocol.written_timeout(&request) {
+            Some(written) => {
+                let at = Instant::now().checked_add(written);
+                match (known, at) {
+                    (Some(known), Some(at)) => Some(known.min(at)),
+                    (known, at) => known.or(at),
+                }
+            }
+            None => known,
+        };
         let mut policy = CallPolicy {
             protocol: protocol.clone(),
             predicate: shared.predicate.clone(),
@@ -134,7 +156,7 @@ where
             budget.deposit();
         }
         let (mut attempt, kept) = protocol.first_attempt(request, settings.replay_cap, retries > 0);
-        if let Some(at) = deadline {
+        if let Some(at) = known {
             // The first attempt carries the time left now, as every later one will.
             protocol.before_send(&mut attempt, at);
         }

@@ -426,12 +426,14 @@ async fn no_deadline_no_grpc_timeout_and_a_shorter_one_is_kept() {
         .unwrap();
     assert_eq!(sent.lock().iter().map(|s| s.1).collect::<Vec<_>>(), [None, None]);
 
-    // A caller's own shorter timeout (tonic's `Request::set_timeout`) stays.
+    // A caller's own shorter timeout (tonic's `Request::set_timeout`) stays
+    // on the first attempt, and bounds the call like a deadline: the retry
+    // carries what is left of it, not the stale header.
     let sent: Sent = Arc::default();
     let mut request = with_deadline(grpc_call(), Duration::from_secs(5));
     request.headers_mut().insert(
         grpc_timeout::GRPC_TIMEOUT_HEADER,
-        grpc_timeout::format(Duration::from_millis(50)),
+        grpc_timeout::format(Duration::from_millis(500)),
     );
     layer
         .layer(grpc_recording(sent.clone()))
@@ -439,7 +441,28 @@ async fn no_deadline_no_grpc_timeout_and_a_shorter_one_is_kept() {
         .await
         .unwrap();
     let timeouts: Vec<_> = sent.lock().iter().map(|s| s.1).collect();
-    assert_eq!(timeouts, [Some(Duration::from_millis(50)); 2]);
+    assert_eq!(
+        timeouts,
+        [Some(Duration::from_millis(500)), Some(Duration::from_millis(400))]
+    );
+
+    // With no deadline at all, the caller's header alone does the same.
+    let sent: Sent = Arc::default();
+    let mut request = grpc_call();
+    request.headers_mut().insert(
+        grpc_timeout::GRPC_TIMEOUT_HEADER,
+        grpc_timeout::format(Duration::from_millis(500)),
+    );
+    layer
+        .layer(grpc_recording(sent.clone()))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let timeouts: Vec<_> = sent.lock().iter().map(|s| s.1).collect();
+    assert_eq!(
+        timeouts,
+        [Some(Duration::from_millis(500)), Some(Duration::from_millis(400))]
+    );
 
     // Plain http has no such header.
     let sent: Sent = Arc::default();

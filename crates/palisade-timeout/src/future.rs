@@ -37,7 +37,7 @@ impl Limit {
 
 /// An inner error this close to the limit is the limit firing: tokio's timers
 /// have a resolution of one millisecond.
-const SIMULTANEOUS: Duration = Duration::from_millis(1);
+pub(crate) const SIMULTANEOUS: Duration = Duration::from_millis(1);
 
 /// What the call wrote on its way down, which decides whether an inner error
 /// at the limit is this layer's limit firing (see [`ResponseFuture`]).
@@ -86,7 +86,13 @@ pin_project! {
     ///   `CallOptions` and the inner service failed with [`DeadlineExceeded`]
     ///   (a timeout layer below, bounded by that deadline).
     ///
-    /// Either is reported as this layer's [`TimedOut`] / [`DeadlineExceeded`]
+    /// - this call wrote `grpc-timeout` and the peer answered a trailers-only
+    ///   `DEADLINE_EXCEEDED` (a server that honours the header, as grpc-go
+    ///   and grpcio do): the peer enforced this very limit, so the caller's
+    ///   deadline is not held against it, and an attempt's timeout counts
+    ///   as if this layer's timer had fired.
+    ///
+    /// Any of these is reported as this layer's [`TimedOut`] / [`DeadlineExceeded`]
     /// so that retry and breaker policies see which limit fired. Any other
     /// error (http or plain services, errors before the timer was armed,
     /// errors well before the limit) is returned as it came.
@@ -172,6 +178,18 @@ where
             this.inner.set(None);
             *this.state = State::Done;
             let output = match result {
+                // The peer enforced the `grpc-timeout` this call wrote and
+                // answered `DEADLINE_EXCEEDED` as the limit fell due: that is
+                // this layer's limit firing one hop away (see the type's docs).
+                Ok(response)
+                    if this.wrote.grpc_timeout
+                        && this.sleep.is_some()
+                        && this.at.is_some_and(|at| at <= Instant::now() + SIMULTANEOUS)
+                        && this.protocol.is_deadline_response(&response) =>
+                {
+                    drop(response);
+                    Err(expired(*this.limit, this.listeners))
+                }
                 // The guard is `()`: nothing here needs the response's outcome
                 // (only its end, for the body limits), so it is not classified.
                 Ok(response) => {

@@ -193,7 +193,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod config;
-mod context;
 pub mod error;
 mod future;
 mod layer;
@@ -201,10 +200,12 @@ mod server;
 mod service;
 
 pub use config::{DEFAULT_TIMEOUT, TimeoutBuilder};
-pub use context::{WithDeadline, current_deadline, with_deadline};
 pub use error::{DeadlineExceeded, TimedOut, TimeoutKind};
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
+/// The inherited deadline lives in [`palisade_core::context`], where every
+/// layer reads it; re-exported here unchanged.
+pub use palisade_core::context::{WithDeadline, current_deadline, with_deadline};
 /// The `grpc-timeout` wire format; it lives in
 /// [`palisade_core::grpc_timeout`] (the retry layer writes the header too) and
 /// is re-exported here unchanged.

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::context::{self, WithDeadline, current_deadline};
+use palisade_core::context::{self, WithDeadline, current_deadline};
 use palisade_core::grpc_timeout;
 
 /// Reads the deadline of incoming requests on a tonic or hyper server and

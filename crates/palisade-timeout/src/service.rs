@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::Config;
-use crate::context::current_deadline;
-use crate::future::{Limit, ResponseFuture, Wrote};
+use crate::future::{Limit, ResponseFuture, SIMULTANEOUS, Wrote};
+use palisade_core::context::current_deadline;
 use palisade_core::grpc_timeout;
 
 /// Applies a timeout and the call's deadline to the calls of `S`. Made by
@@ -206,8 +206,14 @@ impl<S, P> Timeout<S, P> {
         };
         let mut wrote = false;
         if self.config.grpc_timeout {
-            // Keeps a shorter timeout that the caller already set (tonic's `Request::set_timeout`).
-            wrote = grpc_timeout::write_shorter(headers, left);
+            // Keeps a shorter timeout that the caller already set (tonic's
+            // `Request::set_timeout`). One that says the same as this layer's
+            // limit (a retry above wrote the same deadline) is this layer's too.
+            wrote = grpc_timeout::write_shorter(headers, left)
+                || headers
+                    .get(&grpc_timeout::GRPC_TIMEOUT_HEADER)
+                    .and_then(grpc_timeout::parse_header)
+                    .is_some_and(|there| there + SIMULTANEOUS >= left);
         }
         if let Some(name) = &self.config.header {
             headers.insert(name.clone(), grpc_timeout::format_millis(left));

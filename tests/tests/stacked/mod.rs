@@ -70,6 +70,7 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
 #[derive(Debug, Default)]
 pub struct RetryEvents {
     seen: std::sync::atomic::AtomicUsize,
+    delays: parking_lot::Mutex<Vec<Duration>>,
     notify: Notify,
 }
 
@@ -82,6 +83,11 @@ impl RetryEvents {
     /// Retries decided so far.
     pub fn count(&self) -> usize {
         self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The backoff of each retry decided so far, in order.
+    pub fn delays(&self) -> Vec<Duration> {
+        self.delays.lock().clone()
     }
 
     /// Waits until `n` retries were decided (bounded in real time).
@@ -103,7 +109,8 @@ impl RetryEvents {
 
 impl Listener for RetryEvents {
     fn on_event(&self, event: &Event<'_>) {
-        if let EventKind::Retry { .. } = event.kind {
+        if let EventKind::Retry { delay, .. } = event.kind {
+            self.delays.lock().push(delay);
             self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.notify.notify_waiters();
         }

@@ -1,9 +1,16 @@
 //! The deadline of the request being handled, carried in a tokio task-local.
 //!
-//! A [`DeadlineServerLayer`](crate::DeadlineServerLayer) runs each request's
-//! handler inside a scope that holds the request's deadline; every
-//! [`TimeoutLayer`](crate::TimeoutLayer) on an outgoing call made from there
-//! reads it as the call's deadline when the call carries none of its own.
+//! A server-side layer (`palisade_timeout::DeadlineServerLayer`) runs each
+//! request's handler inside a scope that holds the request's deadline; every
+//! Palisade layer on an outgoing call made from there reads it
+//! ([`effective_deadline`]): the timeout layer bounds the call by it, retry
+//! starts no attempt or backoff past it, the bulkhead queues no call past it.
+//! A call's own deadline ([`CallOptions::deadline`](crate::options::CallOptions::deadline))
+//! and the inherited one both apply: the earlier wins.
+//!
+//! It lives here, in the shared vocabulary, so that every layer sees it
+//! without depending on the timeout crate (which re-exports
+//! [`current_deadline`] and [`with_deadline`] unchanged).
 //!
 //! The scope follows the **future** that the server polls (the handler, and
 //! for a streaming response the response body), not the thread or the task
@@ -12,7 +19,7 @@
 //!
 //! ```
 //! use palisade_core::options::Deadline;
-//! use palisade_timeout::{current_deadline, with_deadline};
+//! use palisade_core::context::{current_deadline, with_deadline};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -39,22 +46,40 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use palisade_core::options::Deadline;
+use crate::options::Deadline;
 use pin_project_lite::pin_project;
 
 tokio::task_local! {
     static CURRENT: Option<Deadline>;
 }
 
-/// The deadline of the request whose handler is running, if a
-/// [`DeadlineServerLayer`](crate::DeadlineServerLayer) or [`with_deadline`]
-/// set one around the current future.
+/// The deadline of the request whose handler is running, if a server-side
+/// deadline layer or [`with_deadline`] set one around the current future.
 #[inline]
 pub fn current_deadline() -> Option<Deadline> {
+    // Most processes never install a scope: then every layer's question costs
+    // one relaxed load, not a thread-local access.
+    if !SCOPES_USED.load(Ordering::Relaxed) {
+        return None;
+    }
+    inherited()
+}
+
+/// The task-local's value, out of line: the common caller (no scope ever
+/// installed) never gets here.
+#[cold]
+#[inline(never)]
+fn inherited() -> Option<Deadline> {
     CURRENT.try_with(|deadline| *deadline).ok().flatten()
 }
+
+/// Whether a deadline scope was ever installed in this process. A thread that
+/// is inside a scope installed it itself (the scope is set by the thread that
+/// polls), so its own earlier store makes a relaxed load see `true` there.
+static SCOPES_USED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `future` with `deadline` as its current deadline, or rather the
 /// earlier of it and the deadline current **where the future is polled**: a
@@ -64,14 +89,28 @@ pub fn with_deadline<F: Future>(deadline: Deadline, future: F) -> WithDeadline<F
     scope(Some(deadline), future)
 }
 
+/// The deadline a call must respect: the earlier of its own (`own`, from its
+/// call options) and the inherited [`current_deadline`].
+#[inline]
+pub fn effective_deadline(own: Option<Deadline>) -> Option<Deadline> {
+    match (own, current_deadline()) {
+        (Some(own), Some(inherited)) => Some(own.min(inherited)),
+        (own, inherited) => own.or(inherited),
+    }
+}
+
 /// Runs `f` with the earlier of `own` and the current deadline current.
 /// Without a deadline of its own it installs no scope: whatever is current
-/// stays current.
+/// stays current. (For layers that must call an inner service inside the
+/// scope, as the server-side deadline layer does.)
 #[inline]
-pub(crate) fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
+pub fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
     match own {
         None => f(),
         Some(own) => {
+            if !SCOPES_USED.load(Ordering::Relaxed) {
+                SCOPES_USED.store(true, Ordering::Relaxed);
+            }
             let effective = match current_deadline() {
                 Some(current) => current.min(own),
                 None => own,
@@ -81,8 +120,9 @@ pub(crate) fn in_scope<R>(own: Option<Deadline>, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Wraps `future` so that each of its polls runs [`in_scope`] of `deadline`.
-pub(crate) fn scope<F: Future>(deadline: Option<Deadline>, future: F) -> WithDeadline<F> {
+/// Wraps `future` so that each of its polls runs [`in_scope`] of `deadline`
+/// (no scope at all for `None`).
+pub fn scope<F: Future>(deadline: Option<Deadline>, future: F) -> WithDeadline<F> {
     WithDeadline {
         inner: future,
         deadline,
