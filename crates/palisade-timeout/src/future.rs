@@ -188,7 +188,7 @@ where
                         && this.protocol.is_deadline_response(&response) =>
                 {
                     drop(response);
-                    Err(expired(*this.limit, this.listeners))
+                    Err(expired(*this.limit, this.listeners, Duration::ZERO))
                 }
                 // The guard is `()`: nothing here needs the response's outcome
                 // (only its end, for the body limits), so it is not classified.

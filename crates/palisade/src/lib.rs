@@ -1,7 +1,8 @@
 //! Palisade keeps a service client working while the peers behind it fail,
 //! slow down or vanish. This crate is the facade: it re-exports every
 //! Palisade layer behind a feature of the same name (all on by default) and
-//! documents how they stack.
+//! documents how they stack. With the `tonic` feature, `preset` builds the
+//! whole stack in one line: `GrpcClient::builder(registry, "echo").build()?`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -92,7 +93,7 @@
 //! | `fallback` (default) | [`fallback`] |
 //! | `discovery` (default) | [`discovery`] |
 //! | `etcd` | the etcd registry of [`discovery`] |
-//! | `tonic` | per-call options on `tonic::Request`; every Palisade error reaches a tonic caller with its gRPC code (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`), the typed error behind it ([`core::error::find_error`]) |
+//! | `tonic` | the preset client `preset::GrpcClient` (the whole stack in one builder, over a registry or one channel); per-call options on `tonic::Request`; every Palisade error reaches a tonic caller with its gRPC code (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`), the typed error behind it ([`core::error::find_error`]) |
 //! | `metrics` | counters and gauges of every enabled layer through the `metrics` facade |
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
