@@ -158,7 +158,7 @@ mod state;
 pub use config::{Adaptive, BulkheadConfig, BulkheadConfigBuilder};
 pub use future::ResponseFuture;
 pub use keyed::{ByFn, ByRoute, KeyFor, KeyedBulkhead, KeyedHandle};
-pub use layer::{BulkheadLayer, KeyedBulkheadLayer};
+pub use layer::{BulkheadLayer, BulkheadLayerBuilder, KeyedBulkheadLayer, KeyedBulkheadLayerBuilder};
 pub use policy::{AimdConfig, GradientConfig};
 pub use service::Bulkhead;
 pub use shared::{BulkheadHandle, BulkheadPermit};

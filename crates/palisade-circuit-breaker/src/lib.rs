@@ -376,7 +376,7 @@ pub use keyed::{
     ByRoute, KeyFn, KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
     KeyedCircuitBreakerLayer,
 };
-pub use layer::CircuitBreakerLayer;
+pub use layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder};
 pub use service::CircuitBreaker;
 pub use shared::{CallGuard, CircuitBreakerHandle};
 pub use state::{CircuitSnapshot, CircuitState, FORCED_OPEN_RETRY_IN};
