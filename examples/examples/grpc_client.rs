@@ -13,11 +13,10 @@
 use std::time::Duration;
 
 use palisade::BoxError;
-use palisade::bulkhead::{BulkheadConfig, BulkheadLayer};
-use palisade::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+use palisade::bulkhead::BulkheadLayer;
+use palisade::circuit_breaker::CircuitBreakerLayer;
 use palisade::core::backoff::{Backoff, Jitter};
 use palisade::core::error::{CircuitOpen, TimedOut, find_error};
-use palisade::core::protocol::Grpc;
 use palisade::retry::RetryLayer;
 use palisade::timeout::{TimeoutKind, TimeoutLayer};
 use palisade_testkit::EchoServer;
@@ -29,14 +28,12 @@ use tower::ServiceBuilder;
 async fn main() -> Result<(), BoxError> {
     let server = EchoServer::start("backend").await?;
 
-    let breaker = CircuitBreakerLayer::new(
-        CircuitBreakerConfig::builder()
-            .peer(server.addr().to_string())
-            .failure_threshold(3)
-            .cooldown(Duration::from_secs(5))
-            .build()?,
-    )
-    .protocol(Grpc::default());
+    let breaker = CircuitBreakerLayer::builder()
+        .grpc()
+        .peer(server.addr().to_string())
+        .failure_threshold(3)
+        .cooldown(Duration::from_secs(5))
+        .build()?;
     let breaker_state = breaker.handle();
 
     let stack = ServiceBuilder::new()
@@ -66,8 +63,11 @@ async fn main() -> Result<(), BoxError> {
             },
         )
         .layer(
-            BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build()?)
-                .protocol(Grpc::default()),
+            BulkheadLayer::builder()
+                .grpc()
+                .max_concurrent(16)
+                .max_queue(64)
+                .build()?,
         )
         .layer(breaker)
         // One attempt.

@@ -2,11 +2,16 @@
 
 use std::sync::Arc;
 
-use palisade_core::protocol::Plain;
+use std::time::Duration;
+
+use palisade_core::error::ConfigError;
+use palisade_core::event::Listener;
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
-use crate::config::BulkheadConfig;
+use crate::config::{BulkheadConfig, BulkheadConfigBuilder};
 use crate::keyed::{ByFn, ByRoute, Keyed, KeyedBulkhead, KeyedHandle};
+use crate::policy::{AimdConfig, GradientConfig};
 use crate::service::Bulkhead;
 use crate::shared::{BulkheadHandle, Shared};
 
@@ -23,7 +28,26 @@ pub struct BulkheadLayer<P = Plain> {
 }
 
 impl BulkheadLayer<Plain> {
-    /// A layer with the given configuration.
+    /// The way to build a bulkhead layer: the configuration's knobs, a
+    /// protocol chosen with `.grpc()`, `.http()`, `.plain()` or
+    /// `.protocol(p)` (without one there is no `build()`), then `build()?`.
+    ///
+    /// ```
+    /// use palisade_bulkhead::BulkheadLayer;
+    /// let layer = BulkheadLayer::builder().http().max_concurrent(8).build()?;
+    /// # Ok::<(), palisade_core::error::ConfigError>(())
+    /// ```
+    pub fn builder() -> BulkheadLayerBuilder<Unchosen> {
+        BulkheadLayerBuilder {
+            config: BulkheadConfig::builder(),
+            protocol: Unchosen,
+        }
+    }
+
+    /// A layer with an already validated configuration, on [`Plain`] until
+    /// [`protocol`](Self::protocol) chooses another: a convenience for
+    /// non-http services, as tower's `ConcurrencyLimitLayer::new`. Over http
+    /// or gRPC prefer [`builder`](Self::builder).
     pub fn new(config: BulkheadConfig) -> Self {
         let limit = config.max_concurrent;
         Self {
@@ -81,6 +105,14 @@ pub struct KeyedBulkheadLayer<P = Plain, K = ByRoute> {
 }
 
 impl KeyedBulkheadLayer<Plain, ByRoute> {
+    /// The way to build a keyed layer, as [`BulkheadLayer::builder`].
+    pub fn builder() -> KeyedBulkheadLayerBuilder<Unchosen> {
+        KeyedBulkheadLayerBuilder {
+            config: BulkheadConfig::builder(),
+            protocol: Unchosen,
+        }
+    }
+
     /// A keyed layer; each partition gets `config`'s limits (or its
     /// [`key_limit`](crate::BulkheadConfigBuilder::key_limit)).
     pub fn new(config: BulkheadConfig) -> Self {
@@ -130,4 +162,110 @@ impl<S, P: Clone, K: Clone> Layer<S> for KeyedBulkheadLayer<P, K> {
     fn layer(&self, inner: S) -> Self::Service {
         KeyedBulkhead::from_parts(inner, self.keyed.clone(), self.protocol.clone(), self.key.clone())
     }
+}
+
+macro_rules! layer_builder {
+    ($(#[$doc:meta])* $builder:ident => $layer:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        #[must_use = "a builder does nothing until `build()`"]
+        pub struct $builder<P = Unchosen> {
+            config: BulkheadConfigBuilder,
+            protocol: P,
+        }
+
+        impl<P> $builder<P> {
+            /// Starts from `config` instead of the defaults.
+            pub fn config(mut self, config: BulkheadConfigBuilder) -> Self {
+                self.config = config;
+                self
+            }
+
+            /// Classifies and follows responses with `protocol`.
+            pub fn protocol<Q>(self, protocol: Q) -> $builder<Q> {
+                $builder {
+                    config: self.config,
+                    protocol,
+                }
+            }
+
+            /// gRPC over http (a tonic `Channel`): permits live until the trailers.
+            pub fn grpc(self) -> $builder<Grpc> {
+                self.protocol(Grpc::default())
+            }
+
+            /// Plain http (a hyper client): permits live until the body ends.
+            pub fn http(self) -> $builder<Http> {
+                self.protocol(Http::default())
+            }
+
+            /// Any non-http service: the permit is released with the response.
+            pub fn plain(self) -> $builder<Plain> {
+                self.protocol(Plain)
+            }
+
+            forward! {
+                /// See [`BulkheadConfigBuilder::max_concurrent`].
+                max_concurrent(n: usize);
+                /// See [`BulkheadConfigBuilder::max_queue`].
+                max_queue(n: usize);
+                /// See [`BulkheadConfigBuilder::max_wait`].
+                max_wait(wait: Duration);
+                /// See [`BulkheadConfigBuilder::aimd`].
+                aimd(config: AimdConfig);
+                /// See [`BulkheadConfigBuilder::gradient`].
+                gradient(config: GradientConfig);
+                /// See [`BulkheadConfigBuilder::listener`].
+                listener(listener: Arc<dyn Listener>);
+                /// See [`BulkheadConfigBuilder::max_keys`].
+                max_keys(n: usize);
+                /// See [`BulkheadConfigBuilder::key_idle_timeout`].
+                key_idle_timeout(idle: Duration);
+                /// See [`BulkheadConfigBuilder::key_limit`].
+                key_limit(key: impl Into<String>, max_concurrent: usize);
+            }
+        }
+
+        impl<P: IsGrpc> $builder<P> {
+            /// Validates the configuration and builds the layer.
+            ///
+            /// # Errors
+            ///
+            /// The [`ConfigError`] of [`BulkheadConfigBuilder::build`].
+            pub fn build(self) -> Result<$layer<P>, ConfigError> {
+                Ok($layer::new(self.config.build()?).protocol(self.protocol))
+            }
+        }
+    };
+}
+
+macro_rules! forward {
+    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $($arg: $ty),*) -> Self {
+                self.config = self.config.$name($($arg),*);
+                self
+            }
+        )*
+    };
+}
+
+layer_builder! {
+    /// Builds a [`BulkheadLayer`]: the [`BulkheadConfigBuilder`] knobs plus the
+    /// protocol. Made by [`BulkheadLayer::builder`]; `build()` exists once a
+    /// protocol is chosen, so forgetting it is a compile error, not a permit
+    /// silently released at the response head:
+    ///
+    /// ```compile_fail
+    /// use palisade_bulkhead::BulkheadLayer;
+    /// let layer = BulkheadLayer::builder().max_concurrent(8).build();
+    /// ```
+    BulkheadLayerBuilder => BulkheadLayer
+}
+
+layer_builder! {
+    /// Builds a [`KeyedBulkheadLayer`]. Made by [`KeyedBulkheadLayer::builder`];
+    /// `build()` exists once a protocol is chosen.
+    KeyedBulkheadLayerBuilder => KeyedBulkheadLayer
 }

@@ -2,15 +2,18 @@
 //! and permits held until the response body ends.
 //!
 //! ```
-//! use palisade_bulkhead::{BulkheadConfig, BulkheadLayer};
+//! use palisade_bulkhead::BulkheadLayer;
 //! use palisade_bulkhead::error::{BulkheadFull, BulkheadRejection};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tokio::sync::oneshot;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! // One slot, no queue: a second concurrent call is refused at once.
-//! let config = BulkheadConfig::builder().max_concurrent(1).max_queue(0).build().unwrap();
-//! let layer = BulkheadLayer::new(config);
+//! // `.plain()`: not an http service. Over http or gRPC, `.http()` or `.grpc()`
+//! // keeps the permit until the response body ends; without a protocol choice
+//! // the builder has no `build()`, so a permit cannot silently be released at
+//! // the response head.
+//! let layer = BulkheadLayer::builder().plain().max_concurrent(1).max_queue(0).build().unwrap();
 //! let handle = layer.handle();
 //! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|rx: oneshot::Receiver<u32>| async move {
 //!     Ok::<_, oneshot::error::RecvError>(rx.await?)
@@ -158,7 +161,7 @@ mod state;
 pub use config::{Adaptive, BulkheadConfig, BulkheadConfigBuilder};
 pub use future::ResponseFuture;
 pub use keyed::{ByFn, ByRoute, KeyFor, KeyedBulkhead, KeyedHandle};
-pub use layer::{BulkheadLayer, KeyedBulkheadLayer};
+pub use layer::{BulkheadLayer, BulkheadLayerBuilder, KeyedBulkheadLayer, KeyedBulkheadLayerBuilder};
 pub use policy::{AimdConfig, GradientConfig};
 pub use service::Bulkhead;
 pub use shared::{BulkheadHandle, BulkheadPermit};

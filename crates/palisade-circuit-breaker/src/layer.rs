@@ -3,10 +3,15 @@
 use std::sync::Arc;
 
 use palisade_core::peer::{Availability, CheckAvailability, FleetMembership, PeerId};
-use palisade_core::protocol::Plain;
+use std::time::Duration;
+
+use palisade_core::backoff::Jitter;
+use palisade_core::error::ConfigError;
+use palisade_core::event::{Listener, Listeners};
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
-use crate::config::CircuitBreakerConfig;
+use crate::config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder};
 use crate::service::CircuitBreaker;
 use crate::shared::{CircuitBreakerHandle, Shared};
 
@@ -32,8 +37,27 @@ impl<P: Clone> Clone for CircuitBreakerLayer<P> {
 }
 
 impl CircuitBreakerLayer<Plain> {
-    /// A layer with one breaker configured by `config`, classifying with
-    /// [`Plain`] until [`protocol`](Self::protocol) chooses another.
+    /// The way to build a breaker layer: the configuration's knobs, a
+    /// protocol chosen with `.grpc()`, `.http()`, `.plain()` or
+    /// `.protocol(p)` (without one there is no `build()`), then `build()?`.
+    ///
+    /// ```
+    /// use palisade_circuit_breaker::CircuitBreakerLayer;
+    /// let layer = CircuitBreakerLayer::builder().grpc().failure_threshold(5).build()?;
+    /// # Ok::<(), palisade_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn builder() -> CircuitBreakerLayerBuilder<Unchosen> {
+        CircuitBreakerLayerBuilder {
+            config: CircuitBreakerConfig::builder(),
+            protocol: Unchosen,
+        }
+    }
+
+    /// A layer with one breaker configured by an already validated `config`,
+    /// classifying with [`Plain`] until [`protocol`](Self::protocol) chooses
+    /// another: a convenience for non-http services, as tower's
+    /// `ConcurrencyLimitLayer::new`. Over http or gRPC prefer
+    /// [`builder`](Self::builder), which makes the protocol choice explicit.
     pub fn new(config: CircuitBreakerConfig) -> Self {
         Self {
             shared: Shared::new(config, None),
@@ -101,5 +125,116 @@ impl<P> CheckAvailability for CircuitBreakerLayer<P> {
 
     fn reset_open(&self) -> bool {
         self.shared.reset_open()
+    }
+}
+
+/// Builds a [`CircuitBreakerLayer`]: the [`CircuitBreakerConfigBuilder`]
+/// knobs plus the protocol. Made by [`CircuitBreakerLayer::builder`];
+/// `build()` exists once a protocol is chosen, so forgetting it is a
+/// compile error, not a breaker that silently ignores gRPC trailers:
+///
+/// ```compile_fail
+/// use palisade_circuit_breaker::CircuitBreakerLayer;
+/// let layer = CircuitBreakerLayer::builder().failure_threshold(5).build();
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build()`"]
+pub struct CircuitBreakerLayerBuilder<P = Unchosen> {
+    config: CircuitBreakerConfigBuilder,
+    protocol: P,
+}
+
+macro_rules! forward {
+    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $($arg: $ty),*) -> Self {
+                self.config = self.config.$name($($arg),*);
+                self
+            }
+        )*
+    };
+}
+
+impl<P> CircuitBreakerLayerBuilder<P> {
+    /// Starts from `config` instead of the defaults (for example
+    /// [`CircuitBreakerConfig::for_balancer`]).
+    pub fn config(mut self, config: CircuitBreakerConfigBuilder) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Classifies with `protocol`: [`Http`], [`Grpc`], [`Plain`] or a classifier
+    /// refined with [`ClassifyExt`](palisade_core::classify::ClassifyExt).
+    pub fn protocol<Q>(self, protocol: Q) -> CircuitBreakerLayerBuilder<Q> {
+        CircuitBreakerLayerBuilder {
+            config: self.config,
+            protocol,
+        }
+    }
+
+    /// gRPC over http (a tonic `Channel`): statuses in trailers count.
+    pub fn grpc(self) -> CircuitBreakerLayerBuilder<Grpc> {
+        self.protocol(Grpc::default())
+    }
+
+    /// Plain http (a hyper client): 5xx statuses are failures.
+    pub fn http(self) -> CircuitBreakerLayerBuilder<Http> {
+        self.protocol(Http::default())
+    }
+
+    /// Any non-http service: every `Ok` is a success.
+    pub fn plain(self) -> CircuitBreakerLayerBuilder<Plain> {
+        self.protocol(Plain)
+    }
+
+    forward! {
+        /// See [`CircuitBreakerConfigBuilder::peer`].
+        peer(peer: impl Into<palisade_core::peer::PeerId>);
+        /// See [`CircuitBreakerConfigBuilder::failure_threshold`].
+        failure_threshold(n: u32);
+        /// See [`CircuitBreakerConfigBuilder::failure_window`].
+        failure_window(window: Duration);
+        /// See [`CircuitBreakerConfigBuilder::without_consecutive`].
+        without_consecutive();
+        /// See [`CircuitBreakerConfigBuilder::failure_rate_threshold`].
+        failure_rate_threshold(threshold: f64);
+        /// See [`CircuitBreakerConfigBuilder::min_requests`].
+        min_requests(n: u32);
+        /// See [`CircuitBreakerConfigBuilder::rate_window`].
+        rate_window(window: Duration);
+        /// See [`CircuitBreakerConfigBuilder::rate_buckets`].
+        rate_buckets(n: u32);
+        /// See [`CircuitBreakerConfigBuilder::slow_call_duration`].
+        slow_call_duration(duration: Duration);
+        /// See [`CircuitBreakerConfigBuilder::slow_call_rate_threshold`].
+        slow_call_rate_threshold(threshold: f64);
+        /// See [`CircuitBreakerConfigBuilder::cooldown`].
+        cooldown(cooldown: Duration);
+        /// See [`CircuitBreakerConfigBuilder::max_cooldown`].
+        max_cooldown(max: Duration);
+        /// See [`CircuitBreakerConfigBuilder::jitter`].
+        jitter(jitter: Jitter);
+        /// See [`CircuitBreakerConfigBuilder::half_open_max_probes`].
+        half_open_max_probes(n: u32);
+        /// See [`CircuitBreakerConfigBuilder::success_threshold`].
+        success_threshold(n: u32);
+        /// See [`CircuitBreakerConfigBuilder::probe_timeout`].
+        probe_timeout(timeout: Duration);
+        /// See [`CircuitBreakerConfigBuilder::listener`].
+        listener(listener: Arc<dyn Listener>);
+        /// See [`CircuitBreakerConfigBuilder::listeners`].
+        listeners(listeners: Listeners);
+    }
+}
+
+impl<P: IsGrpc> CircuitBreakerLayerBuilder<P> {
+    /// Validates the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`CircuitBreakerConfigBuilder::build`].
+    pub fn build(self) -> Result<CircuitBreakerLayer<P>, ConfigError> {
+        Ok(CircuitBreakerLayer::new(self.config.build()?).protocol(self.protocol))
     }
 }

@@ -3,18 +3,17 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen, CircuitState};
+//! use palisade_circuit_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState};
 //! use palisade_core::BoxError;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), BoxError> {
-//! let layer = CircuitBreakerLayer::new(
-//!     CircuitBreakerConfig::builder()
-//!         .peer("10.0.0.7:50051")
-//!         .failure_threshold(3) // 3 failures in a row trip it...
-//!         .cooldown(Duration::from_secs(10)) // ...for 10 s, doubling per failed probe round
-//!         .build()?,
-//! );
+//! let layer = CircuitBreakerLayer::builder()
+//!     .plain() // not http: every `Err` is a failure (over tonic: `.grpc()`)
+//!     .peer("10.0.0.7:50051")
+//!     .failure_threshold(3) // 3 failures in a row trip it...
+//!     .cooldown(Duration::from_secs(10)) // ...for 10 s, doubling per failed probe round
+//!     .build()?;
 //! let handle = layer.handle();
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(layer)
@@ -92,6 +91,12 @@
 //! the breaker opened is ignored, as is a probe of an earlier half-open round.
 //!
 //! # Classification and streaming
+//!
+//! [`CircuitBreakerLayer::builder`] has no `build()` until a protocol is
+//! chosen (`.grpc()`, `.http()`, `.plain()` or `.protocol(p)`): a breaker
+//! left on `Plain` over a tonic channel would ignore every gRPC status in the
+//! trailers without a word, so the choice is made explicit and checked by
+//! the compiler.
 //!
 //! The breaker is generic over a protocol `P` (default [`Plain`]: every `Err`
 //! is a failure). Choose [`Http`] or [`Grpc`] with
@@ -376,7 +381,7 @@ pub use keyed::{
     ByRoute, KeyFn, KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
     KeyedCircuitBreakerLayer,
 };
-pub use layer::CircuitBreakerLayer;
+pub use layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder};
 pub use service::CircuitBreaker;
 pub use shared::{CallGuard, CircuitBreakerHandle};
 pub use state::{CircuitSnapshot, CircuitState, FORCED_OPEN_RETRY_IN};

@@ -632,6 +632,15 @@ impl<B> Inspect<http::Request<B>> for Grpc {
     }
 }
 
+/// The protocol of a layer builder before one is chosen: a builder whose
+/// protocol is still `Unchosen` has no `build()`, so forgetting to choose
+/// `.grpc()`, `.http()` or `.plain()` fails to compile instead of silently
+/// releasing permits at the response head or ignoring gRPC trailers.
+///
+/// It implements none of the protocol traits on purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unchosen;
+
 /// Whether a protocol sends gRPC: a timeout layer then writes `grpc-timeout`.
 pub trait IsGrpc {
     /// `true` for [`Grpc`] and refinements of it.

@@ -133,6 +133,12 @@ impl<P> PeerDiscoveryBuilder<P> {
         self.protocol(Http::default())
     }
 
+    /// Any non-http service: no per-call options, every `Ok` a success. The
+    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
+    pub fn plain(self) -> PeerDiscoveryBuilder<Plain> {
+        self.protocol(Plain)
+    }
+
     /// Names the service, in errors, events, the health report and the
     /// `service` label of every metric.
     pub fn service_name(mut self, name: impl AsRef<str>) -> Self {

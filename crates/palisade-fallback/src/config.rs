@@ -221,6 +221,12 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
         self.protocol(Http::default())
     }
 
+    /// Any non-http service: no per-call options, every `Ok` a success. The
+    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
+    pub fn plain(self) -> FallbackBuilder<Src, X, R, Plain, M> {
+        self.protocol(Plain)
+    }
+
     /// The [`Grpc`] protocol with its defaults (a tonic `Channel`).
     pub fn grpc(self) -> FallbackBuilder<Src, X, R, Grpc, M> {
         self.protocol(Grpc::default())

@@ -267,6 +267,12 @@ impl<P, R> RetryLayerBuilder<P, R> {
         self.protocol(Http::default())
     }
 
+    /// Any non-http service: no per-call options, every `Ok` a success. The
+    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
+    pub fn plain(self) -> RetryLayerBuilder<Plain, R> {
+        self.protocol(Plain)
+    }
+
     /// gRPC over a tonic `Channel`: replayable bodies, trailers-only
     /// UNAVAILABLE retried, `grpc-retry-pushback-ms` honoured.
     pub fn grpc(self) -> RetryLayerBuilder<Grpc, R> {

@@ -149,6 +149,12 @@ impl<P> TimeoutBuilder<P> {
         self.protocol(Http::default())
     }
 
+    /// Any non-http service: no per-call options, every `Ok` a success. The
+    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
+    pub fn plain(self) -> TimeoutBuilder<Plain> {
+        self.protocol(Plain)
+    }
+
     /// The layer's timeout. `None` (or zero) disables it: only a per-call
     /// timeout (on a per-attempt layer) or a deadline then bounds a call.
     /// Default 30 s.

@@ -6,18 +6,18 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use palisade::circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
-//! use palisade::bulkhead::{BulkheadConfig, BulkheadLayer};
+//! use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+//! use palisade::bulkhead::BulkheadLayer;
 //! use palisade::timeout::TimeoutLayer;
 //! use palisade::BoxError;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
-//! let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::builder().failure_threshold(2).build()?);
+//! let breaker = CircuitBreakerLayer::builder().plain().failure_threshold(2).build()?;
 //! let state = breaker.handle();
 //! let mut client = ServiceBuilder::new()
-//!     .layer(BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(8).build()?))
+//!     .layer(BulkheadLayer::builder().plain().max_concurrent(8).build()?)
 //!     .layer(breaker)
 //!     .layer(TimeoutLayer::new(Duration::from_millis(200)))
 //!     .service_fn(|slow: bool| async move {

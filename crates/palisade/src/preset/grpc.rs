@@ -278,9 +278,9 @@ impl GrpcClientBuilder {
             bulkhead = bulkhead.listener(listener.clone());
             balancer = balancer.listener(listener.clone());
         }
-        let breaker = CircuitBreakerLayer::new(breaker.build()?).protocol(Grpc::default());
+        let breaker = CircuitBreakerLayer::builder().config(breaker).grpc().build()?;
         let attempt_timeout = attempt_timeout.build()?;
-        let bulkhead = BulkheadLayer::new(bulkhead.build()?).protocol(Grpc::default());
+        let bulkhead = BulkheadLayer::builder().config(bulkhead).grpc().build()?;
         let bulkhead_handle = bulkhead.handle();
         let retry = retry.build()?;
         let retry_handle = retry.clone();
