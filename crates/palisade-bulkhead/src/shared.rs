@@ -518,9 +518,4 @@ impl BulkheadHandle {
     pub fn key(&self) -> Option<&str> {
         self.shared.key()
     }
-
-    /// Whether two handles control the same bulkhead.
-    pub fn same_bulkhead(&self, other: &BulkheadHandle) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
-    }
 }

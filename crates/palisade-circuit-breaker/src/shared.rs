@@ -565,7 +565,7 @@ pub struct CallGuard {
 
 impl CallGuard {
     /// Whether this call is a half-open probe.
-    pub fn is_probe(&self) -> bool {
+    pub(crate) fn is_probe(&self) -> bool {
         self.ticket & PROBE_BIT == PROBE_BIT
     }
 

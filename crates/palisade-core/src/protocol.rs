@@ -384,11 +384,6 @@ impl GrpcCode {
         }
     }
 
-    /// The code's number.
-    pub fn as_i32(self) -> i32 {
-        i32::from(self.0)
-    }
-
     /// The code's name, as the gRPC spec spells it.
     pub fn name(self) -> &'static str {
         Self::NAMES.get(usize::from(self.0)).copied().unwrap_or("UNKNOWN")
@@ -450,7 +445,7 @@ impl From<tonic::Code> for GrpcCode {
 #[cfg(feature = "tonic")]
 impl From<GrpcCode> for tonic::Code {
     fn from(code: GrpcCode) -> Self {
-        tonic::Code::from_i32(code.as_i32())
+        tonic::Code::from_i32(i32::from(code.0))
     }
 }
 

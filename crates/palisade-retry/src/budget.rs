@@ -70,12 +70,6 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    /// The defaults: retries add at most 20 % to the request rate, at least 10
-    /// retries per second are allowed, and deposits live 10 s.
-    pub fn default_budget() -> Self {
-        Self::new(0.2, 10, Duration::from_secs(10)).unwrap_or_else(|_| unreachable!("the default budget is valid"))
-    }
-
     /// A budget where retries may add `retry_ratio` (0.2 = 20 %) to the
     /// request rate, with a floor of `min_per_sec` retries per second, and
     /// deposits expiring after `ttl` (1 s to 60 s).
