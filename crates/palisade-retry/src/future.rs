@@ -151,7 +151,7 @@ where
 
     /// A call whose deadline had passed before its first attempt: it fails
     /// with [`DeadlineExceeded::before_send`] without calling the service.
-    #[cold]
+    #[inline]
     pub(crate) fn expired(policy: CallPolicy<P, R>, deadline: Instant) -> Self {
         Self {
             attempt: Attempt::Expired,

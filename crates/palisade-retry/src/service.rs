@@ -149,8 +149,12 @@ where
         if let Some(at) = deadline
             && at <= Instant::now()
         {
-            // Neither the inner service nor the budget is touched.
-            return expired(settings, policy, at);
+            // Neither the inner service nor the budget is touched. The event
+            // is out of line; the future is built here, as on the other paths,
+            // so that no path hands the response future's address to an
+            // out-of-line function.
+            expired(settings);
+            return ResponseFuture::expired(policy, at);
         }
         if let Some(budget) = settings.state.budget() {
             budget.deposit();
@@ -176,18 +180,10 @@ where
     }
 }
 
-/// A call whose deadline passed before its first attempt.
+/// A call whose deadline passed before its first attempt: the event.
 #[cold]
 #[inline(never)]
-fn expired<S, P, R, Req>(
-    settings: &Settings,
-    policy: CallPolicy<P, R>,
-    deadline: Instant,
-) -> ResponseFuture<S, P, R, Req>
-where
-    P: RetryProtocol<Req> + RetryOn<<P as RetryProtocol<Req>>::View, S::Response>,
-    S: Service<P::Attempt>,
-{
+fn expired(settings: &Settings) {
     emit(
         settings.state.listeners(),
         &Event::new(
@@ -197,7 +193,6 @@ where
             },
         ),
     );
-    ResponseFuture::expired(policy, deadline)
 }
 
 /// A route's overrides, out of line: only layers with routes look.
