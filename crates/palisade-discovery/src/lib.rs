@@ -35,7 +35,7 @@
 //!     })))
 //! };
 //! let discover = RegistryDiscover::new(&registry, "echo", make);
-//! let mut balancer = PeerDiscoveryLayer::builder()
+//! let mut balancer = PeerDiscoveryLayer::builder().plain()
 //!     .service_name("echo")
 //!     .registry_status(discover.status())
 //!     .build()?

@@ -24,7 +24,7 @@
 //!     }
 //! });
 //!
-//! let layer = FallbackLayer::builder()
+//! let layer = FallbackLayer::builder().plain()
 //!     .on_error::<CircuitOpen>() // only this kind; other errors pass untouched
 //!     .keep(|user: &u32| *user) // what the fallback needs of the request
 //!     .from_fn(|_error: &BoxError, user: u32| format!("cached profile of {user}"))

@@ -31,7 +31,7 @@
 //!     }
 //! });
 //!
-//! let layer = RetryLayer::builder()
+//! let layer = RetryLayer::builder().plain()
 //!     .retries(2)
 //!     .backoff(Backoff::constant(Duration::from_millis(50)).jitter(Jitter::None).build()?)
 //!     .build()?;
