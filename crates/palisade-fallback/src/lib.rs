@@ -157,6 +157,3 @@ pub use mark::{FallbackReason, FromFallback, MarkFallback, Served};
 pub use per_call::CallFallback;
 pub use policy::RouteFallback;
 pub use service::Fallback;
-
-#[cfg(test)]
-mod tests;

@@ -1,3 +1,4 @@
+//! The fallback layer's behaviour, through its public API, against in-process services.
 #![allow(clippy::disallowed_types)]
 
 use std::future::Future;
@@ -13,8 +14,8 @@ use palisade_core::protocol::GrpcCode;
 use proptest::prelude::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-use crate::error::{BoxError, FailedResponse, FallbackFailed};
-use crate::{CallFallback, FallbackLayer, FallbackReason, FromFallback, Served};
+use palisade_fallback::error::{BoxError, FailedResponse, FallbackFailed};
+use palisade_fallback::{CallFallback, FallbackLayer, FallbackReason, FromFallback, Served};
 
 type Resp = http::Response<String>;
 
@@ -88,7 +89,7 @@ async fn a_future_polled_after_completion_fails_with_the_typed_error() {
 #[tokio::test]
 async fn fn_source_gets_the_error_and_the_kept_value() {
     let layer = FallbackLayer::builder()
-        .plain()
+        .http()
         .keep(|r: &http::Request<String>| r.body().len())
         .from_fn(|error: &BoxError, len: usize| {
             let open = error.downcast_ref::<CircuitOpen>().expect("the inner error");
@@ -134,7 +135,7 @@ async fn try_fn_source_that_fails_yields_fallback_failed_with_both_causes() {
 #[tokio::test(start_paused = true)]
 async fn async_source_answers_after_its_own_wait_or_fails_with_both_causes() {
     let layer = FallbackLayer::builder()
-        .plain()
+        .http()
         .keep(|r: &http::Request<String>| r.body().clone())
         .from_async(|error: &BoxError, body: String| {
             let kind = FallbackReason::of(&**error);
@@ -165,7 +166,7 @@ async fn service_source_is_driven_to_readiness_and_sent_the_kept_request() {
     let (cache, mut handle) = tower_test::mock::pair::<String, Resp>();
     handle.allow(0);
     let layer = FallbackLayer::builder()
-        .plain()
+        .http()
         .keep(|r: &http::Request<String>| format!("cache:{}", r.body()))
         .from_service(cache)
         .build()
@@ -212,7 +213,7 @@ fn services_and_futures_are_send_sync_static_for_typical_sources() {
         .on_refused()
         .on_failed_response()
         .keep_head()
-        .from_async(|_: &BoxError, _head: crate::extract::RequestHead| async {
+        .from_async(|_: &BoxError, _head: palisade_fallback::extract::RequestHead| async {
             Ok::<_, BoxError>(http::Response::new(String::new()))
         })
         .listener(Arc::new(|_: &Event<'_>| {}))
@@ -510,7 +511,7 @@ async fn listeners_hear_each_fallback_shared_by_every_service_of_one_layer() {
     let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let log = heard.clone();
     let layer = FallbackLayer::builder()
-        .plain()
+        .http()
         .listener(Arc::new(move |e: &Event<'_>| {
             assert_eq!(e.layer, LayerName::Fallback);
             if let EventKind::Fallback { reason } = e.kind {
@@ -543,10 +544,12 @@ async fn routes_override_which_failures_are_answered() {
         .http()
         .on_error::<CircuitOpen>()
         .on_failed_response()
-        .route("/pay", crate::RouteFallback::Off)
+        .route("/pay", palisade_fallback::RouteFallback::Off)
         .route(
             "/search",
-            crate::RouteFallback::OnErrors(crate::policy::ErrorPolicy::any().or_type::<TimedOut>()),
+            palisade_fallback::RouteFallback::OnErrors(
+                palisade_fallback::policy::ErrorPolicy::any().or_type::<TimedOut>(),
+            ),
         )
         .listener(Arc::new(move |e: &Event<'_>| {
             if matches!(e.kind, EventKind::Fallback { .. }) {
@@ -614,10 +617,10 @@ async fn routes_override_which_failures_are_answered() {
 async fn a_later_route_override_replaces_an_earlier_one() {
     let layer = FallbackLayer::builder()
         .http()
-        .route("/pay", crate::RouteFallback::Off)
+        .route("/pay", palisade_fallback::RouteFallback::Off)
         .route(
             "/pay",
-            crate::RouteFallback::OnErrors(crate::policy::ErrorPolicy::any()),
+            palisade_fallback::RouteFallback::OnErrors(palisade_fallback::policy::ErrorPolicy::any()),
         )
         .value(http::Response::new("fallback".to_owned()))
         .build()
@@ -691,7 +694,7 @@ async fn dropping_the_future_drops_the_kept_value_and_the_fallback_in_flight() {
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
     let layer = FallbackLayer::builder()
-        .plain()
+        .http()
         .keep(move |_: &http::Request<String>| DropFlag(d.clone()))
         .from_async(|_: &BoxError, flag: DropFlag| async move {
             tokio::time::sleep(Duration::from_secs(60)).await;
