@@ -24,7 +24,8 @@
 //!     }
 //! });
 //!
-//! let layer = FallbackLayer::builder().plain()
+//! let layer = FallbackLayer::builder()
+//!     .plain() // a non-http service; `.grpc()` over a tonic `Channel`, `.http()` over hyper
 //!     .on_error::<CircuitOpen>() // only this kind; other errors pass untouched
 //!     .keep(|user: &u32| *user) // what the fallback needs of the request
 //!     .from_fn(|_error: &BoxError, user: u32| format!("cached profile of {user}"))
