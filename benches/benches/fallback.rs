@@ -84,6 +84,7 @@ where
 
 fn palisade_value(fail: bool) -> impl Service<u64, Response = u64, Error = BoxError> {
     FallbackLayer::builder()
+        .plain()
         .value(7u64)
         .unmarked()
         .build()
@@ -93,6 +94,7 @@ fn palisade_value(fail: bool) -> impl Service<u64, Response = u64, Error = BoxEr
 
 fn palisade_served(fail: bool) -> impl Service<u64, Response = palisade_fallback::Served<u64>, Error = BoxError> {
     FallbackLayer::builder()
+        .plain()
         .keep(|x: &u64| *x)
         .from_fn(|_: &BoxError, x: u64| x + 1)
         .served()

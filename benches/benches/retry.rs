@@ -169,7 +169,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| assert!(once(black_box(&mut service), black_box(req))));
     });
     group.bench_function("clone/palisade/Retry(no budget)", |b| {
-        let mut service = RetryLayer::builder().no_budget().build().unwrap().layer(Noop);
+        let mut service = RetryLayer::builder().plain().no_budget().build().unwrap().layer(Noop);
         b.iter(|| assert!(once(black_box(&mut service), black_box(req))));
     });
 

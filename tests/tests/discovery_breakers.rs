@@ -64,6 +64,7 @@ fn fleet(n: usize, policy: AllOpenPolicy) -> (PeerDiscovery<Discover>, Vec<Peer>
     // (tested in `fleet_never_worse.rs`), which would keep all but one of
     // four in rotation.
     let lb = PeerDiscoveryLayer::builder()
+        .plain()
         .all_open(policy)
         .no_ejection_cap()
         .build()

@@ -247,6 +247,7 @@ fn balancer_with_log(registry: &EtcdRegistry) -> (Balancer, ChangeLog) {
     });
     let discover = RegistryDiscover::new(registry, "echo", make as MakeFn);
     let lb = PeerDiscoveryLayer::builder()
+        .plain()
         .registry_status(discover.status())
         .listener(listener)
         .build()

@@ -17,6 +17,7 @@ use support::{allocations_during, call_once};
 #[test]
 fn success_path_allocates_nothing_plain() {
     let layer = FallbackLayer::builder()
+        .plain()
         .keep(|n: &u64| *n)
         .from_fn(|_: &BoxError, n: u64| n + 1000)
         .served()

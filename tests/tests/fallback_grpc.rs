@@ -159,6 +159,7 @@ async fn tonic_client_behind_an_open_breaker_gets_the_fallback_from_another_back
         async move { client.unary(req).await.map(tonic::Response::into_inner) }
     });
     let layer = FallbackLayer::builder()
+        .plain()
         // tonic turns the breaker's error into a Status whose source is the CircuitOpen.
         .on_error::<CircuitOpen>()
         .keep(|req: &EchoRequest| req.clone())

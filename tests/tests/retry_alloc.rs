@@ -59,6 +59,7 @@ fn a_retried_call_allocates_its_retry_state_once() {
         })
     });
     let layer = RetryLayer::builder()
+        .plain()
         .retries(5)
         .no_budget()
         .backoff(Backoff::constant(Duration::ZERO).build().unwrap())

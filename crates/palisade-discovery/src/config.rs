@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, Plain};
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 
 use crate::layer::PeerDiscoveryLayer;
 use crate::load::LoadMetric;
@@ -97,17 +97,33 @@ impl Default for Settings {
 pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.1;
 
 /// Builds a [`PeerDiscoveryLayer`]; [`build`](Self::build) validates it.
+///
+/// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
+/// until a protocol is chosen with [`grpc`](Self::grpc),
+/// [`http`](Self::http), [`plain`](Self::plain) or
+/// [`protocol`](Self::protocol). A balancer left on [`Plain`] over a tonic
+/// `Channel` would count a call as finished at its response head, not at the
+/// end of its body (so a streaming peer looks idle and draws more load), and
+/// would not see the attempt record that keeps a retry off the peer that
+/// just failed, all silently; so forgetting the protocol is a compile error
+/// instead:
+///
+/// ```compile_fail
+/// use palisade_discovery::PeerDiscoveryLayer;
+/// let layer = PeerDiscoveryLayer::builder().service_name("echo").build();
+/// ```
 #[derive(Clone, Debug)]
-pub struct PeerDiscoveryBuilder<P = Plain> {
+pub struct PeerDiscoveryBuilder<P = Unchosen> {
     settings: Settings,
     protocol: P,
 }
 
-impl Default for PeerDiscoveryBuilder<Plain> {
+impl Default for PeerDiscoveryBuilder<Unchosen> {
+    /// The defaults, with no protocol chosen yet.
     fn default() -> Self {
         Self {
             settings: Settings::default(),
-            protocol: Plain,
+            protocol: Unchosen,
         }
     }
 }
@@ -211,9 +227,17 @@ impl<P> PeerDiscoveryBuilder<P> {
         self.settings.registry = Some(status);
         self
     }
+}
 
+impl<P: IsGrpc> PeerDiscoveryBuilder<P> {
     /// Checks the configuration: the panic threshold and the ejection cap
-    /// lie in `(0, 1]`; a peak-EWMA decay is non-zero.
+    /// lie in `(0, 1]`; a peak-EWMA decay is non-zero. Exists once a
+    /// protocol is chosen (every protocol implements [`IsGrpc`];
+    /// [`Unchosen`] does not).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field out of range.
     pub fn build(self) -> Result<PeerDiscoveryLayer<P>, ConfigError> {
         if let Some(share) = self.settings.max_ejected_share
             && !(share > 0.0 && share <= 1.0)

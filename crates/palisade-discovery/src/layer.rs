@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use palisade_core::protocol::Plain;
+use palisade_core::protocol::{Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::config::{PeerDiscoveryBuilder, Settings};
@@ -21,13 +21,24 @@ pub struct PeerDiscoveryLayer<P = Plain> {
 }
 
 impl PeerDiscoveryLayer<Plain> {
-    /// A layer with the defaults: [`Plain`] protocol, no panic threshold.
+    /// A layer with the defaults, speaking [`Plain`]: a convenience for
+    /// non-http services. Over http or gRPC use [`builder`](Self::builder),
+    /// which makes the protocol choice explicit.
     pub fn new() -> Self {
         Self::from_parts(Arc::default(), Plain)
     }
 
-    /// A builder, to choose the protocol, a service name, listeners, a panic threshold.
-    pub fn builder() -> PeerDiscoveryBuilder<Plain> {
+    /// The way to build a balancer layer: a protocol chosen with `.grpc()`,
+    /// `.http()`, `.plain()` or `.protocol(p)` (without one there is no
+    /// `build()`), a service name, listeners, a panic threshold, then
+    /// `build()?`.
+    ///
+    /// ```
+    /// use palisade_discovery::PeerDiscoveryLayer;
+    /// let layer = PeerDiscoveryLayer::builder().grpc().service_name("echo").build()?;
+    /// # Ok::<(), palisade_core::error::ConfigError>(())
+    /// ```
+    pub fn builder() -> PeerDiscoveryBuilder<Unchosen> {
         PeerDiscoveryBuilder::default()
     }
 }

@@ -36,6 +36,7 @@
 //! };
 //! let discover = RegistryDiscover::new(&registry, "echo", make);
 //! let mut balancer = PeerDiscoveryLayer::builder()
+//!     .plain() // a non-http service; `.grpc()` over a tonic `Channel`, `.http()` over hyper
 //!     .service_name("echo")
 //!     .registry_status(discover.status())
 //!     .build()?

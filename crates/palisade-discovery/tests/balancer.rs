@@ -337,7 +337,11 @@ fn below_the_panic_threshold_the_attempt_record_stops_excluding_peers() {
     // spread over all three available peers (about a third each).
     let panicked = retries_to_the_used_peer(Some(0.5));
     assert!((50..200).contains(&panicked), "{panicked} of 300 retries went to p9");
-    let err = PeerDiscoveryLayer::builder().panic_threshold(1.5).build().unwrap_err();
+    let err = PeerDiscoveryLayer::builder()
+        .plain()
+        .panic_threshold(1.5)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "panic_threshold");
 }
 
@@ -349,6 +353,7 @@ async fn a_peer_whose_cooldown_passed_is_probed_on_the_next_call_among_many() {
         tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
     }
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .all_open(AllOpenPolicy::FailFast)
         .build()
         .unwrap()
@@ -400,6 +405,7 @@ fn clones_and_the_health_report_share_one_set_and_events_are_emitted() {
     let a = Ctl::new("a");
     tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
     let lb = PeerDiscoveryLayer::builder()
+        .plain()
         .service_name("echo")
         .listener(Arc::new(move |e: &Event<'_>| {
             log.lock().push((e.kind.name(), e.peer.map(|p| p.to_string())));
@@ -575,6 +581,7 @@ mod peak_ewma {
         ))
         .unwrap();
         let mut lb = PeerDiscoveryLayer::builder()
+            .plain()
             .load(metric)
             .build()
             .unwrap()
@@ -672,6 +679,7 @@ mod peak_ewma {
         let pending = share_of_fast(LoadMetric::PendingRequests).await;
         assert!((0.3..0.7).contains(&pending), "{pending}");
         let err = PeerDiscoveryLayer::builder()
+            .plain()
             .load(LoadMetric::PeakEwma {
                 default_rtt: Duration::from_millis(1),
                 decay: Duration::ZERO,
@@ -690,6 +698,7 @@ fn availability_flips_are_emitted_as_state_changes() {
     let a = Ctl::new("a");
     tx.send(Change::Insert("a".into(), Peer(a.clone()))).unwrap();
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .all_open(AllOpenPolicy::FailFast)
         .listener(Arc::new(move |e: &Event<'_>| {
             if let EventKind::StateChange {
@@ -763,6 +772,7 @@ fn a_listener_may_call_back_into_the_balancer() {
     let (peek, count) = (slot.clone(), seen.clone());
     let (tx, discover) = channel_discover();
     let lb = PeerDiscoveryLayer::builder()
+        .plain()
         .all_open(AllOpenPolicy::FailFast)
         .listener(Arc::new(move |_: &Event<'_>| {
             // Before the fix this deadlocked: events were emitted under the lock.
@@ -842,6 +852,7 @@ fn fleet(n: usize, policy: AllOpenPolicy) -> (Vec<Arc<Ctl>>, Balancer) {
     }
     std::mem::forget(tx);
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .all_open(policy)
         .build()
         .unwrap()
@@ -1022,6 +1033,7 @@ async fn a_peer_that_never_reports_is_followed_lazily() {
     let (tx, discover) = channel_discover();
     tx.send(Change::Insert("quiet".into(), Peer(quiet.clone()))).unwrap();
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .all_open(AllOpenPolicy::FailFast)
         .build()
         .unwrap()
@@ -1241,6 +1253,7 @@ fn a_caller_is_not_blocked_while_another_applies_the_all_open_policy() {
             .unwrap();
     }
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .no_ejection_cap()
         .build()
         .unwrap()

@@ -25,7 +25,10 @@ use tower_layer::Layer;
 type Balancer = PeerDiscovery<ChannelDiscover<Peer>>;
 type Sender = tokio::sync::mpsc::UnboundedSender<Change<String, Peer>>;
 
-fn balancer_with(ctls: &[Arc<Ctl>], builder: PeerDiscoveryBuilder) -> (Sender, Balancer) {
+fn balancer_with(
+    ctls: &[Arc<Ctl>],
+    builder: PeerDiscoveryBuilder<palisade_core::protocol::Plain>,
+) -> (Sender, Balancer) {
     let (tx, discover) = channel_discover();
     for c in ctls {
         tx.send(Change::Insert(c.name.clone(), Peer(c.clone()))).unwrap();
@@ -46,7 +49,7 @@ fn ejections(lb: &Balancer) -> (usize, usize) {
 fn the_default_cap_keeps_all_but_its_share_in_rotation() {
     assert_eq!(DEFAULT_MAX_EJECTED_SHARE, 0.1);
     let peers = named(3);
-    let (_tx, mut lb) = balancer_with(&peers, PeerDiscoveryLayer::builder());
+    let (_tx, mut lb) = balancer_with(&peers, PeerDiscoveryLayer::builder().plain());
     call_now(&mut lb, ()).unwrap();
     assert!(peers[0].trip(Duration::from_secs(5)), "one of three may go");
     assert!(!peers[1].trip(Duration::from_secs(5)), "a second may not");
@@ -74,7 +77,7 @@ fn the_default_cap_keeps_all_but_its_share_in_rotation() {
     assert!(peers[1].trip(Duration::from_secs(5)));
     // Without a cap every peer may go (the all-open policy then decides).
     let peers = named(3);
-    let (_tx, mut uncapped) = balancer_with(&peers, PeerDiscoveryLayer::builder().no_ejection_cap());
+    let (_tx, mut uncapped) = balancer_with(&peers, PeerDiscoveryLayer::builder().plain().no_ejection_cap());
     call_now(&mut uncapped, ()).unwrap();
     assert!(peers.iter().all(|p| p.trip(Duration::from_secs(5))));
     assert_eq!(uncapped.health().ejections, None);
@@ -88,12 +91,12 @@ fn ejections_of(ejected: usize, limit: usize) -> (usize, usize) {
 #[test]
 fn a_lone_peer_is_never_ejected_and_larger_fleets_get_their_share() {
     let one = named(1);
-    let (_tx, mut lb) = balancer_with(&one, PeerDiscoveryLayer::builder());
+    let (_tx, mut lb) = balancer_with(&one, PeerDiscoveryLayer::builder().plain());
     call_now(&mut lb, ()).unwrap();
     assert!(!one[0].trip(Duration::from_secs(5)), "the last peer stays in rotation");
     assert_eq!(call_now(&mut lb, ()).unwrap(), "p0", "a degraded peer still serves");
     let twenty = named(20);
-    let (_tx, mut lb) = balancer_with(&twenty, PeerDiscoveryLayer::builder().max_ejected_share(0.25));
+    let (_tx, mut lb) = balancer_with(&twenty, PeerDiscoveryLayer::builder().plain().max_ejected_share(0.25));
     call_now(&mut lb, ()).unwrap();
     let granted = twenty.iter().filter(|p| p.trip(Duration::from_secs(5))).count();
     assert_eq!(granted, 5, "25% of 20");
@@ -104,12 +107,19 @@ fn a_lone_peer_is_never_ejected_and_larger_fleets_get_their_share() {
 fn a_bad_share_is_a_config_error_naming_the_field() {
     for share in [0.0, -0.5, 1.5, f64::NAN] {
         let err = PeerDiscoveryLayer::builder()
+            .plain()
             .max_ejected_share(share)
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "max_ejected_share", "{share}");
     }
-    assert!(PeerDiscoveryLayer::builder().max_ejected_share(1.0).build().is_ok());
+    assert!(
+        PeerDiscoveryLayer::builder()
+            .plain()
+            .max_ejected_share(1.0)
+            .build()
+            .is_ok()
+    );
 }
 
 // A degraded peer that fails fast looks unloaded; it must not attract the
@@ -118,7 +128,7 @@ fn a_bad_share_is_a_config_error_naming_the_field() {
 #[tokio::test(start_paused = true)]
 async fn healthy_peers_are_preferred_to_degraded_ones_which_get_a_call_a_second() {
     let peers = named(3);
-    let (_tx, mut lb) = balancer_with(&peers, PeerDiscoveryLayer::builder());
+    let (_tx, mut lb) = balancer_with(&peers, PeerDiscoveryLayer::builder().plain());
     call_now(&mut lb, ()).unwrap();
     assert!(peers[0].trip(Duration::from_secs(30)));
     assert!(!peers[1].trip(Duration::from_secs(30)));
@@ -168,6 +178,7 @@ fn kept_and_recovered_peers_are_announced() {
     let (_tx, mut lb) = balancer_with(
         &peers,
         PeerDiscoveryLayer::builder()
+            .plain()
             .all_open(AllOpenPolicy::FailFast)
             .listener(Arc::new(move |e: &Event<'_>| {
                 if let EventKind::StateChange { from, to, reason, .. } = e.kind {
@@ -228,7 +239,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         let _guard = rt.enter();
         let (tx, discover) = channel_discover();
-        let mut lb: Balancer = PeerDiscoveryLayer::builder().max_ejected_share(share).build().unwrap().layer(discover);
+        let mut lb: Balancer = PeerDiscoveryLayer::builder().plain().max_ejected_share(share).build().unwrap().layer(discover);
         // Peer name -> (its controls, whether it holds a grant).
         let mut model: BTreeMap<u8, (Arc<Ctl>, bool)> = BTreeMap::new();
         for op in ops {

@@ -104,6 +104,7 @@ async fn every_metric_carries_the_service_and_two_balancers_keep_their_own() {
             tx.send(Change::Insert(p.name.clone(), Peer(p.clone()))).unwrap();
         }
         let lb = PeerDiscoveryLayer::builder()
+            .plain()
             .service_name(service)
             .all_open(AllOpenPolicy::FailFast)
             .build()

@@ -211,6 +211,7 @@ async fn registry_down_keeps_the_last_set_and_reports_both_edges() {
     let status = discover.status();
     assert_eq!(status.state(), RegistryState::Connecting);
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .registry_status(status.clone())
         .build()
         .unwrap()
@@ -290,6 +291,7 @@ async fn in_memory_registry_end_to_end_under_peer_discovery() {
             .unwrap();
     let discover = RegistryDiscover::new(&registry, "echo", answer_addr);
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .service_name("echo")
         .build()
         .unwrap()
@@ -405,6 +407,7 @@ async fn an_in_memory_outage_keeps_the_last_set_serving_and_resynchronises_after
     let discover = RegistryDiscover::new(&registry, "echo", answer_addr);
     let status = discover.status();
     let mut lb = PeerDiscoveryLayer::builder()
+        .plain()
         .registry_status(status.clone())
         .build()
         .unwrap()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use palisade_core::BoxError;
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, Plain};
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 
 use crate::extract::{KeepFn, KeepHead, KeepNothing};
 use crate::layer::{FallbackLayer, Shared};
@@ -17,9 +17,24 @@ use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
 /// Configures a [`FallbackLayer`]; [`build`](Self::build) validates it.
 ///
 /// Defaults: every error triggers the fallback; no response does; nothing is
-/// kept of the request; protocol [`Plain`]; responses marked through
-/// [`MarkFallback`](crate::MarkFallback); no listeners. A source must be chosen.
-pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, P = Plain, M = ByTrait> {
+/// kept of the request; responses marked through
+/// [`MarkFallback`](crate::MarkFallback); no listeners. A source must be
+/// chosen, and so must a protocol.
+///
+/// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
+/// until a protocol is chosen with [`grpc`](Self::grpc),
+/// [`http`](Self::http), [`plain`](Self::plain) or
+/// [`protocol`](Self::protocol). A fallback left on [`Plain`] over an http
+/// service would silently ignore every [`CallFallback`](crate::CallFallback)
+/// and [`route`](Self::route) override and treat every response as a
+/// success for [`on_failed_response`](Self::on_failed_response); so
+/// forgetting the protocol is a compile error instead:
+///
+/// ```compile_fail
+/// use palisade_fallback::FallbackLayer;
+/// let layer = FallbackLayer::builder().value(0u32).build();
+/// ```
+pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, P = Unchosen, M = ByTrait> {
     source: Option<Src>,
     extract: X,
     errors: ErrorPolicy,
@@ -52,14 +67,14 @@ impl Default for FallbackBuilder {
 }
 
 impl FallbackBuilder {
-    /// The defaults (see the type's docs).
+    /// The defaults, with no protocol chosen yet (see the type's docs).
     pub fn new() -> Self {
         Self {
             source: None,
             extract: KeepNothing,
             errors: ErrorPolicy::any(),
             rule: NoResponseRule,
-            protocol: Plain,
+            protocol: Unchosen,
             mark: ByTrait,
             listeners: Listeners::new(),
             routes: Routes::default(),
@@ -264,8 +279,16 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
         self.listeners = listeners;
         self
     }
+}
 
-    /// Validates the configuration: the source must be set.
+impl<Src, X, R, P: IsGrpc, M> FallbackBuilder<Src, X, R, P, M> {
+    /// Validates the configuration: the source must be set. Exists once a
+    /// protocol is chosen (every protocol implements [`IsGrpc`];
+    /// [`Unchosen`] does not).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for field `source` when no source was chosen.
     pub fn build(self) -> Result<FallbackLayer<Src, X, R, P, M>, ConfigError> {
         let Some(source) = self.source else {
             return Err(ConfigError::new(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use palisade_core::BoxError;
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
-use palisade_core::protocol::Plain;
+use palisade_core::protocol::{Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::config::FallbackBuilder;
@@ -94,17 +94,28 @@ impl<Src: fmt::Debug, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug
     }
 }
 
+/// The shortcuts below speak [`Plain`]: a convenience for non-http services.
+/// Over http or gRPC use [`FallbackLayer::builder`], which makes the protocol
+/// choice explicit.
 impl FallbackLayer<crate::source::NoSource> {
-    /// A builder with the defaults: no source yet, every error triggers the
-    /// fallback, nothing is kept of the request, responses pass, protocol
-    /// [`Plain`], responses marked through [`MarkFallback`](crate::MarkFallback).
-    pub fn builder() -> FallbackBuilder {
+    /// The way to build a fallback layer: a protocol chosen with `.grpc()`,
+    /// `.http()`, `.plain()` or `.protocol(p)` (without one there is no
+    /// `build()`), a source, the rules, then `build()?`. Defaults: every
+    /// error triggers the fallback, nothing is kept of the request, responses
+    /// pass, responses marked through [`MarkFallback`](crate::MarkFallback).
+    ///
+    /// ```
+    /// use palisade_fallback::FallbackLayer;
+    /// let layer = FallbackLayer::builder().plain().value(0u32).build()?;
+    /// # Ok::<(), palisade_core::error::ConfigError>(())
+    /// ```
+    pub fn builder() -> FallbackBuilder<crate::source::NoSource, KeepNothing, NoResponseRule, Unchosen> {
         FallbackBuilder::new()
     }
 
     /// Answers every error with a clone of `value`.
     pub fn value<T: Clone>(value: T) -> FallbackLayer<Value<T>> {
-        FallbackBuilder::new().layer_with(Value(value))
+        FallbackBuilder::new().plain().layer_with(Value(value))
     }
 
     /// Answers every error with `f(&error, ())`.
@@ -112,7 +123,7 @@ impl FallbackLayer<crate::source::NoSource> {
     where
         F: Fn(&BoxError, ()) -> Res,
     {
-        FallbackBuilder::new().layer_with(FromFn::new(f))
+        FallbackBuilder::new().plain().layer_with(FromFn::new(f))
     }
 
     /// Answers every error with `f(&error, ())`, which may fail.
@@ -120,7 +131,7 @@ impl FallbackLayer<crate::source::NoSource> {
     where
         F: Fn(&BoxError, ()) -> Result<Res, E>,
     {
-        FallbackBuilder::new().layer_with(TryFromFn::new(f))
+        FallbackBuilder::new().plain().layer_with(TryFromFn::new(f))
     }
 
     /// Answers every error with the future `f(&error, ())`.
@@ -129,13 +140,13 @@ impl FallbackLayer<crate::source::NoSource> {
         F: Fn(&BoxError, ()) -> Fut,
         Fut: Future<Output = Result<Res, E>>,
     {
-        FallbackBuilder::new().layer_with(FromAsync::new(f))
+        FallbackBuilder::new().plain().layer_with(FromAsync::new(f))
     }
 
     /// Answers every error by calling `service` with `()`; use the builder
     /// with [`keep`](FallbackBuilder::keep) to send it a real request.
     pub fn from_service<S>(service: S) -> FallbackLayer<FromService<S>> {
-        FallbackBuilder::new().layer_with(FromService(service))
+        FallbackBuilder::new().plain().layer_with(FromService(service))
     }
 }
 

@@ -25,6 +25,7 @@
 //! });
 //!
 //! let layer = FallbackLayer::builder()
+//!     .plain() // a non-http service; `.grpc()` over a tonic `Channel`, `.http()` over hyper
 //!     .on_error::<CircuitOpen>() // only this kind; other errors pass untouched
 //!     .keep(|user: &u32| *user) // what the fallback needs of the request
 //!     .from_fn(|_error: &BoxError, user: u32| format!("cached profile of {user}"))
@@ -157,6 +158,3 @@ pub use mark::{FallbackReason, FromFallback, MarkFallback, Served};
 pub use per_call::CallFallback;
 pub use policy::RouteFallback;
 pub use service::Fallback;
-
-#[cfg(test)]
-mod tests;

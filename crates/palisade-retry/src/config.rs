@@ -8,7 +8,7 @@ use std::time::Duration;
 use palisade_core::backoff::{Backoff, Jitter, JitterSeed};
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, Plain};
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 
 use crate::budget::{RetryBudget, Throttle};
 use crate::layer::RetryLayer;
@@ -173,7 +173,21 @@ fn release(state: Arc<SharedState>) {
 /// | [`max_pushback`](Self::max_pushback) | 10 s |
 /// | [`replay_cap`](Self::replay_cap) | 64 KiB |
 /// | [`jitter_seed`](Self::jitter_seed) | none: each call's jitter is seeded from the thread's generator |
-pub struct RetryLayerBuilder<P = Plain, R = DefaultPredicate> {
+///
+/// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
+/// until a protocol is chosen with [`grpc`](Self::grpc),
+/// [`http`](Self::http), [`plain`](Self::plain) or
+/// [`protocol`](Self::protocol). A retry layer left on [`Plain`] over a
+/// tonic `Channel` would not replay bodies, would judge every response by
+/// its head (a gRPC failure in the trailers is then never retried) and would
+/// ignore per-call options, routes and server pushback, all silently; so
+/// forgetting the protocol is a compile error instead:
+///
+/// ```compile_fail
+/// use palisade_retry::RetryLayer;
+/// let layer = RetryLayer::builder().retries(2).build();
+/// ```
+pub struct RetryLayerBuilder<P = Unchosen, R = DefaultPredicate> {
     protocol: P,
     predicate: R,
     retries: u32,
@@ -220,10 +234,10 @@ impl Default for RetryLayerBuilder {
 }
 
 impl RetryLayerBuilder {
-    /// The defaults, for `Req: Clone` requests.
+    /// The defaults, with no protocol chosen yet (see the type's docs).
     pub fn new() -> Self {
         Self {
-            protocol: Plain,
+            protocol: Unchosen,
             predicate: DefaultPredicate,
             retries: 1,
             backoff: default_backoff(),
@@ -387,8 +401,17 @@ impl<P, R> RetryLayerBuilder<P, R> {
         self.jitter_seed = Some(seed);
         self
     }
+}
 
-    /// Checks the settings and builds the layer.
+impl<P: IsGrpc, R> RetryLayerBuilder<P, R> {
+    /// Checks the settings and builds the layer. Exists once a protocol is
+    /// chosen (every protocol implements [`IsGrpc`]; [`Unchosen`] does not).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field: a zero `max_pushback`, a
+    /// `replay_cap` above [`MAX_REPLAY_CAP`], `retries` (or a route's) above
+    /// [`MAX_RETRIES`], an invalid `budget` or `throttle`.
     pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
         if self.max_pushback.is_zero() {
             return Err(ConfigError::new(LAYER, "max_pushback", "must be more than zero"));
@@ -450,23 +473,30 @@ mod tests {
 
     #[test]
     fn invalid_settings_name_the_field() {
-        let field = |b: RetryLayerBuilder| b.build().unwrap_err().field();
+        let field = |b: RetryLayerBuilder<Plain>| b.build().unwrap_err().field();
         assert_eq!(
-            field(RetryLayerBuilder::new().max_pushback(Duration::ZERO)),
+            field(RetryLayerBuilder::new().plain().max_pushback(Duration::ZERO)),
             "max_pushback"
         );
         assert_eq!(
-            field(RetryLayerBuilder::new().replay_cap(MAX_REPLAY_CAP + 1)),
+            field(RetryLayerBuilder::new().plain().replay_cap(MAX_REPLAY_CAP + 1)),
             "replay_cap"
         );
-        assert_eq!(field(RetryLayerBuilder::new().retries(1000)), "retries");
+        assert_eq!(field(RetryLayerBuilder::new().plain().retries(1000)), "retries");
         assert_eq!(
-            field(RetryLayerBuilder::new().budget(-1.0, 1, Duration::from_secs(1))),
+            field(RetryLayerBuilder::new().plain().budget(-1.0, 1, Duration::from_secs(1))),
             "budget.retry_ratio"
         );
-        assert_eq!(field(RetryLayerBuilder::new().throttle(0, 0.1)), "throttle.max_tokens");
         assert_eq!(
-            field(RetryLayerBuilder::new().route("/a", RouteRetry::new().retries(101))),
+            field(RetryLayerBuilder::new().plain().throttle(0, 0.1)),
+            "throttle.max_tokens"
+        );
+        assert_eq!(
+            field(
+                RetryLayerBuilder::new()
+                    .plain()
+                    .route("/a", RouteRetry::new().retries(101))
+            ),
             "route.retries"
         );
     }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use palisade_core::protocol::{Grpc, Http, Plain};
+use palisade_core::protocol::{Grpc, Http, Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::budget::{RetryBudget, Throttle};
@@ -43,9 +43,13 @@ impl Default for RetryLayer {
 }
 
 impl RetryLayer {
-    /// The defaults (see [`RetryLayerBuilder`]) for `Req: Clone` requests.
+    /// The defaults (see [`RetryLayerBuilder`]) for `Req: Clone` requests,
+    /// speaking [`Plain`]: a convenience for non-http services. Over http or
+    /// gRPC use [`http`](Self::http), [`grpc`](Self::grpc) or
+    /// [`builder`](Self::builder).
     pub fn new() -> Self {
         RetryLayerBuilder::new()
+            .plain()
             .build()
             .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
@@ -66,8 +70,16 @@ impl RetryLayer {
             .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
 
-    /// A builder with every setting at its default.
-    pub fn builder() -> RetryLayerBuilder {
+    /// The way to build a retry layer with settings: a protocol chosen with
+    /// `.grpc()`, `.http()`, `.plain()` or `.protocol(p)` (without one there
+    /// is no `build()`), the knobs, then `build()?`.
+    ///
+    /// ```
+    /// use palisade_retry::RetryLayer;
+    /// let layer = RetryLayer::builder().grpc().retries(2).build()?;
+    /// # Ok::<(), palisade_core::error::ConfigError>(())
+    /// ```
+    pub fn builder() -> RetryLayerBuilder<Unchosen> {
         RetryLayerBuilder::new()
     }
 }

@@ -32,6 +32,7 @@
 //! });
 //!
 //! let layer = RetryLayer::builder()
+//!     .plain() // a non-http service; `.grpc()` over a tonic `Channel`, `.http()` over hyper
 //!     .retries(2)
 //!     .backoff(Backoff::constant(Duration::from_millis(50)).jitter(Jitter::None).build()?)
 //!     .build()?;

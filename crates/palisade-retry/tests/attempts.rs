@@ -184,6 +184,7 @@ async fn a_plain_call_honours_retry_in_too() {
         }
     });
     let svc = RetryLayer::builder()
+        .plain()
         .backoff(constant(10))
         .build()
         .unwrap()

@@ -70,6 +70,7 @@ async fn exponential_500ms_without_jitter_sleeps_500_then_1000() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let recorder = Arc::new(Recorder::default());
     let layer = RetryLayer::builder()
+        .plain()
         .retries(2)
         .backoff(no_jitter(Backoff::exponential(Duration::from_millis(500)).factor(2.0)))
         .listener(recorder.clone())
@@ -91,6 +92,7 @@ async fn exponential_500ms_without_jitter_sleeps_500_then_1000() {
 async fn attempt_offsets(backoff: Backoff, retries: u32) -> Vec<u64> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let layer = RetryLayer::builder()
+        .plain()
         .retries(retries)
         .backoff(backoff)
         .no_budget()
@@ -180,6 +182,7 @@ async fn budget_bounds_a_burst_of_failures() {
     // 20 % and a floor of 1 per second over 10 s: 10 retries of floor.
     let recorder = Arc::new(Recorder::default());
     let layer = RetryLayer::builder()
+        .plain()
         .retries(1)
         .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
         .budget(0.2, 1, Duration::from_secs(10))
@@ -199,6 +202,7 @@ async fn budget_bounds_a_burst_of_failures() {
 #[tokio::test(start_paused = true)]
 async fn successful_requests_deposit() {
     let layer = RetryLayer::builder()
+        .plain()
         .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
         .budget(0.2, 1, Duration::from_secs(10))
         .build()
@@ -228,6 +232,7 @@ async fn successful_requests_deposit() {
 async fn throttle_stops_retries_at_half_the_tokens() {
     let recorder = Arc::new(Recorder::default());
     let layer = RetryLayer::builder()
+        .plain()
         .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
         .no_budget()
         .throttle(4, 0.5)
@@ -429,6 +434,7 @@ async fn what_is_never_retried() {
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
         let svc = RetryLayer::builder()
+            .plain()
             .retries(3)
             .build()
             .unwrap()
@@ -443,6 +449,7 @@ async fn what_is_never_retried() {
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let svc = RetryLayer::builder()
+        .plain()
         .retries(3)
         .build()
         .unwrap()
@@ -507,6 +514,7 @@ async fn a_user_predicate_replaces_or_extends() {
     });
     // Extend: also retry a response of 7.
     let layer = RetryLayer::builder()
+        .plain()
         .or_retry_if(|_: &(), r: &Result<u32, BoxError>| {
             if matches!(r, Ok(7)) {
                 RetryDecision::Retry
@@ -520,6 +528,7 @@ async fn a_user_predicate_replaces_or_extends() {
     assert_eq!(calls.load(Ordering::Relaxed), 2);
     // Replace: nothing retried, not even a connection error.
     let layer = RetryLayer::builder()
+        .plain()
         .predicate(|_: &(), _: &Result<(), BoxError>| RetryDecision::DoNotRetry)
         .build()
         .unwrap();
@@ -562,6 +571,7 @@ async fn peers_are_switched_using_the_attempt_record() {
 #[tokio::test(start_paused = true)]
 async fn clones_and_services_of_one_layer_share_the_budget() {
     let layer = RetryLayer::builder()
+        .plain()
         .backoff(no_jitter(Backoff::constant(Duration::ZERO)))
         .budget(0.2, 1, Duration::from_secs(10))
         .build()
@@ -582,6 +592,7 @@ async fn clones_and_services_of_one_layer_share_the_budget() {
 async fn dropping_the_call_during_backoff_stops_it() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let layer = RetryLayer::builder()
+        .plain()
         .retries(3)
         .backoff(no_jitter(Backoff::constant(Duration::from_secs(1))))
         .build()
@@ -844,6 +855,7 @@ async fn a_huge_backoff_waits_instead_of_overflowing_the_clock() {
     // `Instant + Duration::MAX` overflows: the retry must wait "forever", not panic.
     let log = Arc::new(Mutex::new(Vec::new()));
     let layer = RetryLayer::builder()
+        .plain()
         .retries(1)
         .no_budget()
         .backoff(no_jitter(Backoff::constant(Duration::MAX)))
@@ -862,6 +874,7 @@ async fn each_later_attempt_waits_its_own_delay() {
     // waits its own linear delay.
     let log = Arc::new(Mutex::new(Vec::new()));
     let layer = RetryLayer::builder()
+        .plain()
         .retries(3)
         .no_budget()
         .backoff(no_jitter(Backoff::linear(Duration::from_millis(100))))

@@ -9,7 +9,7 @@ use http::HeaderName;
 use palisade_body::BodyLimits;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain};
+use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 
 use crate::layer::TimeoutLayer;
 
@@ -62,6 +62,20 @@ impl Config {
 /// overrides, no body limits, `grpc-timeout` written when the protocol is
 /// gRPC, no listeners.
 ///
+/// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
+/// until a protocol is chosen with [`grpc`](Self::grpc),
+/// [`http`](Self::http), [`plain`](Self::plain) or
+/// [`protocol`](Self::protocol). A timeout left on [`Plain`] over a tonic
+/// `Channel` would silently write no `grpc-timeout`, read no per-call
+/// timeout or route and apply no body limit, so forgetting the protocol is a
+/// compile error instead:
+///
+/// ```compile_fail
+/// use palisade_timeout::TimeoutLayer;
+/// use std::time::Duration;
+/// let layer = TimeoutLayer::builder().timeout(Some(Duration::from_secs(5))).build();
+/// ```
+///
 /// ```
 /// use palisade_timeout::{TimeoutLayer, TimeoutKind};
 /// use std::time::Duration;
@@ -76,10 +90,10 @@ impl Config {
 ///     .unwrap();
 /// # let _ = layer;
 ///
-/// let err = TimeoutLayer::builder().body_timeout(Duration::ZERO).build().unwrap_err();
+/// let err = TimeoutLayer::builder().http().body_timeout(Duration::ZERO).build().unwrap_err();
 /// assert_eq!(err.field(), "body_timeout");
 /// ```
-pub struct TimeoutBuilder<P = Plain> {
+pub struct TimeoutBuilder<P = Unchosen> {
     protocol: P,
     timeout: Option<Duration>,
     kind: TimeoutKind,
@@ -90,10 +104,11 @@ pub struct TimeoutBuilder<P = Plain> {
     listeners: Listeners,
 }
 
-impl Default for TimeoutBuilder<Plain> {
+impl Default for TimeoutBuilder<Unchosen> {
+    /// The defaults, with no protocol chosen yet.
     fn default() -> Self {
         Self {
-            protocol: Plain,
+            protocol: Unchosen,
             timeout: Some(DEFAULT_TIMEOUT),
             kind: TimeoutKind::Attempt,
             routes: Vec::new(),
@@ -224,8 +239,12 @@ impl<P> TimeoutBuilder<P> {
         self.listeners = self.listeners.with(listener);
         self
     }
+}
 
-    /// Validates the configuration and builds the layer.
+impl<P: IsGrpc> TimeoutBuilder<P> {
+    /// Validates the configuration and builds the layer. Exists once a
+    /// protocol is chosen (every protocol implements [`IsGrpc`];
+    /// [`Unchosen`] does not).
     ///
     /// Fails with a [`ConfigError`] naming the field for a body `kind`, a zero body limit
     /// (`body_timeout`, `body_idle_timeout`), an empty or duplicate `route`,
@@ -292,36 +311,51 @@ mod tests {
 
     #[test]
     fn build_names_the_rejected_field() {
-        let field = |b: TimeoutBuilder| b.build().map(|_| ()).unwrap_err().field();
+        let field = |b: TimeoutBuilder<Plain>| b.build().map(|_| ()).unwrap_err().field();
         assert_eq!(
-            field(TimeoutBuilder::default().body_timeout(Duration::ZERO)),
+            field(TimeoutBuilder::default().plain().body_timeout(Duration::ZERO)),
             "body_timeout"
         );
         assert_eq!(
-            field(TimeoutBuilder::default().body_idle_timeout(Duration::ZERO)),
+            field(TimeoutBuilder::default().plain().body_idle_timeout(Duration::ZERO)),
             "body_idle_timeout"
         );
-        assert_eq!(field(TimeoutBuilder::default().route("", None)), "route");
+        assert_eq!(field(TimeoutBuilder::default().plain().route("", None)), "route");
         assert_eq!(
             field(
                 TimeoutBuilder::default()
+                    .plain()
                     .route("/a", None)
                     .route("/a", Some(Duration::from_secs(1)))
             ),
             "route"
         );
         assert_eq!(
-            field(TimeoutBuilder::default().propagate_header(HeaderName::from_static("grpc-timeout"))),
+            field(
+                TimeoutBuilder::default()
+                    .plain()
+                    .propagate_header(HeaderName::from_static("grpc-timeout"))
+            ),
             "propagate_header"
         );
-        assert_eq!(field(TimeoutBuilder::default().kind(TimeoutKind::BodyIdle)), "kind");
-        assert!(TimeoutBuilder::default().kind(TimeoutKind::Headers).build().is_ok());
-        assert!(TimeoutBuilder::default().build().is_ok());
+        assert_eq!(
+            field(TimeoutBuilder::default().plain().kind(TimeoutKind::BodyIdle)),
+            "kind"
+        );
+        assert!(
+            TimeoutBuilder::default()
+                .plain()
+                .kind(TimeoutKind::Headers)
+                .build()
+                .is_ok()
+        );
+        assert!(TimeoutBuilder::default().plain().build().is_ok());
     }
 
     #[test]
     fn zero_disables_and_routes_override() {
         let layer = TimeoutBuilder::default()
+            .plain()
             .timeout(Some(Duration::ZERO))
             .route("/slow", Some(Duration::from_secs(9)))
             .route("/free", Some(Duration::ZERO))
@@ -332,7 +366,7 @@ mod tests {
         assert_eq!(config.limit_for(|| Some("/slow")), Some(Duration::from_secs(9)));
         assert_eq!(config.limit_for(|| Some("/free")), None);
         assert_eq!(config.limit_for(|| Some("/other")), None);
-        let default = TimeoutBuilder::default().build().unwrap();
+        let default = TimeoutBuilder::default().plain().build().unwrap();
         assert_eq!(default.config().limit_for(|| Some("/x")), Some(DEFAULT_TIMEOUT));
         assert_eq!(default.config().kind, TimeoutKind::Attempt);
         assert!(!default.config().propagates());

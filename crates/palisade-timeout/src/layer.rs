@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_core::protocol::Plain;
+use palisade_core::protocol::{Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::config::{Config, TimeoutBuilder};
@@ -32,18 +32,30 @@ pub struct TimeoutLayer<P = Plain> {
 }
 
 impl TimeoutLayer<Plain> {
-    /// A per-attempt timeout of `timeout` for any request type (zero disables it).
+    /// A per-attempt timeout of `timeout` for any request type (zero
+    /// disables it), speaking [`Plain`]: a convenience for non-http services,
+    /// as tower's `TimeoutLayer::new`. Over http or gRPC use
+    /// [`builder`](Self::builder), which makes the protocol choice explicit.
     pub fn new(timeout: Duration) -> Self {
-        Self::builder().timeout(Some(timeout)).build_infallible()
+        Self::builder().plain().timeout(Some(timeout)).build_infallible()
     }
 
-    /// No timeout of its own: only per-call timeouts and deadlines apply.
+    /// No timeout of its own, speaking [`Plain`]: only deadlines apply.
     pub fn disabled() -> Self {
-        Self::builder().timeout(None).build_infallible()
+        Self::builder().plain().timeout(None).build_infallible()
     }
 
-    /// A builder with the defaults (30 s, per attempt, protocol [`Plain`]).
-    pub fn builder() -> TimeoutBuilder<Plain> {
+    /// The way to build a timeout layer: a protocol chosen with `.grpc()`,
+    /// `.http()`, `.plain()` or `.protocol(p)` (without one there is no
+    /// `build()`), the knobs (defaults 30 s, per attempt), then `build()?`.
+    ///
+    /// ```
+    /// use palisade_timeout::TimeoutLayer;
+    /// use std::time::Duration;
+    /// let layer = TimeoutLayer::builder().grpc().timeout(Some(Duration::from_secs(2))).build()?;
+    /// # Ok::<(), palisade_core::error::ConfigError>(())
+    /// ```
+    pub fn builder() -> TimeoutBuilder<Unchosen> {
         TimeoutBuilder::default()
     }
 }

@@ -76,11 +76,18 @@
 //! # Protocols
 //!
 //! Every layer is generic over a protocol from [`core::protocol`]:
-//! [`Plain`](core::protocol::Plain) (the default) works with any service;
+//! [`Plain`](core::protocol::Plain) works with any service;
 //! choose [`Http`](core::protocol::Http) for a hyper client and
 //! [`Grpc`](core::protocol::Grpc) for a tonic `Channel`, so that per-call
 //! options, per-route settings and end-of-stream verdicts (a gRPC status in
-//! the trailers) work.
+//! the trailers) work. Every layer builder (`XLayer::builder()`) starts on
+//! [`Unchosen`](core::protocol::Unchosen) and has no `build()` until
+//! `.grpc()`, `.http()`, `.plain()` or `.protocol(p)` is called: a layer left
+//! on `Plain` over an http service would silently ignore gRPC trailers and
+//! per-call options (and a bulkhead would release its permit at the response
+//! head), so forgetting the choice does not compile. The tower-style
+//! shortcuts (`TimeoutLayer::new`, `RetryLayer::new`, `FallbackLayer::value`,
+//! `XLayer::new(config)`) are `Plain`, for non-http services.
 //!
 //! # Features
 //!

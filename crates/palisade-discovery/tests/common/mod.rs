@@ -300,6 +300,9 @@ impl<B> palisade_core::protocol::Inspect<http::Request<B>> for HttpRequests {
     }
 }
 
+// A protocol, so a builder speaking it has `build()`; it is not gRPC.
+impl palisade_core::protocol::IsGrpc for HttpRequests {}
+
 impl<R, E> palisade_core::classify::Classify<R, E> for HttpRequests {
     type Eos = palisade_core::classify::NeverAtEos;
 

@@ -1,3 +1,4 @@
+//! The fallback layer's behaviour, through its public API, against in-process services.
 #![allow(clippy::disallowed_types)]
 
 use std::future::Future;
@@ -13,8 +14,8 @@ use palisade_core::protocol::GrpcCode;
 use proptest::prelude::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-use crate::error::{BoxError, FailedResponse, FallbackFailed};
-use crate::{CallFallback, FallbackLayer, FallbackReason, FromFallback, Served};
+use palisade_fallback::error::{BoxError, FailedResponse, FallbackFailed};
+use palisade_fallback::{CallFallback, FallbackLayer, FallbackReason, FromFallback, Served};
 
 type Resp = http::Response<String>;
 
@@ -88,6 +89,7 @@ async fn a_future_polled_after_completion_fails_with_the_typed_error() {
 #[tokio::test]
 async fn fn_source_gets_the_error_and_the_kept_value() {
     let layer = FallbackLayer::builder()
+        .http()
         .keep(|r: &http::Request<String>| r.body().len())
         .from_fn(|error: &BoxError, len: usize| {
             let open = error.downcast_ref::<CircuitOpen>().expect("the inner error");
@@ -133,6 +135,7 @@ async fn try_fn_source_that_fails_yields_fallback_failed_with_both_causes() {
 #[tokio::test(start_paused = true)]
 async fn async_source_answers_after_its_own_wait_or_fails_with_both_causes() {
     let layer = FallbackLayer::builder()
+        .http()
         .keep(|r: &http::Request<String>| r.body().clone())
         .from_async(|error: &BoxError, body: String| {
             let kind = FallbackReason::of(&**error);
@@ -163,6 +166,7 @@ async fn service_source_is_driven_to_readiness_and_sent_the_kept_request() {
     let (cache, mut handle) = tower_test::mock::pair::<String, Resp>();
     handle.allow(0);
     let layer = FallbackLayer::builder()
+        .http()
         .keep(|r: &http::Request<String>| format!("cache:{}", r.body()))
         .from_service(cache)
         .build()
@@ -209,7 +213,7 @@ fn services_and_futures_are_send_sync_static_for_typical_sources() {
         .on_refused()
         .on_failed_response()
         .keep_head()
-        .from_async(|_: &BoxError, _head: crate::extract::RequestHead| async {
+        .from_async(|_: &BoxError, _head: palisade_fallback::extract::RequestHead| async {
             Ok::<_, BoxError>(http::Response::new(String::new()))
         })
         .listener(Arc::new(|_: &Event<'_>| {}))
@@ -246,6 +250,7 @@ async fn excluded_error_passes_through_untouched() {
         }
     });
     let layer = FallbackLayer::builder()
+        .plain()
         .on_error::<CircuitOpen>()
         .on_error::<NoAvailablePeers>()
         .from_fn(move |_: &BoxError, ()| {
@@ -274,6 +279,7 @@ async fn excluded_error_passes_through_untouched() {
 #[tokio::test]
 async fn type_rules_match_each_named_kind_and_closures() {
     let layer = FallbackLayer::builder()
+        .plain()
         .on_error::<CircuitOpen>()
         .on_error_where(|e| e.to_string().contains("teapot"))
         .value(7u32)
@@ -290,12 +296,14 @@ async fn type_rules_match_each_named_kind_and_closures() {
 async fn refused_and_timeout_helpers_name_the_core_kinds() {
     use palisade_core::error::{BulkheadFull, BulkheadRejection, DeadlineExceeded};
     let refused = FallbackLayer::builder()
+        .plain()
         .on_refused()
         .value(1u8)
         .served()
         .build()
         .unwrap();
     let timeouts = FallbackLayer::builder()
+        .plain()
         .on_timeout()
         .value(1u8)
         .served()
@@ -477,6 +485,7 @@ async fn grpc_trailers_only_failures_are_answered_streams_pass() {
 #[tokio::test]
 async fn closure_response_rule() {
     let layer = FallbackLayer::builder()
+        .plain()
         .on_response(|r: &u32| *r == 0)
         .value(99u32)
         .served()
@@ -502,6 +511,7 @@ async fn listeners_hear_each_fallback_shared_by_every_service_of_one_layer() {
     let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let log = heard.clone();
     let layer = FallbackLayer::builder()
+        .http()
         .listener(Arc::new(move |e: &Event<'_>| {
             assert_eq!(e.layer, LayerName::Fallback);
             if let EventKind::Fallback { reason } = e.kind {
@@ -534,10 +544,12 @@ async fn routes_override_which_failures_are_answered() {
         .http()
         .on_error::<CircuitOpen>()
         .on_failed_response()
-        .route("/pay", crate::RouteFallback::Off)
+        .route("/pay", palisade_fallback::RouteFallback::Off)
         .route(
             "/search",
-            crate::RouteFallback::OnErrors(crate::policy::ErrorPolicy::any().or_type::<TimedOut>()),
+            palisade_fallback::RouteFallback::OnErrors(
+                palisade_fallback::policy::ErrorPolicy::any().or_type::<TimedOut>(),
+            ),
         )
         .listener(Arc::new(move |e: &Event<'_>| {
             if matches!(e.kind, EventKind::Fallback { .. }) {
@@ -605,10 +617,10 @@ async fn routes_override_which_failures_are_answered() {
 async fn a_later_route_override_replaces_an_earlier_one() {
     let layer = FallbackLayer::builder()
         .http()
-        .route("/pay", crate::RouteFallback::Off)
+        .route("/pay", palisade_fallback::RouteFallback::Off)
         .route(
             "/pay",
-            crate::RouteFallback::OnErrors(crate::policy::ErrorPolicy::any()),
+            palisade_fallback::RouteFallback::OnErrors(palisade_fallback::policy::ErrorPolicy::any()),
         )
         .value(http::Response::new("fallback".to_owned()))
         .build()
@@ -636,7 +648,11 @@ async fn the_source_is_shared_by_clones_and_services_of_one_layer() {
 
 #[test]
 fn build_without_a_source_names_the_field() {
-    let err = FallbackLayer::builder().on_error::<CircuitOpen>().build().unwrap_err();
+    let err = FallbackLayer::builder()
+        .plain()
+        .on_error::<CircuitOpen>()
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "source");
     assert_eq!(err.layer(), "fallback");
 }
@@ -678,6 +694,7 @@ async fn dropping_the_future_drops_the_kept_value_and_the_fallback_in_flight() {
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
     let layer = FallbackLayer::builder()
+        .http()
         .keep(move |_: &http::Request<String>| DropFlag(d.clone()))
         .from_async(|_: &BoxError, flag: DropFlag| async move {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -745,7 +762,7 @@ proptest! {
         on_timeout in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let mut builder = FallbackLayer::builder();
+        let mut builder = FallbackLayer::builder().plain();
         if on_open { builder = builder.on_error::<CircuitOpen>(); }
         if on_timeout { builder = builder.on_error::<TimedOut>(); }
         let layer = builder.value(255u8).served().build().unwrap();
