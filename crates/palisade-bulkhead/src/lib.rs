@@ -160,7 +160,8 @@ mod state;
 
 pub use config::{Adaptive, BulkheadConfig, BulkheadConfigBuilder};
 pub use future::ResponseFuture;
-pub use keyed::{ByFn, ByRoute, KeyFor, KeyedBulkhead, KeyedHandle};
+pub use keyed::{KeyedBulkhead, KeyedHandle};
+pub use palisade_core::keyed::{ByRoute, KeyFn, KeyOf};
 pub use layer::{BulkheadLayer, BulkheadLayerBuilder, KeyedBulkheadLayer, KeyedBulkheadLayerBuilder};
 pub use policy::{AimdConfig, GradientConfig};
 pub use service::Bulkhead;
