@@ -90,7 +90,10 @@ impl KeyedCircuitBreakerLayer {
     /// another: a convenience for non-http services. Over http or gRPC prefer
     /// [`builder`](Self::builder), which makes the protocol choice explicit.
     pub fn new(base: CircuitBreakerConfig) -> Self {
-        Self::from_keyed(Keyed::new(base, HashMap::new(), DEFAULT_MAX_KEYS, DEFAULT_IDLE_TIMEOUT), Plain)
+        Self::from_keyed(
+            Keyed::new(base, HashMap::new(), DEFAULT_MAX_KEYS, DEFAULT_IDLE_TIMEOUT),
+            Plain,
+        )
     }
 }
 

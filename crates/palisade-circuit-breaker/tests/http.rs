@@ -226,7 +226,11 @@ async fn http_5xx_fail_and_4xx_do_not() {
 async fn keyed_breakers_trip_per_route_with_overrides_and_stay_bounded() {
     let layer = KeyedCircuitBreakerLayer::builder()
         .grpc()
-        .config(CircuitBreakerConfig::builder().failure_threshold(2).success_threshold(1))
+        .config(
+            CircuitBreakerConfig::builder()
+                .failure_threshold(2)
+                .success_threshold(1),
+        )
         .key_config("/status/14", config(1))
         .max_keys(2)
         .idle_timeout(Duration::from_secs(60))

@@ -365,7 +365,10 @@ mod tests {
     fn held_and_refusing_values_stay_and_the_new_key_gets_none() {
         let map = KeyedMap::new(2, Duration::from_millis(100));
         let held = map.lookup_at("a", 0, new).unwrap();
-        map.lookup_at("b", 0, new).unwrap().pinned.store(true, Ordering::Relaxed);
+        map.lookup_at("b", 0, new)
+            .unwrap()
+            .pinned
+            .store(true, Ordering::Relaxed);
         assert!(map.lookup_at("c", 1_000, new).is_none());
         assert_eq!(sorted(&map), ["a", "b"]);
         drop(held);
@@ -410,11 +413,17 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         /// Looks a key up and keeps (or drops) the value.
-        Lookup { key: u8, hold: bool },
+        Lookup {
+            key: u8,
+            hold: bool,
+        },
         /// Releases the oldest held value.
         Release,
         /// Pins or unpins a key's value (refuses eviction).
-        Pin { key: u8, pinned: bool },
+        Pin {
+            key: u8,
+            pinned: bool,
+        },
         Advance(u16),
     }
 

@@ -221,5 +221,3 @@ impl<S, P> Timeout<S, P> {
         wrote
     }
 }
-
-
