@@ -77,6 +77,5 @@ impl Timers {
 
 fn deadline(now: Instant, limit: Duration) -> Instant {
     // A limit too large to add is the same as a very distant deadline.
-    now.checked_add(limit)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+    palisade_core::time::after(now, limit)
 }

@@ -120,14 +120,12 @@ const IN_QUEUE: &str = "in the bulkhead queue";
 /// Where a call holding a permit waited when its deadline passed.
 const AWAITING_READY: &str = "in the bulkhead for the inner service to be ready";
 
-/// About thirty years: a `max_wait` too long to add to now is the same as none.
-const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-
 /// When a queued call stops waiting, and why: at `max_wait`, or at the call's
 /// deadline if that comes first. `None` when neither applies (no timer).
 fn wait_bound(max_wait: Option<Duration>, deadline: Option<Instant>) -> Option<(Instant, WaitLimit)> {
     let now = Instant::now();
-    let max_wait = max_wait.map(|wait| (now.checked_add(wait).unwrap_or(now + FAR), WaitLimit::MaxWait(wait)));
+    // A `max_wait` too long to add to now is the same as none (the far future).
+    let max_wait = max_wait.map(|wait| (palisade_core::time::after(now, wait), WaitLimit::MaxWait(wait)));
     match (max_wait, deadline) {
         (Some((at, limit)), Some(deadline)) if at < deadline => Some((at, limit)),
         (_, Some(deadline)) => Some((deadline, WaitLimit::Deadline)),

@@ -10,7 +10,9 @@ use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::config::{BulkheadConfig, BulkheadConfigBuilder};
-use crate::keyed::{ByFn, ByRoute, Keyed, KeyedBulkhead, KeyedHandle};
+use palisade_core::keyed::{ByRoute, KeyFn};
+
+use crate::keyed::{Keyed, KeyedBulkhead, KeyedHandle};
 use crate::policy::{AimdConfig, GradientConfig};
 use crate::service::Bulkhead;
 use crate::shared::{BulkheadHandle, Shared};
@@ -135,16 +137,24 @@ impl<P, K> KeyedBulkheadLayer<P, K> {
         }
     }
 
-    /// Takes the key from the request with `f` instead of the route. A request
-    /// for which `f` returns `None` uses the default partition.
-    pub fn key_fn<Req, F>(self, f: F) -> KeyedBulkheadLayer<P, ByFn<F>>
+    /// Takes the key from the request with `f` instead of the route
+    /// ([`KeyFn`]): a key borrowed from the request or a static one is free,
+    /// a computed one costs its `String`. A request for which `f` returns
+    /// `None` uses the default partition.
+    pub fn key_fn<Req, F>(self, f: F) -> KeyedBulkheadLayer<P, KeyFn<F>>
     where
-        F: for<'r> Fn(&'r Req) -> Option<&'r str>,
+        F: for<'r> Fn(&'r Req) -> Option<std::borrow::Cow<'r, str>>,
     {
+        self.key_by(KeyFn::new(f))
+    }
+
+    /// Derives keys with `key` (any [`KeyOf`](palisade_core::keyed::KeyOf))
+    /// instead of the route.
+    pub fn key_by<K2>(self, key: K2) -> KeyedBulkheadLayer<P, K2> {
         KeyedBulkheadLayer {
             keyed: self.keyed,
             protocol: self.protocol,
-            key: ByFn(f),
+            key,
         }
     }
 

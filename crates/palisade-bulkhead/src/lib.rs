@@ -160,8 +160,9 @@ mod state;
 
 pub use config::{Adaptive, BulkheadConfig, BulkheadConfigBuilder};
 pub use future::ResponseFuture;
-pub use keyed::{ByFn, ByRoute, KeyFor, KeyedBulkhead, KeyedHandle};
+pub use keyed::{KeyedBulkhead, KeyedHandle};
 pub use layer::{BulkheadLayer, BulkheadLayerBuilder, KeyedBulkheadLayer, KeyedBulkheadLayerBuilder};
+pub use palisade_core::keyed::{ByRoute, KeyFn, KeyOf};
 pub use policy::{AimdConfig, GradientConfig};
 pub use service::Bulkhead;
 pub use shared::{BulkheadHandle, BulkheadPermit};

@@ -64,6 +64,10 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// Any partition nobody holds (no permit, waiter or handle) may be evicted:
+/// forgetting it loses no protection.
+impl palisade_core::keyed::Evictable for Shared {}
+
 impl Shared {
     pub(crate) fn new(config: &BulkheadConfig, limit: usize, key: Option<Box<str>>) -> Self {
         let shared = Self {

@@ -514,7 +514,7 @@ async fn keyed_partitions_have_their_own_limits_and_are_bounded() {
         .max_keys(2)
         .build()
         .unwrap();
-    let layer = KeyedBulkheadLayer::new(config).key_fn(|r: &(&'static str, u32)| Some(r.0));
+    let layer = KeyedBulkheadLayer::new(config).key_fn(|r: &(&'static str, u32)| Some(r.0.into()));
     let keys = layer.handle();
     let mut svc = layer.layer(inner);
     let a1 = svc.call(("a", 1));
@@ -664,7 +664,7 @@ async fn idle_partitions_are_evicted_when_a_new_key_arrives() {
         .key_idle_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let layer = KeyedBulkheadLayer::new(config).key_fn(|r: &(&'static str, u32)| Some(r.0));
+    let layer = KeyedBulkheadLayer::new(config).key_fn(|r: &(&'static str, u32)| Some(r.0.into()));
     let keys = layer.handle();
     let mut svc = layer.layer(inner);
     svc.call(("a", 1)).await.unwrap();

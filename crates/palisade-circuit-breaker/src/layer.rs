@@ -11,7 +11,10 @@ use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
+use std::collections::HashMap;
+
 use crate::config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder};
+use crate::keyed::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_KEYS, Keyed, KeyedCircuitBreakerLayer};
 use crate::service::CircuitBreaker;
 use crate::shared::{CircuitBreakerHandle, Shared};
 
@@ -156,6 +159,50 @@ macro_rules! forward {
     };
 }
 
+/// The [`CircuitBreakerConfigBuilder`] knobs, forwarded by both layer builders.
+macro_rules! config_knobs {
+    () => {
+        forward! {
+            /// See [`CircuitBreakerConfigBuilder::peer`].
+            peer(peer: impl Into<palisade_core::peer::PeerId>);
+            /// See [`CircuitBreakerConfigBuilder::failure_threshold`].
+            failure_threshold(n: u32);
+            /// See [`CircuitBreakerConfigBuilder::failure_window`].
+            failure_window(window: Duration);
+            /// See [`CircuitBreakerConfigBuilder::without_consecutive`].
+            without_consecutive();
+            /// See [`CircuitBreakerConfigBuilder::failure_rate_threshold`].
+            failure_rate_threshold(threshold: f64);
+            /// See [`CircuitBreakerConfigBuilder::min_requests`].
+            min_requests(n: u32);
+            /// See [`CircuitBreakerConfigBuilder::rate_window`].
+            rate_window(window: Duration);
+            /// See [`CircuitBreakerConfigBuilder::rate_buckets`].
+            rate_buckets(n: u32);
+            /// See [`CircuitBreakerConfigBuilder::slow_call_duration`].
+            slow_call_duration(duration: Duration);
+            /// See [`CircuitBreakerConfigBuilder::slow_call_rate_threshold`].
+            slow_call_rate_threshold(threshold: f64);
+            /// See [`CircuitBreakerConfigBuilder::cooldown`].
+            cooldown(cooldown: Duration);
+            /// See [`CircuitBreakerConfigBuilder::max_cooldown`].
+            max_cooldown(max: Duration);
+            /// See [`CircuitBreakerConfigBuilder::jitter`].
+            jitter(jitter: Jitter);
+            /// See [`CircuitBreakerConfigBuilder::half_open_max_probes`].
+            half_open_max_probes(n: u32);
+            /// See [`CircuitBreakerConfigBuilder::success_threshold`].
+            success_threshold(n: u32);
+            /// See [`CircuitBreakerConfigBuilder::probe_timeout`].
+            probe_timeout(timeout: Duration);
+            /// See [`CircuitBreakerConfigBuilder::listener`].
+            listener(listener: Arc<dyn Listener>);
+            /// See [`CircuitBreakerConfigBuilder::listeners`].
+            listeners(listeners: Listeners);
+        }
+    };
+}
+
 impl<P> CircuitBreakerLayerBuilder<P> {
     /// Starts from `config` instead of the defaults (for example
     /// [`CircuitBreakerConfig::for_balancer`]).
@@ -188,44 +235,7 @@ impl<P> CircuitBreakerLayerBuilder<P> {
         self.protocol(Plain)
     }
 
-    forward! {
-        /// See [`CircuitBreakerConfigBuilder::peer`].
-        peer(peer: impl Into<palisade_core::peer::PeerId>);
-        /// See [`CircuitBreakerConfigBuilder::failure_threshold`].
-        failure_threshold(n: u32);
-        /// See [`CircuitBreakerConfigBuilder::failure_window`].
-        failure_window(window: Duration);
-        /// See [`CircuitBreakerConfigBuilder::without_consecutive`].
-        without_consecutive();
-        /// See [`CircuitBreakerConfigBuilder::failure_rate_threshold`].
-        failure_rate_threshold(threshold: f64);
-        /// See [`CircuitBreakerConfigBuilder::min_requests`].
-        min_requests(n: u32);
-        /// See [`CircuitBreakerConfigBuilder::rate_window`].
-        rate_window(window: Duration);
-        /// See [`CircuitBreakerConfigBuilder::rate_buckets`].
-        rate_buckets(n: u32);
-        /// See [`CircuitBreakerConfigBuilder::slow_call_duration`].
-        slow_call_duration(duration: Duration);
-        /// See [`CircuitBreakerConfigBuilder::slow_call_rate_threshold`].
-        slow_call_rate_threshold(threshold: f64);
-        /// See [`CircuitBreakerConfigBuilder::cooldown`].
-        cooldown(cooldown: Duration);
-        /// See [`CircuitBreakerConfigBuilder::max_cooldown`].
-        max_cooldown(max: Duration);
-        /// See [`CircuitBreakerConfigBuilder::jitter`].
-        jitter(jitter: Jitter);
-        /// See [`CircuitBreakerConfigBuilder::half_open_max_probes`].
-        half_open_max_probes(n: u32);
-        /// See [`CircuitBreakerConfigBuilder::success_threshold`].
-        success_threshold(n: u32);
-        /// See [`CircuitBreakerConfigBuilder::probe_timeout`].
-        probe_timeout(timeout: Duration);
-        /// See [`CircuitBreakerConfigBuilder::listener`].
-        listener(listener: Arc<dyn Listener>);
-        /// See [`CircuitBreakerConfigBuilder::listeners`].
-        listeners(listeners: Listeners);
-    }
+    config_knobs!();
 }
 
 impl<P: IsGrpc> CircuitBreakerLayerBuilder<P> {
@@ -236,5 +246,151 @@ impl<P: IsGrpc> CircuitBreakerLayerBuilder<P> {
     /// The [`ConfigError`] of [`CircuitBreakerConfigBuilder::build`].
     pub fn build(self) -> Result<CircuitBreakerLayer<P>, ConfigError> {
         Ok(CircuitBreakerLayer::new(self.config.build()?).protocol(self.protocol))
+    }
+}
+
+impl KeyedCircuitBreakerLayer<Plain> {
+    /// The way to build a keyed breaker layer, as [`CircuitBreakerLayer::builder`]:
+    /// the knobs of the keys' base configuration, the bounds of the map, per-key
+    /// overrides, a protocol chosen with `.grpc()`, `.http()`, `.plain()` or
+    /// `.protocol(p)` (without one there is no `build()`), then `build()?`.
+    ///
+    /// ```
+    /// use palisade_circuit_breaker::{CircuitBreakerConfig, KeyedCircuitBreakerLayer};
+    /// let strict = CircuitBreakerConfig::builder().failure_threshold(1).build()?;
+    /// let layer = KeyedCircuitBreakerLayer::builder()
+    ///     .grpc()
+    ///     .failure_threshold(5)
+    ///     .key_config("/pay.Pay/Charge", strict)
+    ///     .max_keys(64)
+    ///     .build()?;
+    /// # Ok::<(), palisade_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn builder() -> KeyedCircuitBreakerLayerBuilder<Unchosen> {
+        KeyedCircuitBreakerLayerBuilder {
+            config: CircuitBreakerConfig::builder(),
+            overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            protocol: Unchosen,
+        }
+    }
+}
+
+/// Builds a [`KeyedCircuitBreakerLayer`]: the [`CircuitBreakerConfigBuilder`]
+/// knobs of the keys' base configuration, the map's bounds, per-key
+/// configurations and the protocol. Made by [`KeyedCircuitBreakerLayer::builder`];
+/// `build()` exists once a protocol is chosen, so forgetting it is a compile
+/// error, not keyed breakers that silently ignore gRPC trailers:
+///
+/// ```compile_fail
+/// use palisade_circuit_breaker::KeyedCircuitBreakerLayer;
+/// let layer = KeyedCircuitBreakerLayer::builder().failure_threshold(5).max_keys(64).build();
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build()`"]
+pub struct KeyedCircuitBreakerLayerBuilder<P = Unchosen> {
+    config: CircuitBreakerConfigBuilder,
+    overrides: HashMap<Box<str>, CircuitBreakerConfig>,
+    max_keys: usize,
+    idle_timeout: Duration,
+    protocol: P,
+}
+
+impl<P> KeyedCircuitBreakerLayerBuilder<P> {
+    /// Starts the keys' base configuration from `config` instead of the defaults.
+    pub fn config(mut self, config: CircuitBreakerConfigBuilder) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Classifies with `protocol` (which also finds the route for
+    /// [`ByRoute`](palisade_core::keyed::ByRoute)): [`Http`], [`Grpc`],
+    /// [`Plain`] or a classifier refined with
+    /// [`ClassifyExt`](palisade_core::classify::ClassifyExt).
+    pub fn protocol<Q>(self, protocol: Q) -> KeyedCircuitBreakerLayerBuilder<Q> {
+        KeyedCircuitBreakerLayerBuilder {
+            config: self.config,
+            overrides: self.overrides,
+            max_keys: self.max_keys,
+            idle_timeout: self.idle_timeout,
+            protocol,
+        }
+    }
+
+    /// gRPC over http (a tonic `Channel`): statuses in trailers count, keys
+    /// are gRPC methods.
+    pub fn grpc(self) -> KeyedCircuitBreakerLayerBuilder<Grpc> {
+        self.protocol(Grpc::default())
+    }
+
+    /// Plain http (a hyper client): 5xx statuses are failures, keys are paths.
+    pub fn http(self) -> KeyedCircuitBreakerLayerBuilder<Http> {
+        self.protocol(Http::default())
+    }
+
+    /// Any non-http service: every `Ok` is a success; key with
+    /// [`KeyedCircuitBreakerLayer::key_fn`] (there is no route).
+    pub fn plain(self) -> KeyedCircuitBreakerLayerBuilder<Plain> {
+        self.protocol(Plain)
+    }
+
+    /// The configuration of `key`'s breaker, instead of the base one.
+    pub fn key_config(mut self, key: impl Into<String>, config: CircuitBreakerConfig) -> Self {
+        self.overrides.insert(key.into().into_boxed_str(), config);
+        self
+    }
+
+    /// The most keys kept at once. Default 1024.
+    ///
+    /// The map is only scanned when a new key arrives and it is full. Then
+    /// breakers that nobody holds (no call in flight, no handle) and that are
+    /// closed, or open, idle for [`idle_timeout`](Self::idle_timeout) and past
+    /// their cooldown, can go: idle ones first, else the least recently used
+    /// closed one. Open, half-open and forced breakers are kept, so eviction
+    /// never lifts protection. If nothing can go, the new key shares the
+    /// unkeyed breaker, and the map is not scanned again for a second
+    /// ([`KeyedMap`](palisade_core::keyed::KeyedMap)).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// A key unused for this long is forgotten (with its breaker state) when a
+    /// new key arrives and the map is full (see [`max_keys`](Self::max_keys)).
+    /// Default 10 minutes.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    config_knobs!();
+}
+
+impl<P: IsGrpc> KeyedCircuitBreakerLayerBuilder<P> {
+    /// Validates the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`CircuitBreakerConfigBuilder::build`]; `max_keys`
+    /// of 0; a zero `idle_timeout`.
+    pub fn build(self) -> Result<KeyedCircuitBreakerLayer<P>, ConfigError> {
+        let base = self.config.build()?;
+        if self.max_keys == 0 {
+            return Err(ConfigError::new(
+                "circuit breaker",
+                "max_keys",
+                "must be at least 1, got 0",
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "circuit breaker",
+                "idle_timeout",
+                "must be longer than zero",
+            ));
+        }
+        let keyed = Keyed::new(base, self.overrides, self.max_keys, self.idle_timeout);
+        Ok(KeyedCircuitBreakerLayer::from_keyed(keyed, self.protocol))
     }
 }

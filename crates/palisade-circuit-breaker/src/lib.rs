@@ -263,15 +263,19 @@
 //!
 //! [`KeyedCircuitBreakerLayer`] keeps one breaker per request key: the route
 //! ([`ByRoute`]: gRPC method, or the *raw* http path, so for templated http
-//! routes such as `/users/{id}` pass a [`KeyFn`] closure that returns the
-//! template) or a closure ([`KeyFn`]), with per-key configuration. Requests
-//! without a key share one unkeyed breaker.
+//! routes such as `/users/{id}` pass a closure to
+//! [`key_fn`](KeyedCircuitBreakerLayer::key_fn) that returns the template) or
+//! any [`KeyOf`], with per-key configuration. Requests without a key share
+//! one unkeyed breaker. Build it with [`KeyedCircuitBreakerLayer::builder`],
+//! which, like the plain builder, has no `build()` until a protocol is chosen.
+//! The key trait and the map are `palisade-core`'s
+//! ([`palisade_core::keyed`]), shared with the keyed bulkhead.
 //!
-//! The map is bounded by [`max_keys`](KeyedCircuitBreakerBuilder::max_keys)
+//! The map is bounded by [`max_keys`](KeyedCircuitBreakerLayerBuilder::max_keys)
 //! and only scanned when a new key arrives and it is full. Eviction never
 //! lifts protection: only breakers that nobody holds (no call in flight, no
 //! handle) and that are closed can go (or open ones idle for
-//! [`idle_timeout`](KeyedCircuitBreakerBuilder::idle_timeout) whose cooldown
+//! [`idle_timeout`](KeyedCircuitBreakerLayerBuilder::idle_timeout) whose cooldown
 //! has passed), idle ones first, else the least recently used. When nothing
 //! can go, the new key shares the unkeyed breaker, and the map is not scanned
 //! again for a second.
@@ -377,11 +381,9 @@ mod state;
 pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, ConsecutivePolicy, RatePolicy};
 pub use error::{CircuitOpen, ConfigError};
 pub use future::ResponseFuture;
-pub use keyed::{
-    ByRoute, KeyFn, KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerBuilder, KeyedCircuitBreakerHandle,
-    KeyedCircuitBreakerLayer,
-};
-pub use layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder};
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
+pub use layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder, KeyedCircuitBreakerLayerBuilder};
+pub use palisade_core::keyed::{ByRoute, KeyFn, KeyOf};
 pub use service::CircuitBreaker;
 pub use shared::{CallGuard, CircuitBreakerHandle};
 pub use state::{CircuitSnapshot, CircuitState, FORCED_OPEN_RETRY_IN};

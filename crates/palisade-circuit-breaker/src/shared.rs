@@ -484,16 +484,6 @@ impl Shared {
         self.with_machine(|m, now| m.availability(&self.config, now), Instant::now())
     }
 
-    /// Whether a keyed map may forget this breaker without lifting any
-    /// protection: closed, or (when `idle`) open with its cooldown passed.
-    pub(crate) fn evictable(&self, idle: bool) -> bool {
-        match self.state() {
-            CircuitState::Closed => true,
-            CircuitState::Open if idle => self.machine.lock().cooled_down(Instant::now()),
-            _ => false,
-        }
-    }
-
     pub(crate) fn state(&self) -> CircuitState {
         CircuitState::from_tag(self.hot.word.load(Ordering::Acquire) & TAG_MASK)
     }
@@ -695,5 +685,17 @@ impl CheckAvailability for CircuitBreakerHandle {
 
     fn reset_open(&self) -> bool {
         self.shared.reset_open()
+    }
+}
+
+impl palisade_core::keyed::Evictable for Shared {
+    /// Whether a keyed map may forget this breaker without lifting any
+    /// protection: closed, or (when `idle`) open with its cooldown passed.
+    fn evictable(&self, idle: bool) -> bool {
+        match self.state() {
+            CircuitState::Closed => true,
+            CircuitState::Open if idle => self.machine.lock().cooled_down(Instant::now()),
+            _ => false,
+        }
     }
 }

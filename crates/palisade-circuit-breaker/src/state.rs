@@ -375,9 +375,7 @@ impl Machine {
         self.times_opened += 1;
         self.consecutive = 0;
         self.last_failure = None;
-        let until = now
-            .checked_add(cooldown)
-            .unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let until = palisade_core::time::after(now, cooldown);
         self.transition(Phase::Open { until }, reason)
     }
 

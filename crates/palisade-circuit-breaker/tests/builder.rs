@@ -46,3 +46,25 @@ fn the_layer_builder_validates_with_a_typed_error() {
         .unwrap_err();
     assert!(err.to_string().contains("failure_threshold"), "{err}");
 }
+
+#[test]
+fn the_keyed_layer_builder_carries_the_knobs_the_bounds_and_the_protocol() {
+    use palisade_circuit_breaker::{ByRoute, KeyedCircuitBreakerLayer};
+    let strict = CircuitBreakerConfig::builder().failure_threshold(1).build().unwrap();
+    let _grpc: KeyedCircuitBreakerLayer<Grpc, ByRoute> = KeyedCircuitBreakerLayer::builder()
+        .grpc()
+        .failure_threshold(7)
+        .key_config("/a.A/M", strict)
+        .max_keys(8)
+        .build()
+        .unwrap();
+    let _http: KeyedCircuitBreakerLayer<Http> = KeyedCircuitBreakerLayer::builder().http().build().unwrap();
+    let _plain: KeyedCircuitBreakerLayer<Plain> = KeyedCircuitBreakerLayer::builder().plain().build().unwrap();
+    // The base configuration is validated with the typed error of the config builder.
+    let e = KeyedCircuitBreakerLayer::builder()
+        .grpc()
+        .failure_threshold(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "failure_threshold");
+}

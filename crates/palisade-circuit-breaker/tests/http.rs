@@ -224,13 +224,18 @@ async fn http_5xx_fail_and_4xx_do_not() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_trip_per_route_with_overrides_and_stay_bounded() {
-    let layer = KeyedCircuitBreakerLayer::builder(config(2))
+    let layer = KeyedCircuitBreakerLayer::builder()
+        .grpc()
+        .config(
+            CircuitBreakerConfig::builder()
+                .failure_threshold(2)
+                .success_threshold(1),
+        )
         .key_config("/status/14", config(1))
         .max_keys(2)
         .idle_timeout(Duration::from_secs(60))
         .build()
-        .unwrap()
-        .protocol(Grpc::default());
+        .unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(grpc_server());
     let mut other = layer.layer(grpc_server());

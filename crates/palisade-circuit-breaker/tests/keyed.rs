@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitState, KeyFn, KeyedCircuitBreakerLayer};
+use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitState, KeyedCircuitBreakerLayer};
 use palisade_core::event::{Event, EventKind};
 use parking_lot::Mutex;
 use tower::{Layer, Service};
@@ -23,17 +23,17 @@ async fn a_closure_keys_breakers_and_events_name_the_key() {
             if let EventKind::StateChange { to, .. } = e.kind {
                 log.lock().push((e.key.map(str::to_owned), to));
             }
-        }))
-        .build()
-        .unwrap();
-    let layer = KeyedCircuitBreakerLayer::builder(config)
+        }));
+    let layer = KeyedCircuitBreakerLayer::builder()
+        .plain()
+        .config(config)
         .build()
         .unwrap()
-        .key_by(KeyFn(|op: &Op| match op {
-            Op::Fail => Some("failing".to_owned()),
-            Op::Ok => Some("healthy".to_owned()),
+        .key_fn(|op: &Op| match op {
+            Op::Fail => Some("failing".to_owned().into()),
+            Op::Ok => Some("healthy".to_owned().into()),
             _ => None,
-        }));
+        });
     let handle = layer.handle();
     let mut svc = layer.layer(inner());
     for _ in 0..2 {
@@ -55,13 +55,17 @@ async fn a_closure_keys_breakers_and_events_name_the_key() {
 
 #[test]
 fn keyed_config_is_validated() {
-    let base = || CircuitBreakerConfig::builder().build().unwrap();
-    let e = KeyedCircuitBreakerLayer::builder(base())
+    let base = CircuitBreakerConfig::builder;
+    let e = KeyedCircuitBreakerLayer::builder()
+        .plain()
+        .config(base())
         .max_keys(0)
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "max_keys");
-    let e = KeyedCircuitBreakerLayer::builder(base())
+    let e = KeyedCircuitBreakerLayer::builder()
+        .plain()
+        .config(base())
         .idle_timeout(std::time::Duration::ZERO)
         .build()
         .unwrap_err();
@@ -86,15 +90,15 @@ fn keyed(
     let config = CircuitBreakerConfig::builder()
         .failure_threshold(threshold)
         .cooldown(ms(10_000))
-        .max_cooldown(ms(10_000))
-        .build()
-        .unwrap();
-    let layer = KeyedCircuitBreakerLayer::builder(config)
+        .max_cooldown(ms(10_000));
+    let layer = KeyedCircuitBreakerLayer::builder()
+        .plain()
+        .config(config)
         .max_keys(max_keys)
         .idle_timeout(ms(5_000))
         .build()
         .unwrap()
-        .key_by(KeyFn(|(key, _): &(&'static str, Op)| Some((*key).to_owned())));
+        .key_fn(|(key, _): &(&'static str, Op)| Some((*key).to_owned().into()));
     let handle = layer.handle();
     let svc = layer.layer(tower::ServiceExt::map_request(
         inner(),

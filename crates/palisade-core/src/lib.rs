@@ -17,6 +17,11 @@
 //!   [`AttemptRecord`](peer::AttemptRecord) and the
 //!   [`CheckAvailability`](peer::CheckAvailability) trait a balancer asks;
 //! - [`backoff`]: exponential, linear and constant backoff with jitter;
+//! - [`keyed`]: the request key of keyed layers ([`KeyOf`](keyed::KeyOf),
+//!   [`ByRoute`](keyed::ByRoute), [`KeyFn`](keyed::KeyFn)) and the bounded
+//!   per-key map with idle/LRU eviction ([`KeyedMap`](keyed::KeyedMap));
+//! - [`time`]: an instant a duration from now, or a far future
+//!   ([`time::after`], one horizon: [`FAR_FUTURE`](time::FAR_FUTURE));
 //! - [`grpc_timeout`]: the `grpc-timeout` wire format (rounded down), shared
 //!   by the layers that tell a server how much time a call has left;
 //! - [`retry`]: the retry predicate and the [`Retryable`](retry::Retryable) mark;
@@ -70,9 +75,11 @@ pub mod context;
 pub mod error;
 pub mod event;
 pub mod grpc_timeout;
+pub mod keyed;
 pub mod options;
 pub mod peer;
 pub mod protocol;
 pub mod retry;
+pub mod time;
 
 pub use error::BoxError;

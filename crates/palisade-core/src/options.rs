@@ -46,11 +46,10 @@ impl Deadline {
     }
 
     /// A deadline `budget` from now. A budget too large to represent is capped
-    /// at about thirty years, which is the same as none at all in practice.
+    /// at [`FAR_FUTURE`](crate::time::FAR_FUTURE) (about thirty years), which
+    /// is the same as none at all in practice.
     pub fn after(budget: Duration) -> Self {
-        let now = Instant::now();
-        const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-        Self(now.checked_add(budget).unwrap_or_else(|| now + FAR.min(budget)))
+        Self(crate::time::after(Instant::now(), budget))
     }
 
     /// When the deadline falls.

@@ -71,7 +71,7 @@ pub enum PeerState {
 impl PeerState {
     /// The state an [`Availability`] answered at `now` stands for.
     pub fn of(availability: Availability, now: Instant) -> Self {
-        let later = |d: Duration| now.checked_add(d).unwrap_or(now);
+        let later = |d: Duration| palisade_core::time::after(now, d);
         match availability {
             Availability::Available => PeerState::Available,
             Availability::Degraded => PeerState::Degraded,

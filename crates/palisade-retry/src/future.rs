@@ -11,6 +11,7 @@ use palisade_core::backoff::unseeded_rng;
 use palisade_core::error::{DeadlineExceeded, PolledAfterCompletion};
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use palisade_core::retry::RetryDecision;
+use palisade_core::time::after;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
@@ -579,13 +580,6 @@ fn call_rng<P, R>(policy: &CallPolicy<P, R>) -> fastrand::Rng {
         Some(seed) => seed.rng(),
         None => unseeded_rng(),
     }
-}
-
-/// `now + delay`, or a time that never comes when that overflows (a huge
-/// configured backoff must not panic).
-fn after(now: Instant, delay: Duration) -> Instant {
-    const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
-    now.checked_add(delay).or_else(|| now.checked_add(NEVER)).unwrap_or(now)
 }
 
 /// Arms `sleep` (made on first use) to fire at `at`.

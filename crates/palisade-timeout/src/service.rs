@@ -129,7 +129,7 @@ where
             None => match limit {
                 None => (None, Limit::None),
                 Some(timeout) => (
-                    Some(far_add(Instant::now(), timeout)),
+                    Some(palisade_core::time::after(Instant::now(), timeout)),
                     Limit::Timeout(config.kind, timeout),
                 ),
             },
@@ -220,11 +220,4 @@ impl<S, P> Timeout<S, P> {
         }
         wrote
     }
-}
-
-/// `now + limit`, or a distant instant if that cannot be represented.
-#[inline]
-fn far_add(now: Instant, limit: Duration) -> Instant {
-    now.checked_add(limit)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }

@@ -40,8 +40,6 @@ pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 /// How often a degraded peer gets a call whatever the choice would say (see
 /// [`Tracked::Degraded`]).
 pub(crate) const DEGRADED_RECHECK: Duration = RECHECK;
-/// What "never by itself" becomes when an instant must be computed.
-const FAR: Duration = Duration::from_secs(365 * 86_400);
 
 /// What the balancer believes about a peer's availability, from the last
 /// thing its middleware reported or answered.
@@ -75,7 +73,8 @@ pub(crate) enum Tracked {
 
 impl Tracked {
     pub(crate) fn from_availability(availability: Availability, at: Instant) -> Self {
-        let later = |d: Duration| at.checked_add(d).unwrap_or_else(|| at + FAR);
+        // "Never by itself" (a retry_in too large to add) is the far future.
+        let later = |d: Duration| palisade_core::time::after(at, d);
         match availability {
             Availability::Available => Tracked::Available,
             Availability::Degraded => Tracked::Degraded {
