@@ -13,6 +13,7 @@ use palisade_body::TrackResponse;
 use palisade_core::classify::Classify;
 use palisade_core::error::{BoxError, ConfigError};
 use palisade_core::protocol::{Inspect, Plain};
+use palisade_core::route::{RouteTable, RouteTableBuilder};
 use parking_lot::RwLock;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -74,7 +75,7 @@ struct Entry {
 
 struct Keyed {
     base: CircuitBreakerConfig,
-    overrides: HashMap<Box<str>, CircuitBreakerConfig>,
+    overrides: RouteTable<CircuitBreakerConfig>,
     max_keys: usize,
     idle_timeout: Duration,
     origin: Instant,
@@ -167,15 +168,18 @@ impl Keyed {
 #[derive(Debug)]
 pub struct KeyedCircuitBreakerBuilder {
     base: CircuitBreakerConfig,
-    overrides: HashMap<Box<str>, CircuitBreakerConfig>,
+    overrides: RouteTableBuilder<CircuitBreakerConfig>,
     max_keys: usize,
     idle_timeout: Duration,
 }
 
 impl KeyedCircuitBreakerBuilder {
     /// The configuration of `key`'s breaker, instead of the base one.
+    /// Matched exactly against the key (the route, by default); a key
+    /// configured twice is an error at [`build`](Self::build) (see
+    /// [`palisade_core::route`]).
     pub fn key_config(mut self, key: impl Into<String>, config: CircuitBreakerConfig) -> Self {
-        self.overrides.insert(key.into().into_boxed_str(), config);
+        self.overrides.push(key, config);
         self
     }
 
@@ -201,7 +205,8 @@ impl KeyedCircuitBreakerBuilder {
         self
     }
 
-    /// Validates and builds the layer.
+    /// Validates and builds the layer: `max_keys` and `idle_timeout` must
+    /// not be zero, and each `key_config` key non-empty and configured once.
     pub fn build(self) -> Result<KeyedCircuitBreakerLayer, ConfigError> {
         if self.max_keys == 0 {
             return Err(ConfigError::new(
@@ -217,11 +222,12 @@ impl KeyedCircuitBreakerBuilder {
                 "must be longer than zero",
             ));
         }
+        let overrides = self.overrides.build("circuit breaker", "key_config")?;
         let unkeyed = Shared::new(self.base.clone(), None);
         Ok(KeyedCircuitBreakerLayer {
             keyed: Arc::new(Keyed {
                 base: self.base,
-                overrides: self.overrides,
+                overrides,
                 max_keys: self.max_keys,
                 idle_timeout: self.idle_timeout,
                 origin: Instant::now(),
@@ -260,7 +266,7 @@ impl KeyedCircuitBreakerLayer {
     pub fn builder(base: CircuitBreakerConfig) -> KeyedCircuitBreakerBuilder {
         KeyedCircuitBreakerBuilder {
             base,
-            overrides: HashMap::new(),
+            overrides: RouteTableBuilder::new(),
             max_keys: 1024,
             idle_timeout: Duration::from_secs(600),
         }

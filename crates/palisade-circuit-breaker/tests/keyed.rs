@@ -66,6 +66,19 @@ fn keyed_config_is_validated() {
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "idle_timeout");
+    let e = KeyedCircuitBreakerLayer::builder(base())
+        .key_config("/a", base())
+        .key_config("/b", base())
+        .key_config("/a", base())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "key_config");
+    assert!(e.to_string().contains("`/a` is configured twice"), "{e}");
+    let e = KeyedCircuitBreakerLayer::builder(base())
+        .key_config("", base())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "key_config");
 }
 
 async fn kcall<S>(svc: &mut S, req: (&'static str, Op)) -> Result<&'static str, palisade_core::error::BoxError>

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use palisade_core::BoxError;
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use palisade_core::protocol::Plain;
+use palisade_core::route::RouteTable;
 use tower_layer::Layer;
 
 use crate::config::FallbackBuilder;
 use crate::extract::KeepNothing;
 use crate::mark::{ByTrait, FallbackReason};
-use crate::policy::{ErrorPolicy, NoResponseRule, Routes};
+use crate::policy::{ErrorPolicy, NoResponseRule, RouteFallback};
 use crate::service::Fallback;
 use crate::source::{FromAsync, FromFn, FromService, TryFromFn, Value};
 
@@ -37,7 +38,7 @@ pub(crate) struct Shared<Src, X, R, P, M> {
     pub(crate) protocol: P,
     pub(crate) mark: M,
     pub(crate) listeners: Listeners,
-    pub(crate) routes: Routes,
+    pub(crate) routes: RouteTable<RouteFallback>,
 }
 
 impl<Src, X, R, P, M> Shared<Src, X, R, P, M> {

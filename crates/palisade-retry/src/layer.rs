@@ -77,6 +77,11 @@ impl<P, R> RetryLayer<P, R> {
         Self { shared }
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Shared<P, R> {
+        &self.shared
+    }
+
     /// The retry budget shared by the services this layer builds, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.shared.settings.state.budget()

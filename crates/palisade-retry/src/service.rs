@@ -1,6 +1,5 @@
 //! [`Retry`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,6 +8,7 @@ use palisade_core::BoxError;
 use palisade_core::context;
 use palisade_core::event::{Event, EventKind, LayerName};
 use palisade_core::options::CallOptions;
+use palisade_core::route::RouteTable;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -202,6 +202,6 @@ where
 
 /// A route's overrides, out of line: only layers with routes look.
 #[inline(never)]
-fn route_settings<'r>(routes: &'r HashMap<Box<str>, RouteRetry>, route: &str) -> Option<&'r RouteRetry> {
+fn route_settings<'r>(routes: &'r RouteTable<RouteRetry>, route: &str) -> Option<&'r RouteRetry> {
     routes.get(route)
 }
