@@ -30,7 +30,7 @@ use tower_service::Service;
 
 use crate::config::BulkheadConfig;
 use crate::future::{ResponseFuture, admit};
-use crate::shared::{BulkheadHandle, BulkheadPermit, Shared};
+use crate::shared::{BulkheadHandle, BulkheadPermit, Limiter};
 
 /// Chooses the partition key of a request.
 pub trait KeyFor<Req, P> {
@@ -78,7 +78,7 @@ where
 
 #[derive(Debug)]
 struct Partition {
-    shared: Arc<Shared>,
+    shared: Arc<Limiter>,
     last_used: AtomicU64,
 }
 
@@ -86,7 +86,7 @@ struct Partition {
 #[derive(Debug)]
 pub(crate) struct Keyed {
     config: BulkheadConfig,
-    default: Arc<Shared>,
+    default: Arc<Limiter>,
     partitions: RwLock<HashMap<Box<str>, Partition>>,
     epoch: Instant,
     /// When (ms since `epoch`, plus one) an eviction scan last found every
@@ -101,7 +101,7 @@ const BUSY_RESCAN_MS: u64 = 1_000;
 
 impl Keyed {
     pub(crate) fn new(config: BulkheadConfig) -> Self {
-        let default = Arc::new(Shared::new(&config, config.max_concurrent, None));
+        let default = Arc::new(Limiter::new(&config, config.max_concurrent, None));
         Self {
             config,
             default,
@@ -115,7 +115,7 @@ impl Keyed {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub(crate) fn partition(&self, key: Option<&str>) -> Arc<Shared> {
+    pub(crate) fn partition(&self, key: Option<&str>) -> Arc<Limiter> {
         let Some(key) = key else {
             return self.default.clone();
         };
@@ -145,7 +145,7 @@ impl Keyed {
         }
         self.busy_scan_at.store(0, Ordering::Relaxed);
         let limit = self.config.limit_for_key(key);
-        let shared = Arc::new(Shared::new(&self.config, limit, Some(key.into())));
+        let shared = Arc::new(Limiter::new(&self.config, limit, Some(key.into())));
         map.insert(
             key.into(),
             Partition {

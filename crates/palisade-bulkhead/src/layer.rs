@@ -13,7 +13,7 @@ use crate::config::{BulkheadConfig, BulkheadConfigBuilder};
 use crate::keyed::{ByFn, ByRoute, Keyed, KeyedBulkhead, KeyedHandle};
 use crate::policy::{AimdConfig, GradientConfig};
 use crate::service::Bulkhead;
-use crate::shared::{BulkheadHandle, Shared};
+use crate::shared::{BulkheadHandle, Limiter};
 
 /// Wraps services in a [`Bulkhead`].
 ///
@@ -23,7 +23,7 @@ use crate::shared::{BulkheadHandle, Shared};
 /// For one bulkhead per service, use one layer per service.
 #[derive(Clone, Debug)]
 pub struct BulkheadLayer<P = Plain> {
-    shared: Arc<Shared>,
+    shared: Arc<Limiter>,
     protocol: P,
 }
 
@@ -51,7 +51,7 @@ impl BulkheadLayer<Plain> {
     pub fn new(config: BulkheadConfig) -> Self {
         let limit = config.max_concurrent;
         Self {
-            shared: Arc::new(Shared::new(&config, limit, None)),
+            shared: Arc::new(Limiter::new(&config, limit, None)),
             protocol: Plain,
         }
     }

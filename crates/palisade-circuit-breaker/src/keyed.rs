@@ -21,7 +21,7 @@ use tower_service::Service;
 
 use crate::config::CircuitBreakerConfig;
 use crate::future::ResponseFuture;
-use crate::shared::{CallGuard, CircuitBreakerHandle, Shared};
+use crate::shared::{Breaker, CallGuard, CircuitBreakerHandle};
 
 /// Derives a breaker key from a request.
 pub trait KeyOf<P, Req> {
@@ -69,7 +69,7 @@ where
 }
 
 struct Entry {
-    shared: Arc<Shared>,
+    shared: Arc<Breaker>,
     last_used_ms: AtomicU64,
 }
 
@@ -80,7 +80,7 @@ struct Keyed {
     idle_timeout: Duration,
     origin: Instant,
     map: RwLock<HashMap<Box<str>, Entry>>,
-    unkeyed: Arc<Shared>,
+    unkeyed: Arc<Breaker>,
     /// When (ms since `origin`, plus one) an eviction scan last found nothing
     /// to evict; 0 when it did not. New keys then share the unkeyed breaker
     /// without rescanning for [`BUSY_RESCAN_MS`], so that a flood of new keys
@@ -106,7 +106,7 @@ impl Keyed {
         u64::try_from(Instant::now().saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn lookup(&self, key: &str) -> Arc<Shared> {
+    fn lookup(&self, key: &str) -> Arc<Breaker> {
         let now = self.now_ms();
         if let Some(entry) = self.map.read().get(key) {
             entry.last_used_ms.store(now, Ordering::Relaxed);
@@ -130,7 +130,7 @@ impl Keyed {
         }
         self.busy_scan_at.store(0, Ordering::Relaxed);
         let config = self.overrides.get(key).unwrap_or(&self.base).clone();
-        let shared = Shared::new(config, Some(Arc::from(key)));
+        let shared = Breaker::new(config, Some(Arc::from(key)));
         map.insert(
             Box::from(key),
             Entry {
@@ -223,7 +223,7 @@ impl KeyedCircuitBreakerBuilder {
             ));
         }
         let overrides = self.overrides.build("circuit breaker", "key_config")?;
-        let unkeyed = Shared::new(self.base.clone(), None);
+        let unkeyed = Breaker::new(self.base.clone(), None);
         Ok(KeyedCircuitBreakerLayer {
             keyed: Arc::new(Keyed {
                 base: self.base,

@@ -13,7 +13,7 @@ use tower_layer::Layer;
 
 use crate::config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder};
 use crate::service::CircuitBreaker;
-use crate::shared::{CircuitBreakerHandle, Shared};
+use crate::shared::{Breaker, CircuitBreakerHandle};
 
 /// Wraps services in a [`CircuitBreaker`].
 ///
@@ -23,7 +23,7 @@ use crate::shared::{CircuitBreakerHandle, Shared};
 /// explicitly with [`for_peer`](Self::for_peer).
 #[derive(Debug)]
 pub struct CircuitBreakerLayer<P = Plain> {
-    shared: Arc<Shared>,
+    shared: Arc<Breaker>,
     protocol: P,
 }
 
@@ -60,7 +60,7 @@ impl CircuitBreakerLayer<Plain> {
     /// [`builder`](Self::builder), which makes the protocol choice explicit.
     pub fn new(config: CircuitBreakerConfig) -> Self {
         Self {
-            shared: Shared::new(config, None),
+            shared: Breaker::new(config, None),
             protocol: Plain,
         }
     }
@@ -85,7 +85,7 @@ impl<P> CircuitBreakerLayer<P> {
         P: Clone,
     {
         Self {
-            shared: Shared::new(self.shared.config().clone().with_peer(peer), None),
+            shared: Breaker::new(self.shared.config().clone().with_peer(peer), None),
             protocol: self.protocol.clone(),
         }
     }

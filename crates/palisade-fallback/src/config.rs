@@ -10,7 +10,7 @@ use palisade_core::protocol::{Grpc, Http, Plain};
 use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::extract::{KeepFn, KeepHead, KeepNothing};
-use crate::layer::{FallbackLayer, Shared};
+use crate::layer::{Config, FallbackLayer};
 use crate::mark::{ByTrait, Unmarked, Wrap};
 use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen, RouteFallback};
 use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
@@ -102,7 +102,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
         routes: RouteTable<RouteFallback>,
     ) -> FallbackLayer<Src2, X, R, P, M> {
         FallbackLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Config {
                 source,
                 extract: self.extract,
                 errors: self.errors,

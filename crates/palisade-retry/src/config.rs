@@ -101,9 +101,10 @@ pub(crate) struct SharedState {
     pub(crate) jitter: Option<JitterSeed>,
 }
 
-/// What one layer value shares with every service it builds and their clones.
+/// The configuration of one layer value (protocol, predicate, validated
+/// settings), shared by every service it builds and their clones.
 #[derive(Debug)]
-pub(crate) struct Shared<P, R> {
+pub(crate) struct Config<P, R> {
     pub(crate) protocol: P,
     pub(crate) predicate: R,
     pub(crate) settings: Settings,
@@ -437,7 +438,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
                 })
             }),
         );
-        Ok(RetryLayer::from_shared(Arc::new(Shared {
+        Ok(RetryLayer::from_shared(Arc::new(Config {
             protocol: self.protocol,
             predicate: self.predicate,
             settings: Settings {

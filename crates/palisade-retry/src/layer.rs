@@ -7,7 +7,7 @@ use palisade_core::protocol::{Grpc, Http, Plain};
 use tower_layer::Layer;
 
 use crate::budget::{RetryBudget, Throttle};
-use crate::config::{RetryLayerBuilder, Shared};
+use crate::config::{Config, RetryLayerBuilder};
 use crate::policy::DefaultPredicate;
 use crate::service::Retry;
 
@@ -19,7 +19,7 @@ use crate::service::Retry;
 /// - [`RetryLayer::grpc`]: gRPC over a tonic `Channel`, bodies replayed;
 /// - [`RetryLayer::builder`]: every setting.
 pub struct RetryLayer<P = Plain, R = DefaultPredicate> {
-    shared: Arc<Shared<P, R>>,
+    shared: Arc<Config<P, R>>,
 }
 
 impl<P, R> Clone for RetryLayer<P, R> {
@@ -73,12 +73,12 @@ impl RetryLayer {
 }
 
 impl<P, R> RetryLayer<P, R> {
-    pub(crate) fn from_shared(shared: Arc<Shared<P, R>>) -> Self {
+    pub(crate) fn from_shared(shared: Arc<Config<P, R>>) -> Self {
         Self { shared }
     }
 
     #[cfg(test)]
-    pub(crate) fn shared(&self) -> &Shared<P, R> {
+    pub(crate) fn shared(&self) -> &Config<P, R> {
         &self.shared
     }
 

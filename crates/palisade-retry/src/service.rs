@@ -12,7 +12,7 @@ use palisade_core::route::RouteTable;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::config::{CallPolicy, RouteRetry, Settings, Shared, StateHandle};
+use crate::config::{CallPolicy, Config, RouteRetry, Settings, StateHandle};
 use crate::future::{ResponseFuture, emit};
 use crate::policy::{Predicate, RetryOn, RetryProtocol};
 
@@ -46,11 +46,11 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// next call, as tower's readiness contract has it.
 pub struct Retry<S, P, R> {
     inner: S,
-    shared: Arc<Shared<P, R>>,
+    shared: Arc<Config<P, R>>,
 }
 
 impl<S, P, R> Retry<S, P, R> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P, R>>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Config<P, R>>) -> Self {
         Self { inner, shared }
     }
 
