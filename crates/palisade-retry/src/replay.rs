@@ -23,9 +23,9 @@
 //! cut-short or empty body for a complete one.
 //!
 //! Only one attempt reads at a time: the attempt that holds the state returns
-//! it when its body is dropped (through a [`HandOff`]). A replay polled
-//! while an earlier attempt's body is still alive (still owned by a
-//! connection) waits until it is dropped.
+//! it when its body is dropped (through the crate's private hand-off, in
+//! `handoff.rs`). A replay polled while an earlier attempt's body is still
+//! alive (still owned by a connection) waits until it is dropped.
 //!
 //! When a call may not be retried at all (0 retries), the body passes through
 //! without any shared state or buffering.
