@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
+use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::policy::{AimdConfig, GradientConfig};
 
@@ -50,7 +51,7 @@ pub struct BulkheadConfig {
     pub(crate) listeners: Listeners,
     pub(crate) max_keys: usize,
     pub(crate) key_idle_timeout: Duration,
-    pub(crate) key_limits: Arc<[(Box<str>, usize)]>,
+    pub(crate) key_limits: Arc<RouteTable<usize>>,
 }
 
 impl fmt::Debug for BulkheadConfig {
@@ -78,7 +79,7 @@ impl Default for BulkheadConfig {
             listeners: Listeners::new(),
             max_keys: 1024,
             key_idle_timeout: Duration::from_secs(300),
-            key_limits: Arc::from(Vec::new()),
+            key_limits: Arc::new(RouteTable::empty()),
         }
     }
 }
@@ -88,7 +89,7 @@ impl BulkheadConfig {
     pub fn builder() -> BulkheadConfigBuilder {
         BulkheadConfigBuilder {
             config: BulkheadConfig::default(),
-            key_limits: Vec::new(),
+            key_limits: RouteTableBuilder::new(),
         }
     }
 
@@ -113,10 +114,7 @@ impl BulkheadConfig {
     }
 
     pub(crate) fn limit_for_key(&self, key: &str) -> usize {
-        self.key_limits
-            .iter()
-            .find(|(k, _)| &**k == key)
-            .map_or(self.max_concurrent, |(_, n)| *n)
+        self.key_limits.get(key).copied().unwrap_or(self.max_concurrent)
     }
 }
 
@@ -124,7 +122,7 @@ impl BulkheadConfig {
 #[derive(Debug)]
 pub struct BulkheadConfigBuilder {
     config: BulkheadConfig,
-    key_limits: Vec<(Box<str>, usize)>,
+    key_limits: RouteTableBuilder<usize>,
 }
 
 impl BulkheadConfigBuilder {
@@ -183,13 +181,16 @@ impl BulkheadConfigBuilder {
     }
 
     /// Keyed bulkheads: the partition of `key` allows `max_concurrent` calls
-    /// instead of the default.
+    /// instead of the default. Matched exactly against the key (the route, by
+    /// default); a key configured twice is an error at [`build`](Self::build)
+    /// (see [`palisade_core::route`]).
     pub fn key_limit(mut self, key: impl Into<String>, max_concurrent: usize) -> Self {
-        self.key_limits.push((key.into().into_boxed_str(), max_concurrent));
+        self.key_limits.push(key, max_concurrent);
         self
     }
 
-    /// Validates the configuration; the error names the offending field.
+    /// Validates the configuration; the error names the offending field (for
+    /// a `key_limit`, an empty key or a key configured twice as well).
     pub fn build(self) -> Result<BulkheadConfig, ConfigError> {
         let BulkheadConfigBuilder { mut config, key_limits } = self;
         if config.max_concurrent == 0 {
@@ -205,7 +206,7 @@ impl BulkheadConfigBuilder {
         if config.max_keys == 0 {
             return Err(ConfigError::new(LAYER, "max_keys", "must be at least 1, got 0"));
         }
-        if let Some((key, _)) = key_limits.iter().find(|(_, n)| *n == 0) {
+        if let Some((key, _)) = key_limits.iter().find(|(_, n)| **n == 0) {
             return Err(ConfigError::new(
                 LAYER,
                 "key_limit",
@@ -229,7 +230,7 @@ impl BulkheadConfigBuilder {
                 ));
             }
         }
-        config.key_limits = key_limits.into();
+        config.key_limits = Arc::new(key_limits.build(LAYER, "key_limit")?);
         Ok(config)
     }
 }
@@ -270,6 +271,29 @@ mod tests {
         assert_eq!(field(BulkheadConfig::builder().max_wait(Duration::ZERO)), "max_wait");
         assert_eq!(field(BulkheadConfig::builder().max_keys(0)), "max_keys");
         assert_eq!(field(BulkheadConfig::builder().key_limit("/a", 0)), "key_limit");
+        assert_eq!(field(BulkheadConfig::builder().key_limit("", 1)), "key_limit");
+        let twice = BulkheadConfig::builder()
+            .key_limit("/a", 1)
+            .key_limit("/b", 2)
+            .key_limit("/a", 3)
+            .build()
+            .unwrap_err();
+        assert_eq!(twice.field(), "key_limit");
+        assert!(twice.to_string().contains("`/a` is configured twice"), "{twice}");
+        let limits = BulkheadConfig::builder()
+            .max_concurrent(4)
+            .key_limit("/a", 1)
+            .key_limit("/b", 2)
+            .build()
+            .unwrap();
+        assert_eq!(
+            (
+                limits.limit_for_key("/a"),
+                limits.limit_for_key("/b"),
+                limits.limit_for_key("/c")
+            ),
+            (1, 2, 4)
+        );
         let inverted = AimdConfig {
             floor: 10,
             ceiling: 5,

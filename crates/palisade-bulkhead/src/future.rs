@@ -20,8 +20,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::shared::{BulkheadPermit, RunningPermit, Shared, Waiter};
-use crate::state::Acquire;
+use crate::pool::Acquire;
+use crate::shared::{BulkheadPermit, Limiter, RunningPermit, Waiter};
 
 pin_project! {
     /// The future returned by [`Bulkhead`](crate::Bulkhead) and
@@ -139,7 +139,7 @@ fn wait_bound(max_wait: Option<Duration>, deadline: Option<Instant>) -> Option<(
 #[cold]
 #[inline(never)]
 fn admit_slow<S, Req, P>(
-    shared: &Arc<Shared>,
+    shared: &Arc<Limiter>,
     inner: &mut S,
     request: Req,
     protocol: P,
@@ -204,7 +204,7 @@ where
 /// inner call runs.
 #[inline]
 pub(crate) fn admit<S, Req, P>(
-    shared: &Arc<Shared>,
+    shared: &Arc<Limiter>,
     inner: &mut S,
     request: Req,
     protocol: P,

@@ -31,20 +31,20 @@ use tower_service::Service;
 
 use crate::config::BulkheadConfig;
 use crate::future::{ResponseFuture, admit};
-use crate::shared::{BulkheadHandle, BulkheadPermit, Shared};
+use crate::shared::{BulkheadHandle, BulkheadPermit, Limiter};
 
 /// The partitions of a keyed bulkhead: a bounded [`KeyedMap`] plus the
 /// default partition.
 #[derive(Debug)]
 pub(crate) struct Keyed {
     config: BulkheadConfig,
-    default: Arc<Shared>,
-    partitions: KeyedMap<Shared>,
+    default: Arc<Limiter>,
+    partitions: KeyedMap<Limiter>,
 }
 
 impl Keyed {
     pub(crate) fn new(config: BulkheadConfig) -> Self {
-        let default = Arc::new(Shared::new(&config, config.max_concurrent, None));
+        let default = Arc::new(Limiter::new(&config, config.max_concurrent, None));
         Self {
             partitions: KeyedMap::new(config.max_keys, config.key_idle_timeout),
             config,
@@ -52,14 +52,14 @@ impl Keyed {
         }
     }
 
-    pub(crate) fn partition(&self, key: Option<&str>) -> Arc<Shared> {
+    pub(crate) fn partition(&self, key: Option<&str>) -> Arc<Limiter> {
         let Some(key) = key else {
             return self.default.clone();
         };
         self.partitions
             .get_or_insert_with(key, || {
                 let limit = self.config.limit_for_key(key);
-                Arc::new(Shared::new(&self.config, limit, Some(key.into())))
+                Arc::new(Limiter::new(&self.config, limit, Some(key.into())))
             })
             .unwrap_or_else(|| self.default.clone())
     }

@@ -15,7 +15,7 @@ use palisade_core::keyed::{ByRoute, KeyFn};
 use crate::keyed::{Keyed, KeyedBulkhead, KeyedHandle};
 use crate::policy::{AimdConfig, GradientConfig};
 use crate::service::Bulkhead;
-use crate::shared::{BulkheadHandle, Shared};
+use crate::shared::{BulkheadHandle, Limiter};
 
 /// Wraps services in a [`Bulkhead`].
 ///
@@ -25,7 +25,7 @@ use crate::shared::{BulkheadHandle, Shared};
 /// For one bulkhead per service, use one layer per service.
 #[derive(Clone, Debug)]
 pub struct BulkheadLayer<P = Plain> {
-    shared: Arc<Shared>,
+    shared: Arc<Limiter>,
     protocol: P,
 }
 
@@ -53,7 +53,7 @@ impl BulkheadLayer<Plain> {
     pub fn new(config: BulkheadConfig) -> Self {
         let limit = config.max_concurrent;
         Self {
-            shared: Arc::new(Shared::new(&config, limit, None)),
+            shared: Arc::new(Limiter::new(&config, limit, None)),
             protocol: Plain,
         }
     }

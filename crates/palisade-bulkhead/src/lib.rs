@@ -154,9 +154,9 @@ pub mod future;
 pub mod keyed;
 pub mod layer;
 pub mod policy;
+mod pool;
 pub mod service;
 mod shared;
-mod state;
 
 pub use config::{Adaptive, BulkheadConfig, BulkheadConfigBuilder};
 pub use future::ResponseFuture;

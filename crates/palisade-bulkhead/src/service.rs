@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::config::BulkheadConfig;
 use crate::future::{ResponseFuture, admit};
-use crate::shared::{BulkheadHandle, BulkheadPermit, Shared};
+use crate::shared::{BulkheadHandle, BulkheadPermit, Limiter};
 
 /// Bounds the concurrency of an inner service, with a FIFO queue of waiting
 /// callers. See the [crate docs](crate) for the behaviour.
@@ -20,7 +20,7 @@ use crate::shared::{BulkheadHandle, BulkheadPermit, Shared};
 #[derive(Debug)]
 pub struct Bulkhead<S, P = Plain> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Limiter>,
     protocol: P,
 }
 
@@ -41,14 +41,14 @@ impl<S> Bulkhead<S, Plain> {
         let limit = config.max_concurrent;
         Self {
             inner,
-            shared: Arc::new(Shared::new(&config, limit, None)),
+            shared: Arc::new(Limiter::new(&config, limit, None)),
             protocol: Plain,
         }
     }
 }
 
 impl<S, P> Bulkhead<S, P> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, protocol: P) -> Self {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Limiter>, protocol: P) -> Self {
         Self {
             inner,
             shared,

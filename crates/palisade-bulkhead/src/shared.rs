@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::BulkheadConfig;
 use crate::policy::LimitState;
-use crate::state::{Cancelled, Pool, WaitKey};
+use crate::pool::{Cancelled, Pool, WaitKey};
 
 #[cfg(feature = "metrics")]
 struct Gauges {
@@ -37,8 +37,11 @@ impl Gauges {
     }
 }
 
-/// The state of one bulkhead (or one partition of a keyed bulkhead).
-pub(crate) struct Shared {
+/// The concurrency limiter of one bulkhead (or of one partition of a keyed
+/// bulkhead): its permit pool, its adaptive limit, how long callers may
+/// queue, and who hears about it. Shared (by `Arc`) by its services,
+/// permits, waiters and handles.
+pub(crate) struct Limiter {
     pub(crate) pool: Pool,
     pub(crate) max_wait: Option<Duration>,
     listeners: Listeners,
@@ -50,7 +53,7 @@ pub(crate) struct Shared {
     gauges: Gauges,
 }
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bulkhead")
             .field("key", &self.key)
@@ -66,9 +69,9 @@ impl fmt::Debug for Shared {
 
 /// Any partition nobody holds (no permit, waiter or handle) may be evicted:
 /// forgetting it loses no protection.
-impl palisade_core::keyed::Evictable for Shared {}
+impl palisade_core::keyed::Evictable for Limiter {}
 
-impl Shared {
+impl Limiter {
     pub(crate) fn new(config: &BulkheadConfig, limit: usize, key: Option<Box<str>>) -> Self {
         let shared = Self {
             pool: Pool::new(limit, config.max_queue),
@@ -218,7 +221,7 @@ impl Shared {
 /// [`call_dropped`](palisade_core::classify::AbandonPolicy::call_dropped)
 /// outcome, if that is not `Ignored`.
 pub struct BulkheadPermit {
-    shared: Arc<Shared>,
+    shared: Arc<Limiter>,
     latency: Latency,
 }
 
@@ -289,7 +292,7 @@ impl fmt::Debug for BulkheadPermit {
 impl BulkheadPermit {
     /// Wraps a permit already taken from `shared`'s pool.
     #[inline]
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Limiter>) -> Self {
         #[cfg(feature = "metrics")]
         shared.gauges.in_flight.increment(1.0);
         let latency = if shared.adaptive.is_some() {
@@ -304,7 +307,7 @@ impl BulkheadPermit {
     }
 
     /// The bulkhead the permit belongs to.
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Limiter {
         &self.shared
     }
 
@@ -410,13 +413,13 @@ impl Drop for BulkheadPermit {
 /// A caller's place in the queue. Dropping it leaves the queue at once (and
 /// passes on a permit that reached it meanwhile).
 pub(crate) struct Waiter {
-    shared: Arc<Shared>,
+    shared: Arc<Limiter>,
     key: WaitKey,
     live: bool,
 }
 
 impl Waiter {
-    pub(crate) fn new(shared: Arc<Shared>, key: WaitKey) -> Self {
+    pub(crate) fn new(shared: Arc<Limiter>, key: WaitKey) -> Self {
         shared.queue_changed();
         Self {
             shared,
@@ -454,7 +457,7 @@ impl Waiter {
         }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Limiter {
         &self.shared
     }
 }
@@ -473,7 +476,7 @@ impl Drop for Waiter {
 /// [`KeyedHandle`](crate::KeyedHandle). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct BulkheadHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Limiter>,
 }
 
 impl BulkheadHandle {

@@ -21,10 +21,10 @@ pub enum BreakerState {
 
 impl BreakerState {
     /// From an event's `to` state name (`closed`, `open`, `half_open`,
-    /// `forced_open`, `disabled`).
+    /// `forced_open`, `forced_closed`).
     pub fn from_event(name: &str) -> Option<Self> {
         match name {
-            "closed" | "disabled" => Some(BreakerState::Closed),
+            "closed" | "forced_closed" => Some(BreakerState::Closed),
             "open" | "forced_open" => Some(BreakerState::Open),
             "half_open" => Some(BreakerState::HalfOpen),
             _ => None,

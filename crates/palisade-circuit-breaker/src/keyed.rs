@@ -1,7 +1,6 @@
 //! Keyed breakers: one breaker per key derived from the request (a gRPC
 //! method, an http route), with per-key configuration and a bounded map.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,12 +11,13 @@ use palisade_core::classify::Classify;
 use palisade_core::error::BoxError;
 use palisade_core::keyed::{ByRoute, KeyFn, KeyOf, KeyedMap};
 use palisade_core::protocol::Plain;
+use palisade_core::route::RouteTable;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::CircuitBreakerConfig;
 use crate::future::ResponseFuture;
-use crate::shared::{CallGuard, CircuitBreakerHandle, Shared};
+use crate::shared::{Breaker, CallGuard, CircuitBreakerHandle};
 
 /// The default [`max_keys`](crate::KeyedCircuitBreakerLayerBuilder::max_keys).
 pub(crate) const DEFAULT_MAX_KEYS: usize = 1024;
@@ -27,9 +27,9 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The breakers of a keyed layer: a bounded [`KeyedMap`] plus the unkeyed one.
 pub(crate) struct Keyed {
     base: CircuitBreakerConfig,
-    overrides: HashMap<Box<str>, CircuitBreakerConfig>,
-    map: KeyedMap<Shared>,
-    unkeyed: Arc<Shared>,
+    overrides: RouteTable<CircuitBreakerConfig>,
+    map: KeyedMap<Breaker>,
+    unkeyed: Arc<Breaker>,
 }
 
 impl fmt::Debug for Keyed {
@@ -41,23 +41,23 @@ impl fmt::Debug for Keyed {
 impl Keyed {
     pub(crate) fn new(
         base: CircuitBreakerConfig,
-        overrides: HashMap<Box<str>, CircuitBreakerConfig>,
+        overrides: RouteTable<CircuitBreakerConfig>,
         max_keys: usize,
         idle_timeout: Duration,
     ) -> Self {
         Self {
-            unkeyed: Shared::new(base.clone(), None),
+            unkeyed: Breaker::new(base.clone(), None),
             base,
             overrides,
             map: KeyedMap::new(max_keys, idle_timeout),
         }
     }
 
-    fn lookup(&self, key: &str) -> Arc<Shared> {
+    fn lookup(&self, key: &str) -> Arc<Breaker> {
         self.map
             .get_or_insert_with(key, || {
                 let config = self.overrides.get(key).unwrap_or(&self.base).clone();
-                Shared::new(config, Some(Arc::from(key)))
+                Breaker::new(config, Some(Arc::from(key)))
             })
             .unwrap_or_else(|| Arc::clone(&self.unkeyed))
     }
@@ -91,7 +91,7 @@ impl KeyedCircuitBreakerLayer {
     /// [`builder`](Self::builder), which makes the protocol choice explicit.
     pub fn new(base: CircuitBreakerConfig) -> Self {
         Self::from_keyed(
-            Keyed::new(base, HashMap::new(), DEFAULT_MAX_KEYS, DEFAULT_IDLE_TIMEOUT),
+            Keyed::new(base, RouteTable::empty(), DEFAULT_MAX_KEYS, DEFAULT_IDLE_TIMEOUT),
             Plain,
         )
     }

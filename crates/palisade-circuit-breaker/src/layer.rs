@@ -11,12 +11,12 @@ use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
-use std::collections::HashMap;
+use palisade_core::route::RouteTableBuilder;
 
 use crate::config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder};
 use crate::keyed::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_KEYS, Keyed, KeyedCircuitBreakerLayer};
 use crate::service::CircuitBreaker;
-use crate::shared::{CircuitBreakerHandle, Shared};
+use crate::shared::{Breaker, CircuitBreakerHandle};
 
 /// Wraps services in a [`CircuitBreaker`].
 ///
@@ -26,7 +26,7 @@ use crate::shared::{CircuitBreakerHandle, Shared};
 /// explicitly with [`for_peer`](Self::for_peer).
 #[derive(Debug)]
 pub struct CircuitBreakerLayer<P = Plain> {
-    shared: Arc<Shared>,
+    shared: Arc<Breaker>,
     protocol: P,
 }
 
@@ -63,7 +63,7 @@ impl CircuitBreakerLayer<Plain> {
     /// [`builder`](Self::builder), which makes the protocol choice explicit.
     pub fn new(config: CircuitBreakerConfig) -> Self {
         Self {
-            shared: Shared::new(config, None),
+            shared: Breaker::new(config, None),
             protocol: Plain,
         }
     }
@@ -88,7 +88,7 @@ impl<P> CircuitBreakerLayer<P> {
         P: Clone,
     {
         Self {
-            shared: Shared::new(self.shared.config().clone().with_peer(peer), None),
+            shared: Breaker::new(self.shared.config().clone().with_peer(peer), None),
             protocol: self.protocol.clone(),
         }
     }
@@ -269,7 +269,7 @@ impl KeyedCircuitBreakerLayer<Plain> {
     pub fn builder() -> KeyedCircuitBreakerLayerBuilder<Unchosen> {
         KeyedCircuitBreakerLayerBuilder {
             config: CircuitBreakerConfig::builder(),
-            overrides: HashMap::new(),
+            overrides: RouteTableBuilder::new(),
             max_keys: DEFAULT_MAX_KEYS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             protocol: Unchosen,
@@ -291,7 +291,7 @@ impl KeyedCircuitBreakerLayer<Plain> {
 #[must_use = "a builder does nothing until `build()`"]
 pub struct KeyedCircuitBreakerLayerBuilder<P = Unchosen> {
     config: CircuitBreakerConfigBuilder,
-    overrides: HashMap<Box<str>, CircuitBreakerConfig>,
+    overrides: RouteTableBuilder<CircuitBreakerConfig>,
     max_keys: usize,
     idle_timeout: Duration,
     protocol: P,
@@ -336,8 +336,10 @@ impl<P> KeyedCircuitBreakerLayerBuilder<P> {
     }
 
     /// The configuration of `key`'s breaker, instead of the base one.
+    /// Matched exactly against the key (the route, by default); a key
+    /// configured twice is an error at `build()` (see [`palisade_core::route`]).
     pub fn key_config(mut self, key: impl Into<String>, config: CircuitBreakerConfig) -> Self {
-        self.overrides.insert(key.into().into_boxed_str(), config);
+        self.overrides.push(key, config);
         self
     }
 
@@ -373,7 +375,7 @@ impl<P: IsGrpc> KeyedCircuitBreakerLayerBuilder<P> {
     /// # Errors
     ///
     /// The [`ConfigError`] of [`CircuitBreakerConfigBuilder::build`]; `max_keys`
-    /// of 0; a zero `idle_timeout`.
+    /// of 0; a zero `idle_timeout`; an empty `key_config` key or one configured twice.
     pub fn build(self) -> Result<KeyedCircuitBreakerLayer<P>, ConfigError> {
         let base = self.config.build()?;
         if self.max_keys == 0 {
@@ -390,7 +392,8 @@ impl<P: IsGrpc> KeyedCircuitBreakerLayerBuilder<P> {
                 "must be longer than zero",
             ));
         }
-        let keyed = Keyed::new(base, self.overrides, self.max_keys, self.idle_timeout);
+        let overrides = self.overrides.build("circuit breaker", "key_config")?;
+        let keyed = Keyed::new(base, overrides, self.max_keys, self.idle_timeout);
         Ok(KeyedCircuitBreakerLayer::from_keyed(keyed, self.protocol))
     }
 }

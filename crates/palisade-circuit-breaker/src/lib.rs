@@ -287,7 +287,7 @@
 //! (every call refused until a reset, with `retry_in`
 //! [`FORCED_OPEN_RETRY_IN`], one year, rather than `Duration::MAX`, so that
 //! adding it to an `Instant` cannot overflow),
-//! [`force_closed`](CircuitBreakerHandle::force_closed) (disabled: every call
+//! [`force_closed`](CircuitBreakerHandle::force_closed) ([`CircuitState::ForcedClosed`]: every call
 //! passes and nothing is counted) and [`reset`](CircuitBreakerHandle::reset).
 //!
 //! # Events and metrics
@@ -297,7 +297,7 @@
 //! (`consecutive failures`, `failure rate`, `slow call rate`, `cooldown
 //! elapsed`, `probe failed`, `probes succeeded`, `forced open`, `forced
 //! closed`, `reset`) and the cooldown that starts. State names are `closed`,
-//! `open`, `half_open` and `disabled`; a forced-open breaker is reported `open`
+//! `open`, `half_open` and `forced_closed`; a forced-open breaker is reported `open`
 //! with the reason `forced open`. Inside a balancer, a trip its ejection cap
 //! refuses is reported `closed` -> `degraded` (`ejection cap reached: open
 //! but kept`) and its end `degraded` -> `closed` (`trip condition cleared`). Each refused call emits a `rejected` event at

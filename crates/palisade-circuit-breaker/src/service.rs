@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use crate::config::CircuitBreakerConfig;
 use crate::future::ResponseFuture;
-use crate::shared::{CallGuard, CircuitBreakerHandle, Shared};
+use crate::shared::{Breaker, CallGuard, CircuitBreakerHandle};
 
 /// A circuit breaker around a service `S`, classifying with `P`.
 ///
@@ -21,7 +21,7 @@ use crate::shared::{CallGuard, CircuitBreakerHandle, Shared};
 #[derive(Debug)]
 pub struct CircuitBreaker<S, P = Plain> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Breaker>,
     protocol: P,
 }
 
@@ -48,12 +48,12 @@ impl<S, P> CircuitBreaker<S, P> {
     pub fn with_protocol(inner: S, config: CircuitBreakerConfig, protocol: P) -> Self {
         Self {
             inner,
-            shared: Shared::new(config, None),
+            shared: Breaker::new(config, None),
             protocol,
         }
     }
 
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>, protocol: P) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Breaker>, protocol: P) -> Self {
         Self {
             inner,
             shared,

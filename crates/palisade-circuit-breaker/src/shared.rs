@@ -83,13 +83,15 @@ struct Hot {
     /// Whether calls are timed (the slow-call policy).
     timed: bool,
     /// A mirror of [`Machine::kept`]: closed but degraded ("open but kept"),
-    /// read by [`Shared::availability`] without the lock.
+    /// read by [`Breaker::availability`] without the lock.
     kept: AtomicBool,
 }
 
-/// One breaker's shared state.
+/// One circuit breaker: its state machine, the words every call reads
+/// without the lock, its configuration and listeners. Shared (by `Arc`) by
+/// the services, handles and call guards of that breaker.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Breaker {
     hot: Hot,
     machine: Mutex<Machine>,
     /// The origin of call start times (the slow-call policy).
@@ -167,7 +169,7 @@ impl Metrics {
     }
 }
 
-impl Shared {
+impl Breaker {
     pub(crate) fn new(config: CircuitBreakerConfig, key: Option<Arc<str>>) -> Arc<Self> {
         let fleet = Arc::new(Memberships::new());
         let machine = Machine::new(&config, Instant::now()).with_fleet(Arc::clone(&fleet));
@@ -217,7 +219,7 @@ impl Shared {
     pub(crate) fn acquire(self: &Arc<Self>, cancelled: Outcome) -> Result<CallGuard, CircuitOpen> {
         let word = self.hot.word.load(Ordering::Acquire);
         let tag = word & TAG_MASK;
-        if tag == CircuitState::Closed.tag() || tag == CircuitState::Disabled.tag() {
+        if tag == CircuitState::Closed.tag() || tag == CircuitState::ForcedClosed.tag() {
             let ticket = if self.hot.timed && tag == CircuitState::Closed.tag() {
                 self.pack_ticket(word >> TAG_BITS, false, Some(Instant::now()))
             } else {
@@ -320,9 +322,9 @@ impl Shared {
         } else if !probe && outcome == Outcome::Ignored {
             return;
         }
-        if !probe && self.hot.word.load(Ordering::Relaxed) & TAG_MASK == CircuitState::Disabled.tag() {
+        if !probe && self.hot.word.load(Ordering::Relaxed) & TAG_MASK == CircuitState::ForcedClosed.tag() {
             // Forced closed: nothing is counted (and a call admitted before
-            // the breaker was disabled belongs to an earlier generation).
+            // the breaker was forced closed belongs to an earlier generation).
             return;
         }
         let now = Instant::now();
@@ -335,7 +337,7 @@ impl Shared {
             now,
         );
         // Only failures the breaker counted: not stale generations, not
-        // while disabled.
+        // while forced closed.
         #[cfg(feature = "metrics")]
         if counted && outcome == Outcome::Failure {
             self.metrics.failures.increment(1);
@@ -478,7 +480,7 @@ impl Shared {
                 Availability::Available
             };
         }
-        if tag == CircuitState::Disabled.tag() {
+        if tag == CircuitState::ForcedClosed.tag() {
             return Availability::Available;
         }
         self.with_machine(|m, now| m.availability(&self.config, now), Instant::now())
@@ -548,7 +550,7 @@ fn event_state(state: CircuitState) -> &'static str {
 #[derive(Debug)]
 pub struct CallGuard {
     /// `None` once settled (or for a spent placeholder).
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Breaker>>,
     /// The packed ticket: generation, probe bit, start time when timed.
     ticket: u64,
 }
@@ -612,7 +614,7 @@ impl Drop for CallGuard {
 /// service of the breaker, sees the same state.
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Breaker>,
 }
 
 impl CircuitBreakerHandle {
@@ -688,7 +690,7 @@ impl CheckAvailability for CircuitBreakerHandle {
     }
 }
 
-impl palisade_core::keyed::Evictable for Shared {
+impl palisade_core::keyed::Evictable for Breaker {
     /// Whether a keyed map may forget this breaker without lifting any
     /// protection: closed, or (when `idle`) open with its cooldown passed.
     fn evictable(&self, idle: bool) -> bool {

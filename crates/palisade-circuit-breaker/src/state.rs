@@ -31,28 +31,29 @@ pub enum CircuitState {
     HalfOpen,
     /// Forced open by a handle: every call is refused until a reset.
     ForcedOpen,
-    /// Forced closed by a handle: every call passes and nothing is counted until a reset.
-    Disabled,
+    /// Forced closed by a handle ([`force_closed`](crate::CircuitBreakerHandle::force_closed)):
+    /// every call passes and nothing is counted until a reset.
+    ForcedClosed,
 }
 
 impl CircuitState {
     /// A short lowercase name, as used in events: `closed`, `open`, `half_open`,
-    /// `forced_open`, `disabled`.
+    /// `forced_open`, `forced_closed`.
     pub fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
             CircuitState::HalfOpen => "half_open",
             CircuitState::ForcedOpen => "forced_open",
-            CircuitState::Disabled => "disabled",
+            CircuitState::ForcedClosed => "forced_closed",
         }
     }
 
     /// The value of the `palisade_circuit_breaker_state` gauge: 0 closed (or
-    /// disabled), 1 half-open, 2 open (or forced open).
+    /// forced closed), 1 half-open, 2 open (or forced open).
     pub fn gauge(self) -> f64 {
         match self {
-            CircuitState::Closed | CircuitState::Disabled => 0.0,
+            CircuitState::Closed | CircuitState::ForcedClosed => 0.0,
             CircuitState::HalfOpen => 1.0,
             CircuitState::Open | CircuitState::ForcedOpen => 2.0,
         }
@@ -61,7 +62,7 @@ impl CircuitState {
     pub(crate) fn tag(self) -> u64 {
         match self {
             CircuitState::Closed => 0,
-            CircuitState::Disabled => 1,
+            CircuitState::ForcedClosed => 1,
             CircuitState::Open => 2,
             CircuitState::HalfOpen => 3,
             CircuitState::ForcedOpen => 4,
@@ -71,7 +72,7 @@ impl CircuitState {
     pub(crate) fn from_tag(tag: u64) -> Self {
         match tag {
             0 => CircuitState::Closed,
-            1 => CircuitState::Disabled,
+            1 => CircuitState::ForcedClosed,
             2 => CircuitState::Open,
             3 => CircuitState::HalfOpen,
             _ => CircuitState::ForcedOpen,
@@ -100,7 +101,7 @@ enum Phase {
         last_admit: Instant,
     },
     ForcedOpen,
-    Disabled,
+    ForcedClosed,
 }
 
 /// A call's admission: the generation it was admitted under, and whether it is a probe.
@@ -293,7 +294,7 @@ impl Machine {
             Phase::Open { .. } => CircuitState::Open,
             Phase::HalfOpen { .. } => CircuitState::HalfOpen,
             Phase::ForcedOpen => CircuitState::ForcedOpen,
-            Phase::Disabled => CircuitState::Disabled,
+            Phase::ForcedClosed => CircuitState::ForcedClosed,
         }
     }
 
@@ -450,7 +451,7 @@ impl Machine {
     ) -> (Result<Ticket, Refusal>, Option<Transition>) {
         let transition = self.advance(config, now);
         let result = match &mut self.phase {
-            Phase::Closed | Phase::Disabled => Ok(Ticket {
+            Phase::Closed | Phase::ForcedClosed => Ok(Ticket {
                 generation: self.generation,
                 generation_mask: u64::MAX,
                 probe: false,
@@ -502,7 +503,7 @@ impl Machine {
     pub(crate) fn peek(&self, config: &CircuitBreakerConfig, now: Instant) -> Availability {
         match self.phase {
             Phase::Closed if self.kept => Availability::Degraded,
-            Phase::Closed | Phase::Disabled => Availability::Available,
+            Phase::Closed | Phase::ForcedClosed => Availability::Available,
             Phase::Open { until } => Availability::Unavailable {
                 reason: Unavailable::Open,
                 retry_in: until.saturating_duration_since(now),
@@ -554,7 +555,7 @@ impl Machine {
                 self.cooldown = None;
                 (true, Some(self.close(now, "reset requested")))
             }
-            Phase::Closed | Phase::Disabled => (true, None),
+            Phase::Closed | Phase::ForcedClosed => (true, None),
             Phase::ForcedOpen => (false, None),
         }
     }
@@ -679,9 +680,9 @@ impl Machine {
         self.transition(Phase::ForcedOpen, "forced open")
     }
 
-    /// Forces the breaker closed (disabled) until a reset.
+    /// Forces the breaker closed until a reset.
     pub(crate) fn force_closed(&mut self) -> Transition {
-        self.transition(Phase::Disabled, "forced closed")
+        self.transition(Phase::ForcedClosed, "forced closed")
     }
 
     /// Back to closed with fresh counters and the base cooldown.

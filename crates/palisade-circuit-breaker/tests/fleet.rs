@@ -248,7 +248,7 @@ fn run(probes: u32, successes: u32, steps: Vec<Step>) -> Result<(), TestCaseErro
                             prop_assert!(!free, "step {i}: forced open refuses");
                             prop_assert_eq!(handle.state(), CircuitState::ForcedOpen);
                         }
-                        CircuitState::Closed | CircuitState::Disabled => prop_assert!(free),
+                        CircuitState::Closed | CircuitState::ForcedClosed => prop_assert!(free),
                         CircuitState::HalfOpen => {}
                     }
                 }
@@ -261,7 +261,7 @@ fn run(probes: u32, successes: u32, steps: Vec<Step>) -> Result<(), TestCaseErro
                             prop_assert!(!taken);
                             prop_assert_eq!(handle.state(), CircuitState::ForcedOpen);
                         }
-                        CircuitState::Disabled => prop_assert!(taken),
+                        CircuitState::ForcedClosed => prop_assert!(taken),
                         _ => {
                             prop_assert!(taken);
                             prop_assert_eq!(handle.state(), CircuitState::Closed);

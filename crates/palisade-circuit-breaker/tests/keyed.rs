@@ -70,6 +70,22 @@ fn keyed_config_is_validated() {
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "idle_timeout");
+    let config = || base().build().unwrap();
+    let e = KeyedCircuitBreakerLayer::builder()
+        .plain()
+        .key_config("/a", config())
+        .key_config("/b", config())
+        .key_config("/a", config())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "key_config");
+    assert!(e.to_string().contains("`/a` is configured twice"), "{e}");
+    let e = KeyedCircuitBreakerLayer::builder()
+        .plain()
+        .key_config("", config())
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "key_config");
 }
 
 async fn kcall<S>(svc: &mut S, req: (&'static str, Op)) -> Result<&'static str, palisade_core::error::BoxError>

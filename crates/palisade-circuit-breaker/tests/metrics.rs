@@ -155,12 +155,12 @@ async fn counters_and_the_state_gauge_follow_the_breaker() {
         assert!(!is_open(&call(&mut svc, Op::Fail).await));
     }
     assert_eq!(recorder.counter(&failures), 2, "nothing counted while forced closed");
-    assert_eq!(recorder.counter(&transitions("closed", "disabled")), 1);
+    assert_eq!(recorder.counter(&transitions("closed", "forced_closed")), 1);
 
     // Forced open: reported open.
     handle.force_open();
     assert_eq!(recorder.gauge(&gauge), Some(2.0));
-    assert_eq!(recorder.counter(&transitions("disabled", "open")), 1);
+    assert_eq!(recorder.counter(&transitions("forced_closed", "open")), 1);
     handle.reset();
     assert_eq!(recorder.gauge(&gauge), Some(0.0));
 }

@@ -433,7 +433,7 @@ async fn the_handle_forces_open_forces_closed_and_resets() {
 
     handle.force_closed();
     trip(&mut svc, 5).await;
-    assert_eq!(handle.state(), CircuitState::Disabled);
+    assert_eq!(handle.state(), CircuitState::ForcedClosed);
     assert_eq!(call(&mut svc, Op::Ok).await.unwrap(), "ok");
 
     handle.reset();

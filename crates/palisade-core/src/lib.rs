@@ -25,6 +25,9 @@
 //! - [`grpc_timeout`]: the `grpc-timeout` wire format (rounded down), shared
 //!   by the layers that tell a server how much time a call has left;
 //! - [`retry`]: the retry predicate and the [`Retryable`](retry::Retryable) mark;
+//! - [`route`]: [`RouteTable`](route::RouteTable), the per-route override
+//!   table every layer with per-route settings uses (exact match on the
+//!   route, a duplicate is a `ConfigError` at `build()`);
 //! - [`error`]: the failure kinds every layer returns ([`CircuitOpen`](error::CircuitOpen),
 //!   [`TimedOut`](error::TimedOut), ...), how to find one behind a
 //!   `tonic::Status` or any wrapper ([`PalisadeError`](error::PalisadeError)) with
@@ -80,6 +83,7 @@ pub mod options;
 pub mod peer;
 pub mod protocol;
 pub mod retry;
+pub mod route;
 pub mod time;
 
 pub use error::BoxError;

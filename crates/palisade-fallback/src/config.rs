@@ -7,11 +7,12 @@ use palisade_core::BoxError;
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::extract::{KeepFn, KeepHead, KeepNothing};
-use crate::layer::{FallbackLayer, Shared};
+use crate::layer::{Config, FallbackLayer};
 use crate::mark::{ByTrait, Unmarked, Wrap};
-use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen, RouteFallback, Routes};
+use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen, RouteFallback};
 use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
 
 /// Configures a [`FallbackLayer`]; [`build`](Self::build) validates it.
@@ -42,7 +43,7 @@ pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, 
     protocol: P,
     mark: M,
     listeners: Listeners,
-    routes: Routes,
+    routes: RouteTableBuilder<RouteFallback>,
 }
 
 impl<Src, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug for FallbackBuilder<Src, X, R, P, M> {
@@ -77,7 +78,7 @@ impl FallbackBuilder {
             protocol: Unchosen,
             mark: ByTrait,
             listeners: Listeners::new(),
-            routes: Routes::default(),
+            routes: RouteTableBuilder::new(),
         }
     }
 }
@@ -104,10 +105,19 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
         self.map(|_, x, r, p, m| (Some(source), x, r, p, m))
     }
 
-    /// The layer with `source`, for the shortcuts of [`FallbackLayer`].
+    /// The layer with `source`, for the shortcuts of [`FallbackLayer`] (whose
+    /// builder has no route overrides).
     pub(crate) fn layer_with<Src2>(self, source: Src2) -> FallbackLayer<Src2, X, R, P, M> {
+        self.layer_with_routes(source, RouteTable::empty())
+    }
+
+    fn layer_with_routes<Src2>(
+        self,
+        source: Src2,
+        routes: RouteTable<RouteFallback>,
+    ) -> FallbackLayer<Src2, X, R, P, M> {
         FallbackLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Config {
                 source,
                 extract: self.extract,
                 errors: self.errors,
@@ -115,7 +125,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
                 protocol: self.protocol,
                 mark: self.mark,
                 listeners: self.listeners,
-                routes: self.routes,
+                routes,
             }),
         }
     }
@@ -267,10 +277,11 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     /// Overrides the rules for one route: the http path or the gRPC method
     /// `/package.Service/Method`, as
     /// [`Inspect::route`](palisade_core::protocol::Inspect::route) gives it
-    /// (so it needs the [`Http`] or [`Grpc`] protocol). A later override of
-    /// the same route replaces an earlier one. See [`RouteFallback`].
+    /// (so it needs the [`Http`] or [`Grpc`] protocol). Configuring one
+    /// route twice (or an empty route) is an error at [`build`](Self::build).
+    /// See [`RouteFallback`].
     pub fn route(mut self, route: impl Into<String>, rule: RouteFallback) -> Self {
-        self.routes.insert(route.into(), rule);
+        self.routes.push(route, rule);
         self
     }
 
@@ -282,25 +293,24 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
 }
 
 impl<Src, X, R, P: IsGrpc, M> FallbackBuilder<Src, X, R, P, M> {
-    /// Validates the configuration: the source must be set. Exists once a
-    /// protocol is chosen (every protocol implements [`IsGrpc`];
-    /// [`Unchosen`] does not).
+    /// Validates the configuration: the source must be set, and each
+    /// [`route`](Self::route) must be non-empty and configured once (the
+    /// error names the route). Exists once a protocol is chosen (every
+    /// protocol implements [`IsGrpc`]; [`Unchosen`] does not).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for field `source` when no source was chosen.
-    pub fn build(self) -> Result<FallbackLayer<Src, X, R, P, M>, ConfigError> {
-        let Some(source) = self.source else {
+    /// A [`ConfigError`] for field `source` when no source was chosen, or for
+    /// field `route` naming an empty or duplicate route.
+    pub fn build(mut self) -> Result<FallbackLayer<Src, X, R, P, M>, ConfigError> {
+        let Some(source) = self.source.take() else {
             return Err(ConfigError::new(
                 "fallback",
                 "source",
                 "is not set: choose value, from_fn, try_from_fn, from_async or from_service",
             ));
         };
-        Ok(FallbackBuilder {
-            source: None::<Src>,
-            ..self
-        }
-        .layer_with(source))
+        let routes = std::mem::take(&mut self.routes).build("fallback", "route")?;
+        Ok(self.layer_with_routes(source, routes))
     }
 }

@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use palisade_core::BoxError;
 use palisade_core::error::PolledAfterCompletion;
 use palisade_core::event::LayerName;
+use palisade_core::route::RouteIndex;
 use pin_project_lite::pin_project;
 
 use crate::error::FallbackFailed;
@@ -26,7 +27,7 @@ pin_project! {
             kept: Option<K>,
             per_call: Option<CallFallback<Res>>,
             // The index of the call's route override, if it has one.
-            route: Option<u32>,
+            route: Option<RouteIndex>,
         },
         Fallback {
             #[pin]
@@ -53,7 +54,13 @@ pin_project! {
 }
 
 impl<F, SF, K, Res, L> ResponseFuture<F, SF, K, Res, L> {
-    pub(crate) fn new(future: F, kept: K, per_call: Option<CallFallback<Res>>, route: Option<u32>, layer: L) -> Self {
+    pub(crate) fn new(
+        future: F,
+        kept: K,
+        per_call: Option<CallFallback<Res>>,
+        route: Option<RouteIndex>,
+        layer: L,
+    ) -> Self {
         Self {
             state: State::Inner {
                 future,
@@ -100,7 +107,7 @@ where
                     route,
                 } => {
                     let result = ready!(future.poll(cx));
-                    let route = route.and_then(|at| shared.routes.get(at));
+                    let route = route.and_then(|at| shared.routes.at(at));
                     let off = matches!(route, Some(RouteFallback::Off));
                     let error: BoxError = match result {
                         Ok(response) => {

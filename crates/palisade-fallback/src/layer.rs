@@ -6,12 +6,13 @@ use std::sync::Arc;
 use palisade_core::BoxError;
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use palisade_core::protocol::{Plain, Unchosen};
+use palisade_core::route::RouteTable;
 use tower_layer::Layer;
 
 use crate::config::FallbackBuilder;
 use crate::extract::KeepNothing;
 use crate::mark::{ByTrait, FallbackReason};
-use crate::policy::{ErrorPolicy, NoResponseRule, Routes};
+use crate::policy::{ErrorPolicy, NoResponseRule, RouteFallback};
 use crate::service::Fallback;
 use crate::source::{FromAsync, FromFn, FromService, TryFromFn, Value};
 
@@ -26,10 +27,13 @@ use crate::source::{FromAsync, FromFn, FromService, TryFromFn, Value};
 /// Every service built by one layer value (and every clone of those services)
 /// shares the layer's configuration, source and listeners.
 pub struct FallbackLayer<Src, X = KeepNothing, R = NoResponseRule, P = Plain, M = ByTrait> {
-    pub(crate) shared: Arc<Shared<Src, X, R, P, M>>,
+    pub(crate) shared: Arc<Config<Src, X, R, P, M>>,
 }
 
-pub(crate) struct Shared<Src, X, R, P, M> {
+/// The configuration of one layer value (its source, extractor, rules,
+/// protocol, marking, listeners and route overrides), shared by every
+/// service it builds and their clones.
+pub(crate) struct Config<Src, X, R, P, M> {
     pub(crate) source: Src,
     pub(crate) extract: X,
     pub(crate) errors: ErrorPolicy,
@@ -37,10 +41,10 @@ pub(crate) struct Shared<Src, X, R, P, M> {
     pub(crate) protocol: P,
     pub(crate) mark: M,
     pub(crate) listeners: Listeners,
-    pub(crate) routes: Routes,
+    pub(crate) routes: RouteTable<RouteFallback>,
 }
 
-impl<Src, X, R, P, M> Shared<Src, X, R, P, M> {
+impl<Src, X, R, P, M> Config<Src, X, R, P, M> {
     /// Reports one fallback answer: tracing, listeners, metrics.
     pub(crate) fn record(&self, reason: FallbackReason) {
         self.listeners.emit(&Event::new(

@@ -23,7 +23,8 @@
 //! [`RouteFallback::OnErrors`] that route's errors are judged by its own
 //! [`ErrorPolicy`]. A per-call [`CallFallback`](crate::CallFallback) replaces
 //! the source, not these rules: it answers only a failure that triggers the
-//! fallback on its route.
+//! fallback on its route. A route configured twice is an error at
+//! [`build`](crate::FallbackBuilder::build) (see [`palisade_core::route`]).
 
 use std::error::Error;
 use std::fmt;
@@ -48,39 +49,6 @@ pub enum RouteFallback {
     /// On this route these errors trigger the fallback, instead of the ones
     /// the layer names; responses follow the layer's rule.
     OnErrors(ErrorPolicy),
-}
-
-/// The route overrides of a layer, looked up once per call by route name.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Routes {
-    index: std::collections::HashMap<Box<str>, u32>,
-    rules: Vec<RouteFallback>,
-}
-
-impl Routes {
-    /// Adds (or replaces) the override for `route`.
-    pub(crate) fn insert(&mut self, route: String, rule: RouteFallback) {
-        match self.index.get(route.as_str()) {
-            Some(&at) => self.rules[at as usize] = rule,
-            None => {
-                self.index.insert(route.into_boxed_str(), self.rules.len() as u32);
-                self.rules.push(rule);
-            }
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// The index of `route`'s override, kept by the call's future.
-    pub(crate) fn find(&self, route: &str) -> Option<u32> {
-        self.index.get(route).copied()
-    }
-
-    pub(crate) fn get(&self, at: u32) -> Option<&RouteFallback> {
-        self.rules.get(at as usize)
-    }
 }
 
 /// The predicate on errors. See the [module docs](self).

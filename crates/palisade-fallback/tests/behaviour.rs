@@ -613,20 +613,29 @@ async fn routes_override_which_failures_are_answered() {
     assert_eq!(heard.load(Ordering::Relaxed), 2);
 }
 
-#[tokio::test]
-async fn a_later_route_override_replaces_an_earlier_one() {
-    let layer = FallbackLayer::builder()
+#[test]
+fn a_route_configured_twice_is_an_error_at_build() {
+    let err = FallbackLayer::builder()
         .http()
         .route("/pay", palisade_fallback::RouteFallback::Off)
+        .route("/other", palisade_fallback::RouteFallback::Off)
         .route(
             "/pay",
             palisade_fallback::RouteFallback::OnErrors(palisade_fallback::policy::ErrorPolicy::any()),
         )
         .value(http::Response::new("fallback".to_owned()))
         .build()
-        .unwrap();
-    let resp = layer.layer(backend(open)).oneshot(req_to("/pay", "x!")).await.unwrap();
-    assert_eq!(resp.body(), "fallback");
+        .unwrap_err();
+    assert_eq!(err.layer(), "fallback");
+    assert_eq!(err.field(), "route");
+    assert!(err.to_string().contains("`/pay` is configured twice"), "{err}");
+    let err = FallbackLayer::builder()
+        .http()
+        .route("", palisade_fallback::RouteFallback::Off)
+        .value(http::Response::new(String::new()))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "route");
 }
 
 #[tokio::test]

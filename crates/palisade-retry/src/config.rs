@@ -1,6 +1,5 @@
 //! Configuration: [`RetryLayerBuilder`] and per-route overrides.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use palisade_core::backoff::{Backoff, Jitter, JitterSeed};
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::budget::{RetryBudget, Throttle};
 use crate::layer::RetryLayer;
@@ -71,7 +71,7 @@ pub(crate) struct Settings {
     pub(crate) backoff: Backoff,
     pub(crate) max_pushback: Duration,
     pub(crate) replay_cap: usize,
-    pub(crate) routes: HashMap<Box<str>, RouteRetry>,
+    pub(crate) routes: RouteTable<RouteRetry>,
     /// Empty when the layer has no budget, no throttle and no listener: a
     /// call's future then holds no reference count at all.
     pub(crate) state: StateHandle,
@@ -101,9 +101,10 @@ pub(crate) struct SharedState {
     pub(crate) jitter: Option<JitterSeed>,
 }
 
-/// What one layer value shares with every service it builds and their clones.
+/// The configuration of one layer value (protocol, predicate, validated
+/// settings), shared by every service it builds and their clones.
 #[derive(Debug)]
-pub(crate) struct Shared<P, R> {
+pub(crate) struct Config<P, R> {
     pub(crate) protocol: P,
     pub(crate) predicate: R,
     pub(crate) settings: Settings,
@@ -196,7 +197,7 @@ pub struct RetryLayerBuilder<P = Unchosen, R = DefaultPredicate> {
     throttle: Option<(u32, f64)>,
     max_pushback: Duration,
     replay_cap: usize,
-    routes: Vec<(String, RouteRetry)>,
+    routes: RouteTableBuilder<RouteRetry>,
     listeners: Listeners,
     jitter_seed: Option<u64>,
 }
@@ -249,7 +250,7 @@ impl RetryLayerBuilder {
             throttle: None,
             max_pushback: Duration::from_secs(10),
             replay_cap: DEFAULT_REPLAY_CAP,
-            routes: Vec::new(),
+            routes: RouteTableBuilder::new(),
             listeners: Listeners::new(),
             jitter_seed: None,
         }
@@ -380,8 +381,10 @@ impl<P, R> RetryLayerBuilder<P, R> {
 
     /// Overrides settings for one route (the http path or the gRPC method
     /// `/package.Service/Method`, as [`Inspect::route`](palisade_core::protocol::Inspect::route) gives it).
+    /// Configuring one route twice (or an empty route) is an error at
+    /// [`build`](Self::build) (see [`palisade_core::route`]).
     pub fn route(mut self, route: impl Into<String>, settings: RouteRetry) -> Self {
-        self.routes.push((route.into(), settings));
+        self.routes.push(route, settings);
         self
     }
 
@@ -411,7 +414,8 @@ impl<P: IsGrpc, R> RetryLayerBuilder<P, R> {
     ///
     /// A [`ConfigError`] naming the field: a zero `max_pushback`, a
     /// `replay_cap` above [`MAX_REPLAY_CAP`], `retries` (or a route's) above
-    /// [`MAX_RETRIES`], an invalid `budget` or `throttle`.
+    /// [`MAX_RETRIES`], an invalid `budget` or `throttle`, or an empty or
+    /// duplicate `route`.
     pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
         if self.max_pushback.is_zero() {
             return Err(ConfigError::new(LAYER, "max_pushback", "must be more than zero"));
@@ -434,13 +438,14 @@ impl<P: IsGrpc, R> RetryLayerBuilder<P, R> {
             None => None,
             Some((max, ratio)) => Some(Throttle::new(max, ratio)?),
         };
-        let mut routes = HashMap::with_capacity(self.routes.len());
-        for (route, settings) in self.routes {
-            if settings.retries.is_some_and(|r| r > MAX_RETRIES) {
-                return Err(ConfigError::new(LAYER, "route.retries", "must be at most 100"));
-            }
-            routes.insert(route.into_boxed_str(), settings);
+        if self
+            .routes
+            .iter()
+            .any(|(_, s)| s.retries.is_some_and(|r| r > MAX_RETRIES))
+        {
+            return Err(ConfigError::new(LAYER, "route.retries", "must be at most 100"));
         }
+        let routes = self.routes.build(LAYER, "route")?;
         let jitter = self.jitter_seed.map(JitterSeed::new);
         let state = StateHandle(
             (budget.is_some() || throttle.is_some() || !self.listeners.is_empty() || jitter.is_some()).then(|| {
@@ -452,7 +457,7 @@ impl<P: IsGrpc, R> RetryLayerBuilder<P, R> {
                 })
             }),
         );
-        Ok(RetryLayer::from_shared(Arc::new(Shared {
+        Ok(RetryLayer::from_shared(Arc::new(Config {
             protocol: self.protocol,
             predicate: self.predicate,
             settings: Settings {
@@ -499,6 +504,33 @@ mod tests {
             ),
             "route.retries"
         );
+        assert_eq!(
+            field(RetryLayerBuilder::new().plain().route("", RouteRetry::new())),
+            "route"
+        );
+    }
+
+    #[test]
+    fn a_route_configured_twice_is_an_error() {
+        let err = RetryLayerBuilder::new()
+            .plain()
+            .route("/a", RouteRetry::new().retries(2))
+            .route("/b", RouteRetry::new())
+            .route("/a", RouteRetry::new().retries(3))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "route");
+        assert!(err.to_string().contains("`/a` is configured twice"), "{err}");
+        let layer = RetryLayerBuilder::new()
+            .plain()
+            .route("/a", RouteRetry::new().retries(2))
+            .route("/b", RouteRetry::new().retries(0))
+            .build()
+            .unwrap();
+        let routes = &layer.shared().settings.routes;
+        assert_eq!(routes.get("/a").and_then(|r| r.retries), Some(2));
+        assert_eq!(routes.get("/b").and_then(|r| r.retries), Some(0));
+        assert_eq!(routes.get("/c"), None);
     }
 
     #[test]

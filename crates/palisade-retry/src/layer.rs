@@ -7,7 +7,7 @@ use palisade_core::protocol::{Grpc, Http, Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::budget::{RetryBudget, Throttle};
-use crate::config::{RetryLayerBuilder, Shared};
+use crate::config::{Config, RetryLayerBuilder};
 use crate::policy::DefaultPredicate;
 use crate::service::Retry;
 
@@ -19,7 +19,7 @@ use crate::service::Retry;
 /// - [`RetryLayer::grpc`]: gRPC over a tonic `Channel`, bodies replayed;
 /// - [`RetryLayer::builder`]: every setting.
 pub struct RetryLayer<P = Plain, R = DefaultPredicate> {
-    shared: Arc<Shared<P, R>>,
+    shared: Arc<Config<P, R>>,
 }
 
 impl<P, R> Clone for RetryLayer<P, R> {
@@ -85,8 +85,13 @@ impl RetryLayer {
 }
 
 impl<P, R> RetryLayer<P, R> {
-    pub(crate) fn from_shared(shared: Arc<Shared<P, R>>) -> Self {
+    pub(crate) fn from_shared(shared: Arc<Config<P, R>>) -> Self {
         Self { shared }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Config<P, R> {
+        &self.shared
     }
 
     /// The retry budget shared by the services this layer builds, if any.

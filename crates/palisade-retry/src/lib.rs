@@ -220,6 +220,7 @@ pub mod budget;
 mod config;
 pub mod error;
 mod future;
+mod handoff;
 mod layer;
 pub mod policy;
 pub mod pushback;

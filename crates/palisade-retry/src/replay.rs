@@ -23,9 +23,9 @@
 //! cut-short or empty body for a complete one.
 //!
 //! Only one attempt reads at a time: the attempt that holds the state returns
-//! it when its body is dropped. A replay polled while an earlier attempt's
-//! body is still alive (still owned by a connection) waits until it is
-//! dropped.
+//! it when its body is dropped (through the crate's private hand-off, in
+//! `handoff.rs`). A replay polled while an earlier attempt's body is still
+//! alive (still owned by a connection) waits until it is dropped.
 //!
 //! When a call may not be retried at all (0 retries), the body passes through
 //! without any shared state or buffering.
@@ -45,14 +45,15 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use palisade_core::BoxError;
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use parking_lot::Mutex;
+
+use crate::handoff::HandOff;
 
 /// The default cap of a replay buffer: 64 KiB.
 pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
@@ -101,7 +102,7 @@ enum Kind<B> {
 }
 
 struct Replay<B> {
-    shared: Arc<Shared<B>>,
+    shared: Arc<CallBody<B>>,
     /// The state, while this attempt holds it.
     state: Option<State<B>>,
     /// How many buffered frames this attempt has sent.
@@ -121,7 +122,8 @@ struct Replay<B> {
     lost_here: bool,
 }
 
-struct Shared<B> {
+/// The body of one call, shared by the [`ReplayBody`] of each of its attempts.
+struct CallBody<B> {
     /// Set once the buffer is gone: the body cannot be replayed.
     capped: AtomicBool,
     /// Set once no replay will be made: the attempt sending the body stops
@@ -129,12 +131,8 @@ struct Shared<B> {
     committed: AtomicBool,
     /// Set when the buffer was lost because the original body's read failed.
     failed: AtomicBool,
-    slot: Mutex<Slot<B>>,
-}
-
-struct Slot<B> {
-    state: Option<State<B>>,
-    waiting: Vec<Waker>,
+    /// The state, while no attempt holds it.
+    state: HandOff<State<B>>,
 }
 
 struct State<B> {
@@ -205,14 +203,12 @@ impl<B: Body> ReplayBody<B> {
         };
         Self {
             kind: Kind::Replay(Replay {
-                shared: Arc::new(Shared {
+                shared: Arc::new(CallBody {
                     capped: AtomicBool::new(capped),
                     committed: AtomicBool::new(false),
                     failed: AtomicBool::new(false),
-                    slot: Mutex::new(Slot {
-                        state: None,
-                        waiting: Vec::new(),
-                    }),
+                    // The first attempt holds the state.
+                    state: HandOff::taken(),
                 }),
                 state: Some(state),
                 replayed: 0,
@@ -290,14 +286,7 @@ impl<B> Replay<B> {
 
     fn release(&mut self) {
         if let Some(state) = self.state.take() {
-            let waiting = {
-                let mut slot = self.shared.slot.lock();
-                slot.state = Some(state);
-                std::mem::take(&mut slot.waiting)
-            };
-            for waker in waiting {
-                waker.wake();
-            }
+            self.shared.state.put_back(state);
         }
     }
 }
@@ -335,20 +324,10 @@ where
             return Poll::Ready(Some(Err(replay.not_replayable())));
         }
         if replay.state.is_none() {
-            {
-                let mut slot = replay.shared.slot.lock();
-                match slot.state.take() {
-                    Some(state) => replay.state = Some(state),
-                    None => {
-                        // Several replays may wait (an old attempt's body still
-                        // owned by its connection): keep every waker, not only
-                        // the latest, and do not wake one another in turn.
-                        if !slot.waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                            slot.waiting.push(cx.waker().clone());
-                        }
-                        return Poll::Pending;
-                    }
-                }
+            match replay.shared.state.poll_take(cx) {
+                Poll::Ready(state) => replay.state = Some(state),
+                // An earlier attempt's body is alive (owned by its connection).
+                Poll::Pending => return Poll::Pending,
             }
             // The state may have been lost by the attempt that just released it.
             if replay.is_cut() {

@@ -1,6 +1,5 @@
 //! [`Retry`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,10 +8,11 @@ use palisade_core::BoxError;
 use palisade_core::context;
 use palisade_core::event::{Event, EventKind, LayerName};
 use palisade_core::options::CallOptions;
+use palisade_core::route::RouteTable;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::config::{CallPolicy, RouteRetry, Settings, Shared, StateHandle};
+use crate::config::{CallPolicy, Config, RouteRetry, Settings, StateHandle};
 use crate::future::{ResponseFuture, emit};
 use crate::policy::{Predicate, RetryOn, RetryProtocol};
 
@@ -46,11 +46,11 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// next call, as tower's readiness contract has it.
 pub struct Retry<S, P, R> {
     inner: S,
-    shared: Arc<Shared<P, R>>,
+    shared: Arc<Config<P, R>>,
 }
 
 impl<S, P, R> Retry<S, P, R> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<P, R>>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Config<P, R>>) -> Self {
         Self { inner, shared }
     }
 
@@ -197,6 +197,6 @@ fn expired(settings: &Settings) {
 
 /// A route's overrides, out of line: only layers with routes look.
 #[inline(never)]
-fn route_settings<'r>(routes: &'r HashMap<Box<str>, RouteRetry>, route: &str) -> Option<&'r RouteRetry> {
+fn route_settings<'r>(routes: &'r RouteTable<RouteRetry>, route: &str) -> Option<&'r RouteRetry> {
     routes.get(route)
 }

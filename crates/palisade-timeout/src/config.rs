@@ -1,6 +1,5 @@
 //! The builder of a [`TimeoutLayer`](crate::TimeoutLayer).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use palisade_body::BodyLimits;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::layer::TimeoutLayer;
 
@@ -25,7 +25,7 @@ pub(crate) struct Config {
     pub(crate) timeout: Option<Duration>,
     pub(crate) kind: TimeoutKind,
     /// Per-route overrides (`None`: no timeout on that route).
-    pub(crate) routes: HashMap<Box<str>, Option<Duration>>,
+    pub(crate) routes: RouteTable<Option<Duration>>,
     /// Write `grpc-timeout` on outgoing requests.
     pub(crate) grpc_timeout: bool,
     /// Write this header, in milliseconds, on outgoing requests.
@@ -97,7 +97,7 @@ pub struct TimeoutBuilder<P = Unchosen> {
     protocol: P,
     timeout: Option<Duration>,
     kind: TimeoutKind,
-    routes: Vec<(String, Option<Duration>)>,
+    routes: RouteTableBuilder<Option<Duration>>,
     grpc_timeout: bool,
     header: Option<HeaderName>,
     body: BodyLimits,
@@ -111,7 +111,7 @@ impl Default for TimeoutBuilder<Unchosen> {
             protocol: Unchosen,
             timeout: Some(DEFAULT_TIMEOUT),
             kind: TimeoutKind::Attempt,
-            routes: Vec::new(),
+            routes: RouteTableBuilder::new(),
             grpc_timeout: false,
             header: None,
             body: BodyLimits::NONE,
@@ -195,8 +195,10 @@ impl<P> TimeoutBuilder<P> {
     /// `Inspect::route` reports it). `None` disables the timeout on that
     /// route. A per-call timeout still overrides it on a per-attempt layer
     /// (a [`Total`](TimeoutKind::Total) layer ignores per-call timeouts).
+    /// Configuring one route twice is an error at [`build`](Self::build)
+    /// (see [`palisade_core::route`]).
     pub fn route(mut self, route: impl Into<String>, timeout: Option<Duration>) -> Self {
-        self.routes.push((route.into(), timeout.filter(|t| !t.is_zero())));
+        self.routes.push(route, timeout.filter(|t| !t.is_zero()));
         self
     }
 
@@ -279,19 +281,7 @@ impl<P: IsGrpc> TimeoutBuilder<P> {
                 "must not be `grpc-timeout`, whose format differs; use `propagate_grpc_timeout`",
             ));
         }
-        let mut routes = HashMap::with_capacity(self.routes.len());
-        for (route, timeout) in self.routes {
-            if route.is_empty() {
-                return Err(ConfigError::new(LAYER, "route", "must not be empty"));
-            }
-            if routes.insert(route.clone().into_boxed_str(), timeout).is_some() {
-                return Err(ConfigError::new(
-                    LAYER,
-                    "route",
-                    format!("`{route}` is configured twice"),
-                ));
-            }
-        }
+        let routes = self.routes.build(LAYER, "route")?;
         let config = Config {
             timeout: self.timeout,
             kind: self.kind,
@@ -330,6 +320,15 @@ mod tests {
             ),
             "route"
         );
+        let twice = TimeoutBuilder::default()
+            .plain()
+            .route("/a", None)
+            .route("/b", None)
+            .route("/a", None)
+            .build()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(twice.to_string().contains("`/a` is configured twice"), "{twice}");
         assert_eq!(
             field(
                 TimeoutBuilder::default()
