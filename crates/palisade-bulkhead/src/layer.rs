@@ -214,7 +214,7 @@ macro_rules! layer_builder {
                 self.protocol(Plain)
             }
 
-            forward! {
+            palisade_core::forward_config! {
                 /// See [`BulkheadConfigBuilder::max_concurrent`].
                 max_concurrent(n: usize);
                 /// See [`BulkheadConfigBuilder::max_queue`].
@@ -246,18 +246,6 @@ macro_rules! layer_builder {
                 Ok($layer::new(self.config.build()?).protocol(self.protocol))
             }
         }
-    };
-}
-
-macro_rules! forward {
-    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, $($arg: $ty),*) -> Self {
-                self.config = self.config.$name($($arg),*);
-                self
-            }
-        )*
     };
 }
 

@@ -147,22 +147,10 @@ pub struct CircuitBreakerLayerBuilder<P = Unchosen> {
     protocol: P,
 }
 
-macro_rules! forward {
-    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*);)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, $($arg: $ty),*) -> Self {
-                self.config = self.config.$name($($arg),*);
-                self
-            }
-        )*
-    };
-}
-
 /// The [`CircuitBreakerConfigBuilder`] knobs, forwarded by both layer builders.
 macro_rules! config_knobs {
     () => {
-        forward! {
+        palisade_core::forward_config! {
             /// See [`CircuitBreakerConfigBuilder::peer`].
             peer(peer: impl Into<palisade_core::peer::PeerId>);
             /// See [`CircuitBreakerConfigBuilder::failure_threshold`].

@@ -79,6 +79,7 @@ pub mod error;
 pub mod event;
 pub mod grpc_timeout;
 pub mod keyed;
+mod macros;
 pub mod options;
 pub mod peer;
 pub mod protocol;

@@ -4,11 +4,13 @@
 //! A protocol value does two jobs for a layer, both decided at compile time:
 //! it classifies results ([`Classify`]) and it inspects requests ([`Inspect`]):
 //! where the per-call options are, which route (http path or gRPC method) a
-//! request is for, which http method it uses. Every layer is generic over it
-//! and defaults to [`Plain`], which works with any `Service` and uses the
-//! layer's defaults for every call. Choose [`Http`] for a hyper client and
-//! [`Grpc`] for a tonic `Channel`: per-call options, per-route settings and
-//! end-of-stream verdicts then work.
+//! request is for, which http method it uses. Every layer is generic over it,
+//! and every layer builder starts on [`Unchosen`], which has no `build()`: the
+//! protocol is always chosen, never defaulted. Choose [`Http`] for a hyper
+//! client and [`Grpc`] for a tonic `Channel` (per-call options, per-route
+//! settings and end-of-stream verdicts then work), or [`Plain`] for any other
+//! `Service` (the layer's defaults for every call, every `Ok` a success). Only
+//! the tower-style `XLayer::new(..)` shortcuts are `Plain`, and say so.
 //!
 //! ```
 //! use palisade_core::classify::{Classify, Outcome, Verdict};
