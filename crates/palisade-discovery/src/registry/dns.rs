@@ -25,12 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use palisade_core::BoxError;
 use palisade_core::backoff::{Backoff, Jitter};
 use palisade_core::error::ConfigError;
 use tokio::sync::mpsc;
 
+use crate::registry::watch_task::{only, spawn_watch};
 use crate::registry::{Instance, Registration, Registry, Unsupported, WatchEvent, WatchStream};
 
 /// One SRV answer.
@@ -420,30 +421,16 @@ impl<R: Resolve> Registry for DnsRegistry<R> {
     /// Resolves now and then every interval, on a spawned task (needs a Tokio
     /// runtime). A service without a configured name reports `Down`.
     fn watch(&self, service: &str) -> WatchStream {
-        let (tx, rx) = mpsc::channel(8);
-        match (self.targets.get(service), tokio::runtime::Handle::try_current()) {
-            (Some(target), Ok(runtime)) => {
-                runtime.spawn(watch_loop(
-                    self.resolver.clone(),
-                    service.to_owned(),
-                    target.clone(),
-                    self.interval,
-                    self.backoff,
-                    tx,
-                ));
-            }
-            (None, _) => {
-                let _ = tx.try_send(WatchEvent::Down {
-                    reason: format!("no DNS name configured for service {service:?}"),
-                });
-            }
-            (_, Err(_)) => {
-                let _ = tx.try_send(WatchEvent::Down {
-                    reason: "no Tokio runtime to resolve from".into(),
-                });
-            }
-        }
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+        let Some(target) = self.targets.get(service) else {
+            return only(WatchEvent::Down {
+                reason: format!("no DNS name configured for service {service:?}"),
+            });
+        };
+        let (resolver, service, target) = (self.resolver.clone(), service.to_owned(), target.clone());
+        let (interval, backoff) = (self.interval, self.backoff);
+        spawn_watch(8, "resolve from", move |tx| {
+            watch_loop(resolver, service, target, interval, backoff, tx)
+        })
     }
 }
 

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions, WatchOptions};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use palisade_core::BoxError;
 use palisade_core::backoff::{Backoff, Jitter};
 use palisade_core::error::ConfigError;
@@ -46,6 +46,7 @@ use palisade_core::peer::PeerId;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::registry::watch_task::spawn_watch;
 use crate::registry::{Instance, KeepAlive, Registration, Registry, WatchEvent, WatchStream};
 
 /// Settings of an [`EtcdRegistry`].
@@ -527,19 +528,9 @@ impl Registry for EtcdRegistry {
     }
 
     fn watch(&self, service: &str) -> WatchStream {
-        let (tx, rx) = mpsc::channel(64);
         let prefix = format!("{}{}/", self.config.prefix, service);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(watch_loop(self.config.clone(), prefix, tx));
-            }
-            Err(_) => {
-                let _ = tx.try_send(WatchEvent::Down {
-                    reason: "no Tokio runtime to watch etcd from".into(),
-                });
-            }
-        }
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+        let config = self.config.clone();
+        spawn_watch(64, "watch etcd from", move |tx| watch_loop(config, prefix, tx))
     }
 }
 

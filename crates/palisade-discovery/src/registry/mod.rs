@@ -20,6 +20,8 @@ pub(crate) mod etcd;
 mod instance;
 mod memory;
 mod static_list;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod watch_task;
 
 pub use discover::{MakePeer, RegistryDiscover};
 pub use instance::{Instance, InvalidInstance, MAX_FIELD_LEN, MAX_METADATA};
