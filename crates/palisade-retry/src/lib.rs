@@ -232,5 +232,7 @@ pub use config::{MAX_REPLAY_CAP, MAX_RETRIES, RetryLayerBuilder, RouteRetry, def
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{Attempts, DefaultPredicate, Extend, Replace};
-pub use replay::{BodyNotReplayable, ReplayBody};
+#[cfg(feature = "tonic")]
+pub use replay::TonicBody;
+pub use replay::{AttemptBody, BodyNotReplayable, KeepReplayBody, ReplayBody};
 pub use service::Retry;

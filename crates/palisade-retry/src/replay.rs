@@ -743,3 +743,65 @@ mod tests {
         assert!(empty.replay().unwrap().is_end_stream());
     }
 }
+
+/// How each attempt is handed to the inner service: chosen once, in the
+/// builder ([`RetryLayerBuilder::attempt_body`](crate::RetryLayerBuilder::attempt_body),
+/// or [`tonic_body`](crate::RetryLayerBuilder::tonic_body) with the `tonic`
+/// feature), so that no `map_request` is needed between the layer and the
+/// service below it.
+///
+/// `Attempt` is the attempt as the protocol makes it: `Req` itself for
+/// [`Plain`](palisade_core::protocol::Plain), `http::Request<ReplayBody<B>>`
+/// for [`Http`](palisade_core::protocol::Http) and
+/// [`Grpc`](palisade_core::protocol::Grpc). The conversion runs once per
+/// attempt, just before the inner service is called (after the layer wrote
+/// its headers, such as `grpc-timeout`). The built-in choices:
+///
+/// - [`KeepReplayBody`], the default: the attempt as it is (nothing runs);
+/// - [`TonicBody`] (feature `tonic`): the body put into a
+///   `tonic::body::Body`, the request type a tonic `Channel` takes.
+pub trait AttemptBody<Attempt> {
+    /// What the inner service receives.
+    type Output;
+
+    /// Turns one attempt into what the inner service receives.
+    fn attempt(attempt: Attempt) -> Self::Output;
+}
+
+/// The default [`AttemptBody`]: the inner service receives the attempt as
+/// the protocol makes it (`http::Request<ReplayBody<B>>` on the http paths).
+/// Costs nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepReplayBody;
+
+impl<A> AttemptBody<A> for KeepReplayBody {
+    type Output = A;
+
+    #[inline(always)]
+    fn attempt(attempt: A) -> A {
+        attempt
+    }
+}
+
+/// The [`AttemptBody`] for a tonic `Channel` (feature `tonic`): the inner
+/// service receives `http::Request<tonic::body::Body>`, the replayable body
+/// inside it. `tonic::body::Body::new` boxes the body once per attempt,
+/// exactly what the `map_request(|r| r.map(tonic::body::Body::new))` it
+/// replaces did; nothing else is added.
+#[cfg(feature = "tonic")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TonicBody;
+
+#[cfg(feature = "tonic")]
+impl<B> AttemptBody<http::Request<ReplayBody<B>>> for TonicBody
+where
+    B: Body + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = http::Request<tonic::body::Body>;
+
+    #[inline]
+    fn attempt(attempt: http::Request<ReplayBody<B>>) -> http::Request<tonic::body::Body> {
+        attempt.map(tonic::body::Body::new)
+    }
+}
