@@ -130,7 +130,10 @@ type Step<P, V, Res> = Poll<Option<Output<P, V, Res>>>;
 impl<S, P, R, Req, A> ResponseFuture<S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
     A: AttemptBody<P::Attempt>,
     S: Service<<A as AttemptBody<P::Attempt>>::Output>,
 {
@@ -177,7 +180,10 @@ where
 impl<S, P, R, Req, A> fmt::Debug for ResponseFuture<S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
     A: AttemptBody<P::Attempt>,
     S: Service<<A as AttemptBody<P::Attempt>>::Output>,
 {
@@ -207,7 +213,10 @@ fn emit_budget_exhausted(listeners: Option<&Listeners>) {
 impl<S, P, R, Req, A> Future for ResponseFuture<S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
     R: Predicate<P, P::View, S::Response>,
     A: AttemptBody<P::Attempt>,
     S: Service<<A as AttemptBody<P::Attempt>>::Output>,
@@ -236,7 +245,10 @@ where
 impl<S, P, R, Req, A> ResponseFutureProj<'_, S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
     R: Predicate<P, P::View, S::Response>,
     A: AttemptBody<P::Attempt>,
     S: Service<<A as AttemptBody<P::Attempt>>::Output>,

@@ -10,9 +10,9 @@ use tower_layer::Layer;
 use crate::budget::{RetryBudget, Throttle};
 use crate::config::{Config, RetryLayerBuilder};
 use crate::policy::DefaultPredicate;
+use crate::replay::KeepReplayBody;
 #[cfg(feature = "tonic")]
 use crate::replay::TonicBody;
-use crate::replay::KeepReplayBody;
 use crate::service::Retry;
 
 /// Wraps services in [`Retry`]. Every service one layer value builds, and

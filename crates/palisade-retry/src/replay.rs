@@ -788,20 +788,22 @@ impl<A> AttemptBody<A> for KeepReplayBody {
 /// inside it. `tonic::body::Body::new` boxes the body once per attempt,
 /// exactly what the `map_request(|r| r.map(tonic::body::Body::new))` it
 /// replaces did; nothing else is added.
+///
+/// It takes the requests a tonic-generated client sends,
+/// `http::Request<tonic::body::Body>`, and only those: so the request type
+/// of the whole stack is known from the channel below, and a stack built
+/// with it needs no type annotation (`ServiceExt::map_response` on it, a
+/// `BoxCloneService::new` of it).
 #[cfg(feature = "tonic")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TonicBody;
 
 #[cfg(feature = "tonic")]
-impl<B> AttemptBody<http::Request<ReplayBody<B>>> for TonicBody
-where
-    B: Body + Unpin + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl AttemptBody<http::Request<ReplayBody<tonic::body::Body>>> for TonicBody {
     type Output = http::Request<tonic::body::Body>;
 
     #[inline]
-    fn attempt(attempt: http::Request<ReplayBody<B>>) -> http::Request<tonic::body::Body> {
+    fn attempt(attempt: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
         attempt.map(tonic::body::Body::new)
     }
 }

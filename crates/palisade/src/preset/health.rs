@@ -7,7 +7,7 @@ use palisade_bulkhead::BulkheadHandle;
 use palisade_circuit_breaker::{CircuitBreakerHandle, CircuitSnapshot};
 use palisade_core::protocol::Grpc;
 use palisade_discovery::HealthReport;
-use palisade_retry::RetryLayer;
+use palisade_retry::{DefaultPredicate, RetryLayer, TonicBody};
 
 /// A snapshot of a preset client's health, for a dashboard or a readiness
 /// endpoint.
@@ -43,7 +43,7 @@ enum Peers {
 pub(crate) struct HealthSource {
     peers: Peers,
     bulkhead: BulkheadHandle,
-    retry: RetryLayer<Grpc>,
+    retry: RetryLayer<Grpc, DefaultPredicate, TonicBody>,
 }
 
 impl fmt::Debug for HealthSource {
@@ -63,7 +63,7 @@ impl HealthSource {
     pub(crate) fn balancer(
         report: impl Fn() -> HealthReport + Send + Sync + 'static,
         bulkhead: BulkheadHandle,
-        retry: RetryLayer<Grpc>,
+        retry: RetryLayer<Grpc, DefaultPredicate, TonicBody>,
     ) -> Self {
         Self {
             peers: Peers::Balancer(Arc::new(report)),
@@ -72,7 +72,11 @@ impl HealthSource {
         }
     }
 
-    pub(crate) fn single(breaker: CircuitBreakerHandle, bulkhead: BulkheadHandle, retry: RetryLayer<Grpc>) -> Self {
+    pub(crate) fn single(
+        breaker: CircuitBreakerHandle,
+        bulkhead: BulkheadHandle,
+        retry: RetryLayer<Grpc, DefaultPredicate, TonicBody>,
+    ) -> Self {
         Self {
             peers: Peers::Single(breaker),
             bulkhead,
