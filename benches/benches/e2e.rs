@@ -68,7 +68,6 @@ use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoReply, EchoRequest};
 use palisade_timeout::{Timeout, TimeoutLayer};
 use tonic::transport::{Channel, Endpoint};
-use tower::util::MapRequest;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 const SERVICE: &str = "echo";
