@@ -24,7 +24,7 @@ use palisade_core::BoxError;
 use palisade_core::error::TimeoutKind;
 use palisade_core::protocol::Grpc;
 use palisade_discovery::{InMemoryRegistry, Instance, MakePeer, PeerDiscoveryLayer, Registry, RegistryDiscover};
-use palisade_retry::{DefaultPredicate, RetryLayer, TonicBody};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoReply, EchoRequest};
@@ -103,7 +103,7 @@ fn bulkhead() -> BulkheadLayer<Grpc> {
     .protocol(Grpc::default())
 }
 
-fn retry() -> RetryLayer<Grpc, DefaultPredicate, TonicBody> {
+fn retry() -> TonicRetryLayer {
     RetryLayer::builder().grpc().tonic_body().retries(1).build().unwrap()
 }
 

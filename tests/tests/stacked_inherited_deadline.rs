@@ -42,7 +42,7 @@ use palisade_core::error::{BoxError, DeadlineExceeded, find_error};
 use palisade_core::event::{Event, EventKind, Listener};
 use palisade_core::options::Deadline;
 use palisade_core::protocol::Grpc;
-use palisade_retry::{DefaultPredicate, RetryLayer, TonicBody};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoReply, EchoRequest};
@@ -112,7 +112,7 @@ struct Setup {
 fn layers(
     server: &EchoServer,
 ) -> (
-    RetryLayer<Grpc, DefaultPredicate, TonicBody>,
+    TonicRetryLayer,
     BulkheadLayer<Grpc>,
     CircuitBreakerLayer<Grpc>,
     Arc<Rejections>,

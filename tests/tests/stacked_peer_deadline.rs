@@ -34,7 +34,7 @@ use palisade_core::error::{DeadlineExceeded, TimedOut, TimeoutKind, find_error};
 use palisade_core::grpc_timeout;
 use palisade_core::options::{CallOptionsExt, Deadline};
 use palisade_core::protocol::Grpc;
-use palisade_retry::{DefaultPredicate, RetryLayer, TonicBody};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::echo_server::{Echo, EchoServer as EchoService};
 use palisade_testkit::echo::{EchoReply, EchoRequest, StreamRequest};
@@ -107,11 +107,7 @@ async fn requests_reach(strict: &Strict, n: u64) {
 fn layers(
     attempt: Duration,
     events: &Arc<RetryEvents>,
-) -> (
-    RetryLayer<Grpc, DefaultPredicate, TonicBody>,
-    CircuitBreakerLayer<Grpc>,
-    TimeoutLayer<Grpc>,
-) {
+) -> (TonicRetryLayer, CircuitBreakerLayer<Grpc>, TimeoutLayer<Grpc>) {
     let retry = RetryLayer::builder()
         .grpc()
         .tonic_body()

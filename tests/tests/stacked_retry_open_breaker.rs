@@ -30,7 +30,7 @@ use palisade_core::error::{BoxError, CircuitOpen, TimeoutKind};
 use palisade_core::options::CallOptionsExt;
 use palisade_core::peer::PeerId;
 use palisade_core::protocol::Grpc;
-use palisade_retry::{DefaultPredicate, RetryLayer, TonicBody};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -52,7 +52,7 @@ fn total() -> TimeoutLayer<Grpc> {
 
 /// The quickstart's retry layer, with a budget whose balance is easy to
 /// read: each call deposits one retry, each retry withdraws one.
-fn retry(events: &std::sync::Arc<RetryEvents>) -> RetryLayer<Grpc, DefaultPredicate, TonicBody> {
+fn retry(events: &std::sync::Arc<RetryEvents>) -> TonicRetryLayer {
     RetryLayer::builder()
         .grpc()
         .tonic_body()

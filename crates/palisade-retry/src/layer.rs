@@ -31,6 +31,12 @@ pub struct RetryLayer<P = Plain, R = DefaultPredicate, A = KeepReplayBody> {
     attempt_body: PhantomData<fn() -> A>,
 }
 
+/// The retry layer over a tonic `Channel` with the default rules, as
+/// [`RetryLayer::tonic`] and `RetryLayer::builder().grpc().tonic_body()`
+/// build it (feature `tonic`): a name for the type.
+#[cfg(feature = "tonic")]
+pub type TonicRetryLayer = RetryLayer<Grpc, DefaultPredicate, TonicBody>;
+
 impl<P, R, A> Clone for RetryLayer<P, R, A> {
     fn clone(&self) -> Self {
         Self {
@@ -85,7 +91,7 @@ impl RetryLayer {
     /// `.grpc()` and [`tonic_body`](RetryLayerBuilder::tonic_body) in one
     /// (feature `tonic`).
     #[cfg(feature = "tonic")]
-    pub fn tonic() -> RetryLayer<Grpc, DefaultPredicate, TonicBody> {
+    pub fn tonic() -> TonicRetryLayer {
         RetryLayerBuilder::new()
             .grpc()
             .tonic_body()

@@ -234,6 +234,8 @@ pub use body::RetryBody;
 pub use config::{MAX_REPLAY_CAP, MAX_RETRIES, RetryLayerBuilder, RouteRetry, default_backoff};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
+#[cfg(feature = "tonic")]
+pub use layer::TonicRetryLayer;
 pub use policy::{Attempts, DefaultPredicate, Extend, Replace};
 #[cfg(feature = "tonic")]
 pub use replay::TonicBody;

@@ -45,7 +45,9 @@ fn channel_like(
 
 fn request(body: &'static [u8]) -> http::Request<tonic::body::Body> {
     http::Request::post("http://peer/echo.Echo/Unary")
-        .body(tonic::body::Body::new(http_body_util::Full::new(Bytes::from_static(body))))
+        .body(tonic::body::Body::new(http_body_util::Full::new(Bytes::from_static(
+            body,
+        ))))
         .unwrap()
 }
 
