@@ -292,8 +292,9 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
         self.protocol(Plain)
     }
 
-    /// gRPC over a tonic `Channel`: replayable bodies, trailers-only
-    /// UNAVAILABLE retried, `grpc-retry-pushback-ms` honoured.
+    /// gRPC: replayable bodies, trailers-only UNAVAILABLE retried,
+    /// `grpc-retry-pushback-ms` honoured. Over a tonic `Channel`, add
+    /// `.tonic_body()` (feature `tonic`).
     pub fn grpc(self) -> RetryLayerBuilder<Grpc, R, A> {
         self.protocol(Grpc::default())
     }
@@ -301,7 +302,7 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
     /// How each attempt is handed to the inner service (see
     /// [`AttemptBody`](crate::AttemptBody)); the default,
     /// [`KeepReplayBody`], hands it on unchanged. Over a tonic `Channel` use
-    /// [`tonic_body`](Self::tonic_body).
+    /// `tonic_body`.
     pub fn attempt_body<T>(self) -> RetryLayerBuilder<P, R, T> {
         RetryLayerBuilder {
             protocol: self.protocol,

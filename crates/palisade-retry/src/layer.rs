@@ -20,19 +20,20 @@ use crate::service::Retry;
 ///
 /// - [`RetryLayer::new`]: `Req: Clone` requests, cloned per attempt;
 /// - [`RetryLayer::http`]: `http::Request<B>` over hyper, bodies replayed;
-/// - [`RetryLayer::grpc`]: gRPC over a tonic `Channel`, bodies replayed;
+/// - [`RetryLayer::grpc`]: gRPC, bodies replayed (`RetryLayer::tonic` over a
+///   tonic `Channel`, feature `tonic`);
 /// - [`RetryLayer::builder`]: every setting.
 ///
 /// `A` says how each attempt is handed to the inner service (see
 /// [`AttemptBody`](crate::AttemptBody)): unchanged by default, as a tonic body with
-/// [`RetryLayer::tonic`] or [`RetryLayerBuilder::tonic_body`].
+/// `RetryLayer::tonic` or `RetryLayerBuilder::tonic_body`.
 pub struct RetryLayer<P = Plain, R = DefaultPredicate, A = KeepReplayBody> {
     shared: Arc<Config<P, R>>,
     attempt_body: PhantomData<fn() -> A>,
 }
 
 /// The retry layer over a tonic `Channel` with the default rules, as
-/// [`RetryLayer::tonic`] and `RetryLayer::builder().grpc().tonic_body()`
+/// `RetryLayer::tonic` and `RetryLayer::builder().grpc().tonic_body()`
 /// build it (feature `tonic`): a name for the type.
 #[cfg(feature = "tonic")]
 pub type TonicRetryLayer = RetryLayer<Grpc, DefaultPredicate, TonicBody>;
@@ -78,7 +79,9 @@ impl RetryLayer {
             .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
 
-    /// The defaults for gRPC over a tonic `Channel`.
+    /// The defaults for gRPC; the inner service takes
+    /// `http::Request<ReplayBody<B>>`. Over a tonic `Channel`, use
+    /// `RetryLayer::tonic` (feature `tonic`).
     pub fn grpc() -> RetryLayer<Grpc> {
         RetryLayerBuilder::new()
             .grpc()

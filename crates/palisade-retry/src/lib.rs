@@ -32,7 +32,7 @@
 //! });
 //!
 //! let layer = RetryLayer::builder()
-//!     .plain() // a non-http service; `.grpc()` over a tonic `Channel`, `.http()` over hyper
+//!     .plain() // a non-http service; `.grpc().tonic_body()` over a tonic `Channel`, `.http()` over hyper
 //!     .retries(2)
 //!     .backoff(Backoff::constant(Duration::from_millis(50)).jitter(Jitter::None).build()?)
 //!     .build()?;
@@ -74,8 +74,8 @@
 //!   (see [What a retry holds](#what-a-retry-holds)).
 //!
 //! A tonic `Channel` takes `http::Request<tonic::body::Body>`: with the
-//! `tonic` feature, [`RetryLayerBuilder::tonic_body`] (or
-//! [`RetryLayer::tonic`] for the defaults) makes the layer hand each attempt
+//! `tonic` feature, `RetryLayerBuilder::tonic_body` (or
+//! `RetryLayer::tonic` for the defaults) makes the layer hand each attempt
 //! over in that type, so nothing goes between the layer and the channel
 //! (see [`AttemptBody`]; tonic's body boxes the replayable body once per
 //! attempt, the only cost). A tonic generated client takes the

@@ -746,7 +746,7 @@ mod tests {
 
 /// How each attempt is handed to the inner service: chosen once, in the
 /// builder ([`RetryLayerBuilder::attempt_body`](crate::RetryLayerBuilder::attempt_body),
-/// or [`tonic_body`](crate::RetryLayerBuilder::tonic_body) with the `tonic`
+/// or `tonic_body` with the `tonic`
 /// feature), so that no `map_request` is needed between the layer and the
 /// service below it.
 ///
@@ -758,7 +758,7 @@ mod tests {
 /// its headers, such as `grpc-timeout`). The built-in choices:
 ///
 /// - [`KeepReplayBody`], the default: the attempt as it is (nothing runs);
-/// - [`TonicBody`] (feature `tonic`): the body put into a
+/// - `TonicBody` (feature `tonic`): the body put into a
 ///   `tonic::body::Body`, the request type a tonic `Channel` takes.
 pub trait AttemptBody<Attempt> {
     /// What the inner service receives.

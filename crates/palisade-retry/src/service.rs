@@ -31,7 +31,7 @@ use crate::replay::{AttemptBody, KeepReplayBody};
 /// `http::Request<ReplayBody<B>>` for [`Http`](palisade_core::protocol::Http)
 /// and [`Grpc`](palisade_core::protocol::Grpc), as the
 /// [`AttemptBody`] `A` hands it on (by default unchanged; with
-/// [`TonicBody`](crate::RetryLayerBuilder::tonic_body),
+/// `TonicBody`,
 /// `http::Request<tonic::body::Body>`, what a tonic `Channel` takes). The response is the inner
 /// service's for `Plain`, and `http::Response<RetryBody<RB>>` for `Http` and
 /// `Grpc` (see [`RetryBody`](crate::RetryBody): the inner body, passed
