@@ -62,13 +62,12 @@ use palisade_core::protocol::Grpc;
 use palisade_discovery::{
     InMemoryRegistry, Instance, MakePeer, PeerDiscovery, PeerDiscoveryLayer, Registration, Registry, RegistryDiscover,
 };
-use palisade_retry::{DefaultPredicate, ReplayBody, Retry, RetryLayer};
+use palisade_retry::{DefaultPredicate, Retry, RetryLayer, TonicBody};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoReply, EchoRequest};
 use palisade_timeout::{Timeout, TimeoutLayer};
 use tonic::transport::{Channel, Endpoint};
-use tower::util::MapRequest;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 const SERVICE: &str = "echo";
@@ -205,23 +204,16 @@ impl Kind {
     }
 }
 
-type Replayed = http::Request<ReplayBody<tonic::body::Body>>;
-type Unreplay = fn(Replayed) -> http::Request<tonic::body::Body>;
-
-fn unreplay(request: Replayed) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
-
 /// The README's quickstart stack over one channel.
 type QuickStack = Timeout<
-    Retry<MapRequest<Bulkhead<CircuitBreaker<Timeout<Channel, Grpc>, Grpc>, Grpc>, Unreplay>, Grpc, DefaultPredicate>,
+    Retry<Bulkhead<CircuitBreaker<Timeout<Channel, Grpc>, Grpc>, Grpc>, Grpc, DefaultPredicate, TonicBody>,
     Grpc,
 >;
 
 type PerPeer = CircuitBreaker<Timeout<Channel, Grpc>, Grpc>;
 type Balancer = PeerDiscovery<RegistryDiscover<MakePeerChannel>, Grpc>;
 /// The multi-instance stack over the registry.
-type MultiStack = Timeout<Retry<MapRequest<Bulkhead<Balancer, Grpc>, Unreplay>, Grpc, DefaultPredicate>, Grpc>;
+type MultiStack = Timeout<Retry<Bulkhead<Balancer, Grpc>, Grpc, DefaultPredicate, TonicBody>, Grpc>;
 
 #[derive(Clone)]
 struct MakePeerChannel {
@@ -250,6 +242,7 @@ fn quickstart(channel: Channel) -> Result<EchoClient<QuickStack>, BoxError> {
         .layer(
             RetryLayer::builder()
                 .grpc()
+                .tonic_body()
                 .retries(2)
                 .backoff(
                     Backoff::exponential(Duration::from_millis(20))
@@ -258,7 +251,6 @@ fn quickstart(channel: Channel) -> Result<EchoClient<QuickStack>, BoxError> {
                 )
                 .build()?,
         )
-        .layer(tower::util::MapRequestLayer::new(unreplay as Unreplay))
         .layer(
             BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build()?)
                 .protocol(Grpc::default()),
@@ -298,8 +290,7 @@ fn multi(registry: &InMemoryRegistry) -> Result<EchoClient<MultiStack>, BoxError
                 .timeout(Some(Duration::from_secs(1)))
                 .build()?,
         )
-        .layer(RetryLayer::builder().grpc().retries(1).build()?)
-        .layer(tower::util::MapRequestLayer::new(unreplay as Unreplay))
+        .layer(RetryLayer::builder().grpc().tonic_body().retries(1).build()?)
         .layer(
             BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(64).max_queue(64).build()?)
                 .protocol(Grpc::default()),
@@ -424,7 +415,7 @@ enum Client {
     Timeout(EchoClient<Timeout<Channel, Grpc>>),
     Breaker(EchoClient<CircuitBreaker<Channel, Grpc>>),
     Bulkhead(EchoClient<Bulkhead<Channel, Grpc>>),
-    Retry(EchoClient<Retry<MapRequest<Channel, Unreplay>, Grpc, DefaultPredicate>>),
+    Retry(EchoClient<Retry<Channel, Grpc, DefaultPredicate, TonicBody>>),
 }
 
 impl Client {
@@ -634,8 +625,7 @@ fn main() {
                     )),
                     Kind::OnlyRetry => Client::Retry(EchoClient::new(
                         ServiceBuilder::new()
-                            .layer(RetryLayer::builder().grpc().retries(2).build().expect("retry"))
-                            .layer(tower::util::MapRequestLayer::new(unreplay as Unreplay))
+                            .layer(RetryLayer::builder().grpc().tonic_body().retries(2).build().expect("retry"))
                             .service(servers[0].channel()),
                     )),
                 };

@@ -45,9 +45,11 @@ async fn main() -> Result<(), BoxError> {
                 .timeout(Some(Duration::from_secs(2)))
                 .build()?,
         )
+        // Replayable request bodies, handed to the channel as tonic's body type.
         .layer(
             RetryLayer::builder()
                 .grpc()
+                .tonic_body()
                 .retries(2)
                 .backoff(
                     Backoff::exponential(Duration::from_millis(20))
@@ -55,12 +57,6 @@ async fn main() -> Result<(), BoxError> {
                         .build()?,
                 )
                 .build()?,
-        )
-        // The retry layer sends a replayable body; tonic's channel takes its own body type.
-        .map_request(
-            |request: http::Request<palisade::retry::ReplayBody<tonic::body::Body>>| {
-                request.map(tonic::body::Body::new)
-            },
         )
         .layer(
             BulkheadLayer::builder()

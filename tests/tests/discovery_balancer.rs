@@ -248,15 +248,8 @@ async fn a_dropped_handle_removes_its_peer_and_a_silent_provider_expires_after_t
     assert_eq!(fleet.registry.instances("echo").len(), 1);
 }
 
-type Replayed = http::Request<palisade_retry::ReplayBody<tonic::body::Body>>;
-type Unreplay = fn(Replayed) -> http::Request<tonic::body::Body>;
-type RetryClient = EchoClient<
-    palisade_retry::Retry<tower::util::MapRequest<Balancer, Unreplay>, Grpc, palisade_retry::DefaultPredicate>,
->;
-
-fn unreplay(request: Replayed) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
+type RetryClient =
+    EchoClient<palisade_retry::Retry<Balancer, Grpc, palisade_retry::DefaultPredicate, palisade_retry::TonicBody>>;
 
 // The real retry layer over the real balancer: the balancer names the peer on
 // the response (`TagPeer`), the retry layer records it in the attempt record
@@ -270,6 +263,7 @@ async fn under_palisade_retry_every_call_succeeds_and_no_retry_goes_back_to_the_
     let (_, balancer) = fleet.client(1_000);
     let retry = palisade_retry::RetryLayer::builder()
         .grpc()
+        .tonic_body()
         .retries(1)
         .backoff(
             Backoff::constant(Duration::from_millis(1))
@@ -280,8 +274,7 @@ async fn under_palisade_retry_every_call_succeeds_and_no_retry_goes_back_to_the_
         .no_budget()
         .build()
         .unwrap();
-    let mut client: RetryClient =
-        EchoClient::new(retry.layer(tower::util::MapRequest::new(balancer, unreplay as Unreplay)));
+    let mut client: RetryClient = EchoClient::new(retry.layer(balancer));
     fleet.servers[2].faults().set_status(Some(Code::Unavailable));
     for _ in 0..60 {
         let reply = client
@@ -338,9 +331,8 @@ where
     }
 }
 
-type SpyRetryClient = EchoClient<
-    palisade_retry::Retry<Spy<tower::util::MapRequest<Balancer, Unreplay>>, Grpc, palisade_retry::DefaultPredicate>,
->;
+type SpyRetryClient =
+    EchoClient<palisade_retry::Retry<Spy<Balancer>, Grpc, palisade_retry::DefaultPredicate, palisade_retry::TonicBody>>;
 
 // A STOPPED peer (connections refused) fails its attempts with a transport
 // error, not a response: the retry layer still learns the peer, through the
@@ -353,6 +345,7 @@ async fn under_palisade_retry_a_stopped_peer_is_not_retried_even_when_it_fails_w
     let (_, balancer) = fleet.client(1_000_000);
     let retry = palisade_retry::RetryLayer::builder()
         .grpc()
+        .tonic_body()
         .retries(1)
         .backoff(
             Backoff::constant(Duration::from_millis(1))
@@ -365,7 +358,7 @@ async fn under_palisade_retry_a_stopped_peer_is_not_retried_even_when_it_fails_w
         .unwrap();
     let log = AttemptLog::default();
     let spy = Spy {
-        inner: tower::util::MapRequest::new(balancer, unreplay as Unreplay),
+        inner: balancer,
         log: log.clone(),
     };
     let mut client: SpyRetryClient = EchoClient::new(retry.layer(spy));

@@ -28,7 +28,7 @@ use palisade_core::protocol::Grpc;
 use palisade_discovery::{
     AllOpenPolicy, InMemoryRegistry, Instance, PeerDiscoveryLayer, Registration, Registry, RegistryDiscover,
 };
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::RetryLayer;
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -109,8 +109,7 @@ macro_rules! client {
             .unwrap()
             .layer(discover);
         let stack = ServiceBuilder::new()
-            .layer(RetryLayer::builder().grpc().retries(1).build().unwrap())
-            .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| request.map(tonic::body::Body::new))
+            .layer(RetryLayer::builder().grpc().tonic_body().retries(1).build().unwrap())
             .layer(
                 BulkheadLayer::new(
                     BulkheadConfig::builder()

@@ -24,7 +24,7 @@ use palisade_core::BoxError;
 use palisade_core::error::TimeoutKind;
 use palisade_core::protocol::Grpc;
 use palisade_discovery::{InMemoryRegistry, Instance, MakePeer, PeerDiscoveryLayer, Registry, RegistryDiscover};
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoReply, EchoRequest};
@@ -71,11 +71,6 @@ where
     counts[MEASURED / 2]
 }
 
-type Replayed = http::Request<ReplayBody<tonic::body::Body>>;
-fn unreplay(request: Replayed) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
-
 fn attempt_timeout() -> TimeoutLayer<Grpc> {
     TimeoutLayer::builder()
         .grpc()
@@ -108,8 +103,8 @@ fn bulkhead() -> BulkheadLayer<Grpc> {
     .protocol(Grpc::default())
 }
 
-fn retry() -> RetryLayer<Grpc> {
-    RetryLayer::builder().grpc().retries(1).build().unwrap()
+fn retry() -> TonicRetryLayer {
+    RetryLayer::builder().grpc().tonic_body().retries(1).build().unwrap()
 }
 
 macro_rules! unary {
@@ -215,7 +210,6 @@ fn measure() -> Counts {
 
     let stack = ServiceBuilder::new()
         .layer(retry())
-        .map_request(unreplay)
         .layer(bulkhead())
         .layer(breaker())
         .layer(attempt_timeout())
@@ -226,7 +220,6 @@ fn measure() -> Counts {
     let stack = ServiceBuilder::new()
         .layer(total_timeout())
         .layer(retry())
-        .map_request(unreplay)
         .layer(bulkhead())
         .layer(breaker())
         .layer(attempt_timeout())
@@ -250,7 +243,6 @@ fn measure() -> Counts {
         let stack = ServiceBuilder::new()
             .layer(total_timeout())
             .layer(retry())
-            .map_request(unreplay)
             .layer(bulkhead())
             .service(balancer);
         EchoClient::new(stack)

@@ -33,7 +33,7 @@ use palisade_core::protocol::Grpc;
 use palisade_discovery::{
     InMemoryRegistry, Instance, PeerDiscovery, PeerDiscoveryLayer, Registration, Registry, RegistryDiscover,
 };
-use palisade_retry::{DefaultPredicate, ReplayBody, Retry, RetryLayer};
+use palisade_retry::{DefaultPredicate, Retry, RetryLayer, TonicBody};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -46,13 +46,7 @@ use tower::Layer;
 type PerPeer = CircuitBreaker<Timeout<Channel, Grpc>, Grpc>;
 type MakeFn = Box<dyn FnMut(&Instance) -> Result<PerPeer, BoxError> + Send>;
 type Balancer = PeerDiscovery<RegistryDiscover<MakeFn>, Grpc>;
-type Replayed = http::Request<ReplayBody<tonic::body::Body>>;
-type Unreplay = fn(Replayed) -> http::Request<tonic::body::Body>;
-type Stack = Retry<tower::util::MapRequest<Bulkhead<Balancer, Grpc>, Unreplay>, Grpc, DefaultPredicate>;
-
-fn unreplay(request: Replayed) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
+type Stack = Retry<Bulkhead<Balancer, Grpc>, Grpc, DefaultPredicate, TonicBody>;
 
 /// How long a bounded wait may take before the test fails: far beyond any
 /// limit below, so a loaded machine does not fail the test, while a call
@@ -121,6 +115,7 @@ impl Fleet {
         let bulkhead_handle = bulkhead.handle();
         let retry = RetryLayer::builder()
             .grpc()
+            .tonic_body()
             .retries(1)
             .backoff(
                 Backoff::constant(Duration::from_millis(1))
@@ -131,10 +126,7 @@ impl Fleet {
             .no_budget()
             .build()
             .unwrap();
-        let stack: Stack = retry.layer(tower::util::MapRequest::new(
-            bulkhead.layer(balancer.clone()),
-            unreplay as Unreplay,
-        ));
+        let stack: Stack = retry.layer(bulkhead.layer(balancer.clone()));
         Fleet {
             servers,
             _registrations: registrations,

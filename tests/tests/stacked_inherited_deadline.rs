@@ -42,7 +42,7 @@ use palisade_core::error::{BoxError, DeadlineExceeded, find_error};
 use palisade_core::event::{Event, EventKind, Listener};
 use palisade_core::options::Deadline;
 use palisade_core::protocol::Grpc;
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoReply, EchoRequest};
@@ -52,12 +52,6 @@ use stacked::within;
 use tokio::sync::Notify;
 use tonic::Code;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-
-type Unreplay = fn(http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body>;
-
-fn unreplay(request: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
 
 /// Records the reasons of the bulkhead's `Rejected` events.
 #[derive(Default)]
@@ -118,14 +112,20 @@ struct Setup {
 fn layers(
     server: &EchoServer,
 ) -> (
-    RetryLayer<Grpc>,
+    TonicRetryLayer,
     BulkheadLayer<Grpc>,
     CircuitBreakerLayer<Grpc>,
     Arc<Rejections>,
 ) {
     let _ = server;
     let rejections = Arc::new(Rejections::default());
-    let retry = RetryLayer::builder().grpc().retries(2).no_budget().build().unwrap();
+    let retry = RetryLayer::builder()
+        .grpc()
+        .tonic_body()
+        .retries(2)
+        .no_budget()
+        .build()
+        .unwrap();
     let bulkhead = BulkheadLayer::new(
         BulkheadConfig::builder()
             .max_concurrent(1)
@@ -166,7 +166,6 @@ async fn a_queued_call_leaves_the_bulkhead_at_the_inherited_deadline() {
     };
     let stack = ServiceBuilder::new()
         .layer(retry)
-        .map_request(unreplay as Unreplay)
         .layer(bulkhead)
         .layer(breaker)
         .service(setup.server.channel());
@@ -287,6 +286,7 @@ async fn retry_starts_no_attempt_or_backoff_past_the_inherited_deadline() {
     let events = stacked::RetryEvents::new();
     let retry = RetryLayer::builder()
         .grpc()
+        .tonic_body()
         .retries(2)
         .backoff(
             palisade_core::backoff::Backoff::constant(Duration::from_secs(1))
@@ -302,7 +302,6 @@ async fn retry_starts_no_attempt_or_backoff_past_the_inherited_deadline() {
     let state = breaker.handle();
     let stack = ServiceBuilder::new()
         .layer(retry)
-        .map_request(unreplay as Unreplay)
         .layer(breaker)
         .service(server.channel());
     let client = EchoClient::new(stack);

@@ -34,7 +34,7 @@ use palisade_core::error::{DeadlineExceeded, TimedOut, TimeoutKind, find_error};
 use palisade_core::grpc_timeout;
 use palisade_core::options::{CallOptionsExt, Deadline};
 use palisade_core::protocol::Grpc;
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::echo_server::{Echo, EchoServer as EchoService};
 use palisade_testkit::echo::{EchoReply, EchoRequest, StreamRequest};
@@ -43,12 +43,6 @@ use stacked::{ManualClock, RetryEvents, within};
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
 use tonic::{Code, Request, Response, Status};
 use tower::ServiceBuilder;
-
-type Unreplay = fn(http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body>;
-
-fn unreplay(request: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
 
 /// Answers `DEADLINE_EXCEEDED` a millisecond before the `grpc-timeout` it
 /// was given runs out; counts the requests it got.
@@ -113,9 +107,10 @@ async fn requests_reach(strict: &Strict, n: u64) {
 fn layers(
     attempt: Duration,
     events: &Arc<RetryEvents>,
-) -> (RetryLayer<Grpc>, CircuitBreakerLayer<Grpc>, TimeoutLayer<Grpc>) {
+) -> (TonicRetryLayer, CircuitBreakerLayer<Grpc>, TimeoutLayer<Grpc>) {
     let retry = RetryLayer::builder()
         .grpc()
+        .tonic_body()
         .retries(1)
         .backoff(
             Backoff::constant(Duration::from_millis(1))
@@ -142,7 +137,6 @@ async fn the_peers_deadline_exceeded_at_the_callers_deadline_is_nobodys_fault() 
     let state = breaker.handle();
     let stack = ServiceBuilder::new()
         .layer(retry)
-        .map_request(unreplay as Unreplay)
         .layer(breaker)
         .layer(timeout)
         .service(channel);
@@ -180,7 +174,6 @@ async fn the_peers_deadline_exceeded_at_our_attempt_timeout_is_a_timed_out_attem
     let state = breaker.handle();
     let stack = ServiceBuilder::new()
         .layer(retry)
-        .map_request(unreplay as Unreplay)
         .layer(breaker)
         .layer(timeout)
         .service(channel);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use palisade_core::backoff::{Backoff, Jitter};
 use palisade_core::error::TimeoutKind;
-use palisade_retry::{Attempts, ReplayBody, RetryLayer};
+use palisade_retry::{Attempts, RetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -20,12 +20,6 @@ use stacked::{ManualClock, RetryEvents, within};
 use tokio::time::Instant;
 use tonic::Code;
 use tower::ServiceBuilder;
-
-type Unreplay = fn(http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body>;
-
-fn unreplay(request: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
 
 #[tokio::test(start_paused = true)]
 async fn the_retry_carries_the_time_left_when_it_is_sent() {
@@ -45,12 +39,13 @@ async fn the_retry_carries_the_time_left_when_it_is_sent() {
         .layer(
             RetryLayer::builder()
                 .grpc()
+                .tonic_body()
                 .backoff(Backoff::constant(backoff).jitter(Jitter::None).build().unwrap())
                 .listener(events.clone())
                 .build()
                 .unwrap(),
         )
-        .service(tower::util::MapRequest::new(server.channel(), unreplay as Unreplay));
+        .service(server.channel());
     let mut client = EchoClient::new(stack);
 
     server.faults().fail_next(1, Code::Unavailable);
@@ -109,12 +104,13 @@ async fn a_grpc_timeout_the_caller_set_is_kept_and_counted_down() {
         .layer(
             RetryLayer::builder()
                 .grpc()
+                .tonic_body()
                 .backoff(Backoff::constant(backoff).jitter(Jitter::None).build().unwrap())
                 .listener(events.clone())
                 .build()
                 .unwrap(),
         )
-        .service(tower::util::MapRequest::new(server.channel(), unreplay as Unreplay));
+        .service(server.channel());
     let mut client = EchoClient::new(stack);
 
     server.faults().fail_next(1, Code::Unavailable);

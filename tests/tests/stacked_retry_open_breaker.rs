@@ -30,7 +30,7 @@ use palisade_core::error::{BoxError, CircuitOpen, TimeoutKind};
 use palisade_core::options::CallOptionsExt;
 use palisade_core::peer::PeerId;
 use palisade_core::protocol::Grpc;
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::{RetryLayer, TonicRetryLayer};
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -40,12 +40,6 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-
-type Unreplay = fn(http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body>;
-
-fn unreplay(request: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
 
 fn total() -> TimeoutLayer<Grpc> {
     TimeoutLayer::builder()
@@ -58,9 +52,10 @@ fn total() -> TimeoutLayer<Grpc> {
 
 /// The quickstart's retry layer, with a budget whose balance is easy to
 /// read: each call deposits one retry, each retry withdraws one.
-fn retry(events: &std::sync::Arc<RetryEvents>) -> RetryLayer<Grpc> {
+fn retry(events: &std::sync::Arc<RetryEvents>) -> TonicRetryLayer {
     RetryLayer::builder()
         .grpc()
+        .tonic_body()
         .retries(2)
         .backoff(
             Backoff::exponential(Duration::from_millis(20))
@@ -120,7 +115,6 @@ async fn the_quickstart_stack_makes_one_attempt_per_call_while_the_breaker_is_op
     let stack = ServiceBuilder::new()
         .layer(total())
         .layer(retry.clone())
-        .map_request(unreplay as Unreplay)
         .layer(bulkhead())
         .layer(breaker)
         .layer(attempt_timeout())
@@ -214,7 +208,6 @@ async fn with_a_balancer_an_open_peer_is_left_for_another_at_once() {
     let stack = ServiceBuilder::new()
         .layer(total())
         .layer(retry.clone())
-        .map_request(unreplay as Unreplay)
         .layer(bulkhead())
         .service(FirstUnused { peers });
     let mut client = EchoClient::new(stack);
@@ -255,6 +248,7 @@ async fn after_an_open_breaker(
     let events = RetryEvents::new();
     let retry = RetryLayer::builder()
         .grpc()
+        .tonic_body()
         .retries(1)
         .backoff(Backoff::constant(backoff).jitter(Jitter::None).build().unwrap())
         .max_pushback(max_pushback)
@@ -275,7 +269,6 @@ async fn after_an_open_breaker(
     let state = breaker.handle();
     let stack = ServiceBuilder::new()
         .layer(retry)
-        .map_request(unreplay as Unreplay)
         .layer(bulkhead())
         .layer(breaker)
         .layer(attempt_timeout())

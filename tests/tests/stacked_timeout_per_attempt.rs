@@ -22,7 +22,7 @@ use palisade_core::error::{BoxError, TimedOut, TimeoutKind};
 use palisade_core::options::CallOptionsExt;
 use palisade_core::protocol::Grpc;
 use palisade_discovery::{InMemoryRegistry, Instance, PeerDiscovery, PeerDiscoveryLayer, Registry, RegistryDiscover};
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::RetryLayer;
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -35,12 +35,6 @@ use tower::{Layer, ServiceBuilder};
 type PerPeer = CircuitBreaker<Timeout<Channel, Grpc>, Grpc>;
 type MakeFn = Box<dyn FnMut(&Instance) -> Result<PerPeer, BoxError> + Send>;
 type Balancer = PeerDiscovery<RegistryDiscover<MakeFn>, Grpc>;
-
-type Unreplay = fn(http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body>;
-
-fn unreplay(request: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
 
 fn balancer(registry: &InMemoryRegistry) -> Balancer {
     let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::builder().build().unwrap()).protocol(Grpc::default());
@@ -92,6 +86,7 @@ async fn per_call_timeout_scenario() {
         .layer(
             RetryLayer::builder()
                 .grpc()
+                .tonic_body()
                 .retries(1)
                 .backoff(
                     Backoff::constant(Duration::from_millis(10))
@@ -103,7 +98,7 @@ async fn per_call_timeout_scenario() {
                 .build()
                 .unwrap(),
         )
-        .service(tower::util::MapRequest::new(balancer(&registry), unreplay as Unreplay));
+        .service(balancer(&registry));
     let mut client = EchoClient::new(stack);
 
     let mut request = tonic::Request::new(EchoRequest {

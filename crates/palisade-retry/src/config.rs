@@ -1,6 +1,7 @@
 //! Configuration: [`RetryLayerBuilder`] and per-route overrides.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use palisade_core::route::{RouteTable, RouteTableBuilder};
 use crate::budget::{RetryBudget, Throttle};
 use crate::layer::RetryLayer;
 use crate::policy::{DefaultPredicate, Extend, Replace};
-use crate::replay::DEFAULT_REPLAY_CAP;
+use crate::replay::{DEFAULT_REPLAY_CAP, KeepReplayBody};
 
 const LAYER: &str = "retry";
 
@@ -188,7 +189,7 @@ fn release(state: Arc<SharedState>) {
 /// use palisade_retry::RetryLayer;
 /// let layer = RetryLayer::builder().retries(2).build();
 /// ```
-pub struct RetryLayerBuilder<P = Unchosen, R = DefaultPredicate> {
+pub struct RetryLayerBuilder<P = Unchosen, R = DefaultPredicate, A = KeepReplayBody> {
     protocol: P,
     predicate: R,
     retries: u32,
@@ -200,6 +201,7 @@ pub struct RetryLayerBuilder<P = Unchosen, R = DefaultPredicate> {
     routes: RouteTableBuilder<RouteRetry>,
     listeners: Listeners,
     jitter_seed: Option<u64>,
+    attempt_body: PhantomData<fn() -> A>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -212,7 +214,7 @@ enum BudgetChoice {
     },
 }
 
-impl<P: fmt::Debug, R> fmt::Debug for RetryLayerBuilder<P, R> {
+impl<P: fmt::Debug, R, A> fmt::Debug for RetryLayerBuilder<P, R, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayerBuilder")
             .field("protocol", &self.protocol)
@@ -253,14 +255,15 @@ impl RetryLayerBuilder {
             routes: RouteTableBuilder::new(),
             listeners: Listeners::new(),
             jitter_seed: None,
+            attempt_body: PhantomData,
         }
     }
 }
 
-impl<P, R> RetryLayerBuilder<P, R> {
+impl<P, R, A> RetryLayerBuilder<P, R, A> {
     /// Speaks `protocol`: [`Plain`] clones `Req: Clone` requests; [`Http`] and
     /// [`Grpc`] replay `http::Request<B>` bodies and apply their default rules.
-    pub fn protocol<Q>(self, protocol: Q) -> RetryLayerBuilder<Q, R> {
+    pub fn protocol<Q>(self, protocol: Q) -> RetryLayerBuilder<Q, R, A> {
         RetryLayerBuilder {
             protocol,
             predicate: self.predicate,
@@ -273,28 +276,71 @@ impl<P, R> RetryLayerBuilder<P, R> {
             routes: self.routes,
             listeners: self.listeners,
             jitter_seed: self.jitter_seed,
+            attempt_body: PhantomData,
         }
     }
 
     /// `http::Request<B>` over hyper: replayable bodies, 502/503/504 retried
     /// for idempotent requests, `Retry-After` honoured.
-    pub fn http(self) -> RetryLayerBuilder<Http, R> {
+    pub fn http(self) -> RetryLayerBuilder<Http, R, A> {
         self.protocol(Http::default())
     }
 
     /// Any non-http service: no per-call options, every `Ok` a success. The
     /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> RetryLayerBuilder<Plain, R> {
+    pub fn plain(self) -> RetryLayerBuilder<Plain, R, A> {
         self.protocol(Plain)
     }
 
-    /// gRPC over a tonic `Channel`: replayable bodies, trailers-only
-    /// UNAVAILABLE retried, `grpc-retry-pushback-ms` honoured.
-    pub fn grpc(self) -> RetryLayerBuilder<Grpc, R> {
+    /// gRPC: replayable bodies, trailers-only UNAVAILABLE retried,
+    /// `grpc-retry-pushback-ms` honoured. Over a tonic `Channel`, add
+    /// `.tonic_body()` (feature `tonic`).
+    pub fn grpc(self) -> RetryLayerBuilder<Grpc, R, A> {
         self.protocol(Grpc::default())
     }
 
-    fn predicate_with<Q>(self, predicate: Q) -> RetryLayerBuilder<P, Q> {
+    /// How each attempt is handed to the inner service (see
+    /// [`AttemptBody`](crate::AttemptBody)); the default,
+    /// [`KeepReplayBody`], hands it on unchanged. Over a tonic `Channel` use
+    /// `tonic_body`.
+    pub fn attempt_body<T>(self) -> RetryLayerBuilder<P, R, T> {
+        RetryLayerBuilder {
+            protocol: self.protocol,
+            predicate: self.predicate,
+            retries: self.retries,
+            backoff: self.backoff,
+            budget: self.budget,
+            throttle: self.throttle,
+            max_pushback: self.max_pushback,
+            replay_cap: self.replay_cap,
+            routes: self.routes,
+            listeners: self.listeners,
+            jitter_seed: self.jitter_seed,
+            attempt_body: PhantomData,
+        }
+    }
+
+    /// Over a tonic `Channel` (feature `tonic`): each attempt reaches the
+    /// inner service as `http::Request<tonic::body::Body>`, the type a
+    /// `Channel` takes, so no `map_request` goes between the layer and the
+    /// channel. The replayable body is put into tonic's body once per
+    /// attempt (one allocation, as the `map_request` it replaces made).
+    ///
+    /// A choice of its own rather than what `.grpc()` does: gRPC does not
+    /// mean tonic (a hyper client or a test service speaks gRPC over any
+    /// body), and a cargo feature must not change the type `.grpc()` builds.
+    ///
+    /// ```
+    /// use palisade_retry::RetryLayer;
+    /// let layer = RetryLayer::builder().grpc().tonic_body().retries(2).build()?;
+    /// # Ok::<(), palisade_core::error::ConfigError>(())
+    /// ```
+    #[cfg(feature = "tonic")]
+    pub fn tonic_body(self) -> RetryLayerBuilder<P, R, crate::replay::TonicBody> {
+        self.attempt_body()
+    }
+
+    fn predicate_with<Q>(self, predicate: Q) -> RetryLayerBuilder<P, Q, A> {
         RetryLayerBuilder {
             protocol: self.protocol,
             predicate,
@@ -307,6 +353,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
             routes: self.routes,
             listeners: self.listeners,
             jitter_seed: self.jitter_seed,
+            attempt_body: PhantomData,
         }
     }
 
@@ -315,13 +362,13 @@ impl<P, R> RetryLayerBuilder<P, R> {
     /// closure `Fn(&View, &Result<Res, BoxError>) -> RetryDecision`; the view
     /// is the request for [`Plain`] and the request's head
     /// `http::Request<()>` for [`Http`] and [`Grpc`]).
-    pub fn predicate<F>(self, predicate: F) -> RetryLayerBuilder<P, Replace<F>> {
+    pub fn predicate<F>(self, predicate: F) -> RetryLayerBuilder<P, Replace<F>, A> {
         self.predicate_with(Replace(predicate))
     }
 
     /// Keeps the default rules and also retries what `predicate` accepts
     /// (never an error marked not retryable or a passed deadline).
-    pub fn or_retry_if<F>(self, predicate: F) -> RetryLayerBuilder<P, Extend<F>> {
+    pub fn or_retry_if<F>(self, predicate: F) -> RetryLayerBuilder<P, Extend<F>, A> {
         self.predicate_with(Extend(predicate))
     }
 
@@ -406,7 +453,7 @@ impl<P, R> RetryLayerBuilder<P, R> {
     }
 }
 
-impl<P: IsGrpc, R> RetryLayerBuilder<P, R> {
+impl<P: IsGrpc, R, A> RetryLayerBuilder<P, R, A> {
     /// Checks the settings and builds the layer. Exists once a protocol is
     /// chosen (every protocol implements [`IsGrpc`]; [`Unchosen`] does not).
     ///
@@ -416,7 +463,7 @@ impl<P: IsGrpc, R> RetryLayerBuilder<P, R> {
     /// `replay_cap` above [`MAX_REPLAY_CAP`], `retries` (or a route's) above
     /// [`MAX_RETRIES`], an invalid `budget` or `throttle`, or an empty or
     /// duplicate `route`.
-    pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
+    pub fn build(self) -> Result<RetryLayer<P, R, A>, ConfigError> {
         if self.max_pushback.is_zero() {
             return Err(ConfigError::new(LAYER, "max_pushback", "must be more than zero"));
         }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tower_service::Service;
 use crate::config::CallPolicy;
 use crate::policy::{Predicate, RetryOn, RetryProtocol, circuit_open};
 use crate::pushback::Pushback;
+use crate::replay::{AttemptBody, KeepReplayBody};
 
 /// tokio's timers fire on whole milliseconds and round a deadline up, so a
 /// sleep meant to end at `at` may end up to this much later. A backoff that
@@ -35,11 +37,12 @@ pin_project! {
     /// sent, the jitter's generator) is allocated at the call's first retry:
     /// a call that needs none has a small future and never allocates.
     #[project = ResponseFutureProj]
-    pub struct ResponseFuture<S, P, R, Req>
+    pub struct ResponseFuture<S, P, R, Req, A = KeepReplayBody>
     where
         P: RetryProtocol<Req>,
-        P: RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
-        S: Service<P::Attempt>,
+        P: RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response>,
+        A: AttemptBody<P::Attempt>,
+    S: Service<<A as AttemptBody<P::Attempt>>::Output>,
     {
         #[pin]
         attempt: Attempt<S::Future>,
@@ -51,6 +54,7 @@ pin_project! {
         // Last, so that their out-of-line drops run after every other field's.
         retry: RetryBox<Retrying<P::Attempt, <P as RetryOn<P::View, S::Response>>::Held>>,
         policy: CallPolicy<P, R>,
+        attempt_body: PhantomData<fn() -> A>,
     }
 }
 
@@ -123,11 +127,15 @@ type Held<P, V, Res> = Result<<P as RetryOn<V, Res>>::Held, BoxError>;
 /// Between attempts: the call's result, or `None` once the next attempt is in flight.
 type Step<P, V, Res> = Poll<Option<Output<P, V, Res>>>;
 
-impl<S, P, R, Req> ResponseFuture<S, P, R, Req>
+impl<S, P, R, Req, A> ResponseFuture<S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
-    S: Service<P::Attempt>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
+    A: AttemptBody<P::Attempt>,
+    S: Service<<A as AttemptBody<P::Attempt>>::Output>,
 {
     #[inline]
     pub(crate) fn new(
@@ -147,6 +155,7 @@ where
             attempts: 1,
             max_attempts: retries.saturating_add(1),
             deadline,
+            attempt_body: PhantomData,
         }
     }
 
@@ -163,15 +172,20 @@ where
             attempts: 0,
             max_attempts: 0,
             deadline: Some(deadline),
+            attempt_body: PhantomData,
         }
     }
 }
 
-impl<S, P, R, Req> fmt::Debug for ResponseFuture<S, P, R, Req>
+impl<S, P, R, Req, A> fmt::Debug for ResponseFuture<S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
-    S: Service<P::Attempt>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
+    A: AttemptBody<P::Attempt>,
+    S: Service<<A as AttemptBody<P::Attempt>>::Output>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
@@ -196,12 +210,16 @@ fn emit_budget_exhausted(listeners: Option<&Listeners>) {
     metrics::counter!("palisade_retry_budget_exhausted_total").increment(1);
 }
 
-impl<S, P, R, Req> Future for ResponseFuture<S, P, R, Req>
+impl<S, P, R, Req, A> Future for ResponseFuture<S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
     R: Predicate<P, P::View, S::Response>,
-    S: Service<P::Attempt>,
+    A: AttemptBody<P::Attempt>,
+    S: Service<<A as AttemptBody<P::Attempt>>::Output>,
     S::Error: Into<BoxError>,
 {
     type Output = Output<P, P::View, S::Response>;
@@ -224,12 +242,16 @@ where
     }
 }
 
-impl<S, P, R, Req> ResponseFutureProj<'_, S, P, R, Req>
+impl<S, P, R, Req, A> ResponseFutureProj<'_, S, P, R, Req, A>
 where
     P: RetryProtocol<Req>
-        + RetryOn<<P as RetryProtocol<Req>>::View, <S as Service<<P as RetryProtocol<Req>>::Attempt>>::Response>,
+        + RetryOn<
+            <P as RetryProtocol<Req>>::View,
+            <S as Service<<A as AttemptBody<<P as RetryProtocol<Req>>::Attempt>>::Output>>::Response,
+        >,
     R: Predicate<P, P::View, S::Response>,
-    S: Service<P::Attempt>,
+    A: AttemptBody<P::Attempt>,
+    S: Service<<A as AttemptBody<P::Attempt>>::Output>,
     S::Error: Into<BoxError>,
 {
     /// An attempt ended: the call's output, or `None` when a retry was
@@ -565,7 +587,7 @@ where
                 if let Some(deadline) = *self.deadline {
                     protocol.before_send(&mut next, deadline);
                 }
-                let future = service.call(next);
+                let future = service.call(A::attempt(next));
                 self.attempt.set(Attempt::Retry { future });
                 return Poll::Ready(None);
             }

@@ -1,6 +1,7 @@
 //! [`RetryLayer`].
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use palisade_core::protocol::{Grpc, Http, Plain, Unchosen};
@@ -9,6 +10,9 @@ use tower_layer::Layer;
 use crate::budget::{RetryBudget, Throttle};
 use crate::config::{Config, RetryLayerBuilder};
 use crate::policy::DefaultPredicate;
+use crate::replay::KeepReplayBody;
+#[cfg(feature = "tonic")]
+use crate::replay::TonicBody;
 use crate::service::Retry;
 
 /// Wraps services in [`Retry`]. Every service one layer value builds, and
@@ -16,21 +20,34 @@ use crate::service::Retry;
 ///
 /// - [`RetryLayer::new`]: `Req: Clone` requests, cloned per attempt;
 /// - [`RetryLayer::http`]: `http::Request<B>` over hyper, bodies replayed;
-/// - [`RetryLayer::grpc`]: gRPC over a tonic `Channel`, bodies replayed;
+/// - [`RetryLayer::grpc`]: gRPC, bodies replayed (`RetryLayer::tonic` over a
+///   tonic `Channel`, feature `tonic`);
 /// - [`RetryLayer::builder`]: every setting.
-pub struct RetryLayer<P = Plain, R = DefaultPredicate> {
+///
+/// `A` says how each attempt is handed to the inner service (see
+/// [`AttemptBody`](crate::AttemptBody)): unchanged by default, as a tonic body with
+/// `RetryLayer::tonic` or `RetryLayerBuilder::tonic_body`.
+pub struct RetryLayer<P = Plain, R = DefaultPredicate, A = KeepReplayBody> {
     shared: Arc<Config<P, R>>,
+    attempt_body: PhantomData<fn() -> A>,
 }
 
-impl<P, R> Clone for RetryLayer<P, R> {
+/// The retry layer over a tonic `Channel` with the default rules, as
+/// `RetryLayer::tonic` and `RetryLayer::builder().grpc().tonic_body()`
+/// build it (feature `tonic`): a name for the type.
+#[cfg(feature = "tonic")]
+pub type TonicRetryLayer = RetryLayer<Grpc, DefaultPredicate, TonicBody>;
+
+impl<P, R, A> Clone for RetryLayer<P, R, A> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            attempt_body: PhantomData,
         }
     }
 }
 
-impl<P: fmt::Debug, R: fmt::Debug> fmt::Debug for RetryLayer<P, R> {
+impl<P: fmt::Debug, R: fmt::Debug, A> fmt::Debug for RetryLayer<P, R, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer").field("shared", &self.shared).finish()
     }
@@ -62,10 +79,25 @@ impl RetryLayer {
             .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
 
-    /// The defaults for gRPC over a tonic `Channel`.
+    /// The defaults for gRPC; the inner service takes
+    /// `http::Request<ReplayBody<B>>`. Over a tonic `Channel`, use
+    /// `RetryLayer::tonic` (feature `tonic`).
     pub fn grpc() -> RetryLayer<Grpc> {
         RetryLayerBuilder::new()
             .grpc()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// The defaults for gRPC over a tonic `Channel`, with each attempt handed
+    /// to the channel as the `http::Request<tonic::body::Body>` it takes:
+    /// `.grpc()` and [`tonic_body`](RetryLayerBuilder::tonic_body) in one
+    /// (feature `tonic`).
+    #[cfg(feature = "tonic")]
+    pub fn tonic() -> TonicRetryLayer {
+        RetryLayerBuilder::new()
+            .grpc()
+            .tonic_body()
             .build()
             .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
@@ -84,9 +116,12 @@ impl RetryLayer {
     }
 }
 
-impl<P, R> RetryLayer<P, R> {
+impl<P, R, A> RetryLayer<P, R, A> {
     pub(crate) fn from_shared(shared: Arc<Config<P, R>>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            attempt_body: PhantomData,
+        }
     }
 
     #[cfg(test)]
@@ -105,8 +140,8 @@ impl<P, R> RetryLayer<P, R> {
     }
 }
 
-impl<S, P, R> Layer<S> for RetryLayer<P, R> {
-    type Service = Retry<S, P, R>;
+impl<S, P, R, A> Layer<S> for RetryLayer<P, R, A> {
+    type Service = Retry<S, P, R, A>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Retry::from_shared(inner, self.shared.clone())

@@ -32,7 +32,7 @@
 //! });
 //!
 //! let layer = RetryLayer::builder()
-//!     .plain() // a non-http service; `.grpc()` over a tonic `Channel`, `.http()` over hyper
+//!     .plain() // a non-http service; `.grpc().tonic_body()` over a tonic `Channel`, `.http()` over hyper
 //!     .retries(2)
 //!     .backoff(Backoff::constant(Duration::from_millis(50)).jitter(Jitter::None).build()?)
 //!     .build()?;
@@ -73,9 +73,12 @@
 //!   which is empty only when a retried response's kept head is returned
 //!   (see [What a retry holds](#what-a-retry-holds)).
 //!
-//! A tonic `Channel` takes `http::Request<tonic::body::Body>`; put a
-//! `map_request(|r: http::Request<ReplayBody<tonic::body::Body>>| r.map(tonic::body::Body::new))`
-//! between the layer and the channel. A tonic generated client takes the
+//! A tonic `Channel` takes `http::Request<tonic::body::Body>`: with the
+//! `tonic` feature, `RetryLayerBuilder::tonic_body` (or
+//! `RetryLayer::tonic` for the defaults) makes the layer hand each attempt
+//! over in that type, so nothing goes between the layer and the channel
+//! (see [`AttemptBody`]; tonic's body boxes the replayable body once per
+//! attempt, the only cost). A tonic generated client takes the
 //! layer's `RetryBody` responses as they are (it accepts any body whose data
 //! is `Bytes` and whose error converts into a boxed error): tonic users see
 //! no difference.
@@ -231,6 +234,10 @@ pub use body::RetryBody;
 pub use config::{MAX_REPLAY_CAP, MAX_RETRIES, RetryLayerBuilder, RouteRetry, default_backoff};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
+#[cfg(feature = "tonic")]
+pub use layer::TonicRetryLayer;
 pub use policy::{Attempts, DefaultPredicate, Extend, Replace};
-pub use replay::{BodyNotReplayable, ReplayBody};
+#[cfg(feature = "tonic")]
+pub use replay::TonicBody;
+pub use replay::{AttemptBody, BodyNotReplayable, KeepReplayBody, ReplayBody};
 pub use service::Retry;

@@ -743,3 +743,67 @@ mod tests {
         assert!(empty.replay().unwrap().is_end_stream());
     }
 }
+
+/// How each attempt is handed to the inner service: chosen once, in the
+/// builder ([`RetryLayerBuilder::attempt_body`](crate::RetryLayerBuilder::attempt_body),
+/// or `tonic_body` with the `tonic`
+/// feature), so that no `map_request` is needed between the layer and the
+/// service below it.
+///
+/// `Attempt` is the attempt as the protocol makes it: `Req` itself for
+/// [`Plain`](palisade_core::protocol::Plain), `http::Request<ReplayBody<B>>`
+/// for [`Http`](palisade_core::protocol::Http) and
+/// [`Grpc`](palisade_core::protocol::Grpc). The conversion runs once per
+/// attempt, just before the inner service is called (after the layer wrote
+/// its headers, such as `grpc-timeout`). The built-in choices:
+///
+/// - [`KeepReplayBody`], the default: the attempt as it is (nothing runs);
+/// - `TonicBody` (feature `tonic`): the body put into a
+///   `tonic::body::Body`, the request type a tonic `Channel` takes.
+pub trait AttemptBody<Attempt> {
+    /// What the inner service receives.
+    type Output;
+
+    /// Turns one attempt into what the inner service receives.
+    fn attempt(attempt: Attempt) -> Self::Output;
+}
+
+/// The default [`AttemptBody`]: the inner service receives the attempt as
+/// the protocol makes it (`http::Request<ReplayBody<B>>` on the http paths).
+/// Costs nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepReplayBody;
+
+impl<A> AttemptBody<A> for KeepReplayBody {
+    type Output = A;
+
+    #[inline(always)]
+    fn attempt(attempt: A) -> A {
+        attempt
+    }
+}
+
+/// The [`AttemptBody`] for a tonic `Channel` (feature `tonic`): the inner
+/// service receives `http::Request<tonic::body::Body>`, the replayable body
+/// inside it. `tonic::body::Body::new` boxes the body once per attempt,
+/// exactly what the `map_request(|r| r.map(tonic::body::Body::new))` it
+/// replaces did; nothing else is added.
+///
+/// It takes the requests a tonic-generated client sends,
+/// `http::Request<tonic::body::Body>`, and only those: so the request type
+/// of the whole stack is known from the channel below, and a stack built
+/// with it needs no type annotation (`ServiceExt::map_response` on it, a
+/// `BoxCloneService::new` of it).
+#[cfg(feature = "tonic")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TonicBody;
+
+#[cfg(feature = "tonic")]
+impl AttemptBody<http::Request<ReplayBody<tonic::body::Body>>> for TonicBody {
+    type Output = http::Request<tonic::body::Body>;
+
+    #[inline]
+    fn attempt(attempt: http::Request<ReplayBody<tonic::body::Body>>) -> http::Request<tonic::body::Body> {
+        attempt.map(tonic::body::Body::new)
+    }
+}

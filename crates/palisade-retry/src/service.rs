@@ -1,6 +1,7 @@
 //! [`Retry`].
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,6 +16,7 @@ use tower_service::Service;
 use crate::config::{CallPolicy, Config, RouteRetry, Settings, StateHandle};
 use crate::future::{ResponseFuture, emit};
 use crate::policy::{Predicate, RetryOn, RetryProtocol};
+use crate::replay::{AttemptBody, KeepReplayBody};
 
 /// Retries failed calls to `S`; made by [`RetryLayer`](crate::RetryLayer).
 ///
@@ -27,7 +29,10 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// The inner service receives the protocol's attempt type: `Req` itself for
 /// [`Plain`](palisade_core::protocol::Plain), and
 /// `http::Request<ReplayBody<B>>` for [`Http`](palisade_core::protocol::Http)
-/// and [`Grpc`](palisade_core::protocol::Grpc). The response is the inner
+/// and [`Grpc`](palisade_core::protocol::Grpc), as the
+/// [`AttemptBody`] `A` hands it on (by default unchanged; with
+/// `TonicBody`,
+/// `http::Request<tonic::body::Body>`, what a tonic `Channel` takes). The response is the inner
 /// service's for `Plain`, and `http::Response<RetryBody<RB>>` for `Http` and
 /// `Grpc` (see [`RetryBody`](crate::RetryBody): the inner body, passed
 /// through).
@@ -44,14 +49,19 @@ use crate::policy::{Predicate, RetryOn, RetryProtocol};
 /// without calling the inner service and without touching the retry budget;
 /// whatever the inner service reserved in `poll_ready` stays reserved for the
 /// next call, as tower's readiness contract has it.
-pub struct Retry<S, P, R> {
+pub struct Retry<S, P, R, A = KeepReplayBody> {
     inner: S,
     shared: Arc<Config<P, R>>,
+    attempt_body: PhantomData<fn() -> A>,
 }
 
-impl<S, P, R> Retry<S, P, R> {
+impl<S, P, R, A> Retry<S, P, R, A> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Config<P, R>>) -> Self {
-        Self { inner, shared }
+        Self {
+            inner,
+            shared,
+            attempt_body: PhantomData,
+        }
     }
 
     /// The inner service.
@@ -70,16 +80,17 @@ impl<S, P, R> Retry<S, P, R> {
     }
 }
 
-impl<S: Clone, P, R> Clone for Retry<S, P, R> {
+impl<S: Clone, P, R, A> Clone for Retry<S, P, R, A> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            attempt_body: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug, P: fmt::Debug, R: fmt::Debug> fmt::Debug for Retry<S, P, R> {
+impl<S: fmt::Debug, P: fmt::Debug, R: fmt::Debug, A> fmt::Debug for Retry<S, P, R, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
@@ -88,16 +99,17 @@ impl<S: fmt::Debug, P: fmt::Debug, R: fmt::Debug> fmt::Debug for Retry<S, P, R> 
     }
 }
 
-impl<S, P, R, Req> Service<Req> for Retry<S, P, R>
+impl<S, P, R, A, Req> Service<Req> for Retry<S, P, R, A>
 where
     P: RetryProtocol<Req> + RetryOn<<P as RetryProtocol<Req>>::View, S::Response> + Clone,
     R: Predicate<P, P::View, S::Response> + Clone,
-    S: Service<P::Attempt> + Clone,
+    A: AttemptBody<P::Attempt>,
+    S: Service<<A as AttemptBody<P::Attempt>>::Output> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = <P as RetryOn<P::View, S::Response>>::Output;
     type Error = BoxError;
-    type Future = ResponseFuture<S, P, R, Req>;
+    type Future = ResponseFuture<S, P, R, Req, A>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -172,10 +184,10 @@ where
             // tower's pattern: the ready service goes with the call, a clone stays.
             let clone = self.inner.clone();
             let mut ready = std::mem::replace(&mut self.inner, clone);
-            let future = ready.call(attempt);
+            let future = ready.call(A::attempt(attempt));
             return ResponseFuture::new(future, Some(ready), kept, policy, retries, deadline);
         }
-        let future = self.inner.call(attempt);
+        let future = self.inner.call(A::attempt(attempt));
         ResponseFuture::new(future, None, None, policy, 0, deadline)
     }
 }

@@ -40,7 +40,7 @@ use palisade_discovery::{
     HealthReport, InMemoryRegistry, Instance, PeerDiscoveryBuilder, PeerDiscoveryLayer, Registration, Registry,
     RegistryDiscover,
 };
-use palisade_retry::{ReplayBody, RetryLayer};
+use palisade_retry::RetryLayer;
 use palisade_testkit::EchoServer;
 use palisade_testkit::echo::EchoRequest;
 use palisade_testkit::echo::echo_client::EchoClient;
@@ -225,8 +225,15 @@ pub fn ours(fleet: &Fleet, config: &StackConfig) -> (Client, Box<dyn Fn() -> Hea
                 .build()
                 .unwrap(),
         )
-        .layer(RetryLayer::builder().grpc().retries(1).jitter_seed(19).build().unwrap())
-        .map_request(|request: http::Request<ReplayBody<tonic::body::Body>>| request.map(tonic::body::Body::new))
+        .layer(
+            RetryLayer::builder()
+                .grpc()
+                .tonic_body()
+                .retries(1)
+                .jitter_seed(19)
+                .build()
+                .unwrap(),
+        )
         .layer(
             BulkheadLayer::new(
                 BulkheadConfig::builder()

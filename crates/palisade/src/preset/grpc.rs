@@ -13,7 +13,7 @@ use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::Listener;
 use palisade_core::protocol::Grpc;
 use palisade_discovery::{Instance, MakePeer, PeerDiscoveryBuilder, PeerDiscoveryLayer, Registry, RegistryDiscover};
-use palisade_retry::{ReplayBody, RetryLayer, RetryLayerBuilder};
+use palisade_retry::{RetryLayer, RetryLayerBuilder};
 use palisade_timeout::{TimeoutBuilder, TimeoutLayer};
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
@@ -282,12 +282,12 @@ impl GrpcClientBuilder {
         let attempt_timeout = attempt_timeout.build()?;
         let bulkhead = BulkheadLayer::builder().config(bulkhead).grpc().build()?;
         let bulkhead_handle = bulkhead.handle();
-        let retry = retry.build()?;
+        // Attempts reach the bulkhead and the channel as tonic's body type.
+        let retry = retry.tonic_body().build()?;
         let retry_handle = retry.clone();
         let upper = ServiceBuilder::new()
             .layer(total_timeout.build()?)
             .layer(retry)
-            .map_request(unreplay as fn(_) -> _)
             .layer(bulkhead);
         let (inner, health) = match target {
             Target::Registry { registry, service } => {
@@ -317,12 +317,6 @@ impl GrpcClientBuilder {
         };
         Ok(GrpcClient { inner, health })
     }
-}
-
-/// The retry layer hands each attempt a replayable body; tonic's `Channel`
-/// takes tonic's body type.
-fn unreplay(request: http::Request<ReplayBody<Body>>) -> http::Request<Body> {
-    request.map(Body::new)
 }
 
 fn box_stack<S, B>(stack: S) -> Inner

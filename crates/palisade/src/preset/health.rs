@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use palisade_bulkhead::BulkheadHandle;
 use palisade_circuit_breaker::{CircuitBreakerHandle, CircuitSnapshot};
-use palisade_core::protocol::Grpc;
 use palisade_discovery::HealthReport;
-use palisade_retry::RetryLayer;
+use palisade_retry::TonicRetryLayer;
 
 /// A snapshot of a preset client's health, for a dashboard or a readiness
 /// endpoint.
@@ -43,7 +42,7 @@ enum Peers {
 pub(crate) struct HealthSource {
     peers: Peers,
     bulkhead: BulkheadHandle,
-    retry: RetryLayer<Grpc>,
+    retry: TonicRetryLayer,
 }
 
 impl fmt::Debug for HealthSource {
@@ -63,7 +62,7 @@ impl HealthSource {
     pub(crate) fn balancer(
         report: impl Fn() -> HealthReport + Send + Sync + 'static,
         bulkhead: BulkheadHandle,
-        retry: RetryLayer<Grpc>,
+        retry: TonicRetryLayer,
     ) -> Self {
         Self {
             peers: Peers::Balancer(Arc::new(report)),
@@ -72,7 +71,7 @@ impl HealthSource {
         }
     }
 
-    pub(crate) fn single(breaker: CircuitBreakerHandle, bulkhead: BulkheadHandle, retry: RetryLayer<Grpc>) -> Self {
+    pub(crate) fn single(breaker: CircuitBreakerHandle, bulkhead: BulkheadHandle, retry: TonicRetryLayer) -> Self {
         Self {
             peers: Peers::Single(breaker),
             bulkhead,
