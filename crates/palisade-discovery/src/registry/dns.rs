@@ -24,8 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use palisade_core::BoxError;
 use palisade_core::backoff::{Backoff, Jitter};
 use palisade_core::error::ConfigError;

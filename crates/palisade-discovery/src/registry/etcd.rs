@@ -37,8 +37,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions, WatchOptions};
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use palisade_core::BoxError;
 use palisade_core::backoff::{Backoff, Jitter};
 use palisade_core::error::ConfigError;
