@@ -151,6 +151,16 @@ where
             }
             None => known,
         };
+        // The clock is read (and the event sent) before anything that needs
+        // dropping is alive, so that a call that may unwind leaves nothing to
+        // clean up on the path every call takes.
+        let expired_at = match deadline {
+            Some(at) if at <= Instant::now() => {
+                expired(settings);
+                Some(at)
+            }
+            _ => None,
+        };
         let mut policy = CallPolicy {
             protocol: protocol.clone(),
             predicate: shared.predicate.clone(),
@@ -158,14 +168,8 @@ where
             max_pushback: settings.max_pushback,
             state: StateHandle::default(),
         };
-        if let Some(at) = deadline
-            && at <= Instant::now()
-        {
-            // Neither the inner service nor the budget is touched. The event
-            // is out of line; the future is built here, as on the other paths,
-            // so that no path hands the response future's address to an
-            // out-of-line function.
-            expired(settings);
+        if let Some(at) = expired_at {
+            // Neither the inner service nor the budget is touched.
             return ResponseFuture::expired(policy, at);
         }
         if let Some(budget) = settings.state.budget() {
