@@ -264,20 +264,7 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
     /// Speaks `protocol`: [`Plain`] clones `Req: Clone` requests; [`Http`] and
     /// [`Grpc`] replay `http::Request<B>` bodies and apply their default rules.
     pub fn protocol<Q>(self, protocol: Q) -> RetryLayerBuilder<Q, R, A> {
-        RetryLayerBuilder {
-            protocol,
-            predicate: self.predicate,
-            retries: self.retries,
-            backoff: self.backoff,
-            budget: self.budget,
-            throttle: self.throttle,
-            max_pushback: self.max_pushback,
-            replay_cap: self.replay_cap,
-            routes: self.routes,
-            listeners: self.listeners,
-            jitter_seed: self.jitter_seed,
-            attempt_body: PhantomData,
-        }
+        self.retype(|_| protocol, |predicate| predicate)
     }
 
     /// `http::Request<B>` over hyper: replayable bodies, 502/503/504 retried
@@ -304,20 +291,7 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
     /// [`KeepReplayBody`], hands it on unchanged. Over a tonic `Channel` use
     /// `tonic_body`.
     pub fn attempt_body<T>(self) -> RetryLayerBuilder<P, R, T> {
-        RetryLayerBuilder {
-            protocol: self.protocol,
-            predicate: self.predicate,
-            retries: self.retries,
-            backoff: self.backoff,
-            budget: self.budget,
-            throttle: self.throttle,
-            max_pushback: self.max_pushback,
-            replay_cap: self.replay_cap,
-            routes: self.routes,
-            listeners: self.listeners,
-            jitter_seed: self.jitter_seed,
-            attempt_body: PhantomData,
-        }
+        self.retype(|protocol| protocol, |predicate| predicate)
     }
 
     /// Over a tonic `Channel` (feature `tonic`): each attempt reaches the
@@ -341,9 +315,18 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
     }
 
     fn predicate_with<Q>(self, predicate: Q) -> RetryLayerBuilder<P, Q, A> {
+        self.retype(|protocol| protocol, |_| predicate)
+    }
+
+    /// The same settings with the protocol, predicate or attempt body type changed.
+    fn retype<Q, S, T>(
+        self,
+        protocol: impl FnOnce(P) -> Q,
+        predicate: impl FnOnce(R) -> S,
+    ) -> RetryLayerBuilder<Q, S, T> {
         RetryLayerBuilder {
-            protocol: self.protocol,
-            predicate,
+            protocol: protocol(self.protocol),
+            predicate: predicate(self.predicate),
             retries: self.retries,
             backoff: self.backoff,
             budget: self.budget,
