@@ -82,7 +82,10 @@ fn routed_timeout() -> TimeoutLayer<Http> {
 // ---------------------------------------------------------------------------
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _enter = rt.enter();
     let uris: Vec<http::Uri> = (0..ROUTES).map(|i| route(i).parse().unwrap()).collect();
     let target = &uris[11];

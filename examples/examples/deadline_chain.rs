@@ -72,12 +72,15 @@ async fn main() -> Result<(), BoxError> {
         message: "chain".into(),
         payload: Default::default(),
     });
-    request.call_options_mut().set_deadline(Deadline::after(Duration::from_millis(500)));
+    request
+        .call_options_mut()
+        .set_deadline(Deadline::after(Duration::from_millis(500)));
     let reply = to_b.unary(request).await?;
     println!("A got {:?} from {}", reply.get_ref().message, reply.get_ref().server);
-    println!(
-        "C received grpc-timeout {:?}: A's 500 ms less B's 100 ms of work",
-        c.stats().last_grpc_timeout()
-    );
+    let at_c = c.stats().last_grpc_timeout().ok_or("C received no grpc-timeout")?;
+    println!("C received grpc-timeout {at_c:?}: A's 500 ms less B's 100 ms of work");
+    if at_c > Duration::from_millis(400) {
+        return Err(format!("C was given {at_c:?}, more than what was left of A's 500 ms").into());
+    }
     Ok(())
 }

@@ -36,28 +36,39 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let mut echo = EchoClient::new(client.clone());
 
-    phase("all three healthy", &mut echo, &client).await;
+    let mut failed = phase("all three healthy", &mut echo, &client).await;
 
     servers[0].faults().set_status(Some(Code::Unavailable));
-    phase("echo-0 answers UNAVAILABLE", &mut echo, &client).await;
+    failed += phase("echo-0 answers UNAVAILABLE", &mut echo, &client).await;
 
     let stopped = &servers[1];
     stopped.refuse_connections().await;
     stopped.close_connections().await;
-    phase("echo-1 stopped (connections refused)", &mut echo, &client).await;
+    // A call already written to the connection the server just closed can
+    // fail with `Cancelled` (a known gap: it is not retried yet); at most one.
+    let at_stop = phase("echo-1 stopped (connections refused)", &mut echo, &client).await;
 
     servers[0].faults().set_status(None);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    phase("echo-0 recovered (its breaker probes after the cooldown)", &mut echo, &client).await;
+    failed += phase(
+        "echo-0 recovered (its breaker probes after the cooldown)",
+        &mut echo,
+        &client,
+    )
+    .await;
 
     let deregistered = registrations.pop().ok_or("three registrations")?;
     deregistered.shutdown().await?;
-    phase("echo-2 deregistered", &mut echo, &client).await;
+    failed += phase("echo-2 deregistered", &mut echo, &client).await;
+    if failed > 0 || at_stop > 1 {
+        return Err(format!("{failed} calls failed, {at_stop} when echo-1 stopped").into());
+    }
     Ok(())
 }
 
-/// Makes 40 calls and prints who served them, the failures, and the health view.
-async fn phase(title: &str, echo: &mut EchoClient<GrpcClient>, client: &GrpcClient) {
+/// Makes 40 calls, prints who served them, the failures and the health view;
+/// returns how many failed.
+async fn phase(title: &str, echo: &mut EchoClient<GrpcClient>, client: &GrpcClient) -> usize {
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
     let mut failures = Vec::new();
     for _ in 0..40 {
@@ -79,4 +90,5 @@ async fn phase(title: &str, echo: &mut EchoClient<GrpcClient>, client: &GrpcClie
     if let Some(peers) = client.health().peers {
         println!("   {peers}");
     }
+    failures.len()
 }

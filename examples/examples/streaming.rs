@@ -48,6 +48,10 @@ async fn main() -> Result<(), BoxError> {
         server.stats().requests(),
         server.stats().streams_failed()
     );
+    let requests = server.stats().requests();
+    if (received, requests) != (3, 1) {
+        return Err(format!("expected 3 messages from 1 request, got {received} from {requests}").into());
+    }
     if let Some(breaker) = client.health().breaker {
         println!(
             "the breaker, after the stream's end: {:?}, {} consecutive failure(s)",
