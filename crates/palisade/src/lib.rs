@@ -101,6 +101,7 @@
 //! | `discovery` (default) | [`discovery`] |
 //! | `etcd` | the etcd registry of [`discovery`] |
 //! | `tonic` | the preset client `preset::GrpcClient` (the whole stack in one builder, over a registry or one channel); per-call options on `tonic::Request`; every Palisade error reaches a tonic caller with its gRPC code (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`), the typed error behind it ([`core::error::find_error`]) |
+//! | `serde` | the preset's settings from a configuration file (`preset::PresetConfig`, `preset::ClientsConfig`): TOML, YAML, JSON or any serde format, durations as `"250ms"`, errors that name the field's path |
 //! | `metrics` | counters and gauges of every enabled layer through the `metrics` facade |
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]

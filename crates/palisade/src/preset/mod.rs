@@ -51,11 +51,15 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "serde")]
+pub mod config;
 mod defaults;
 mod grpc;
 mod health;
 mod set;
 
+#[cfg(feature = "serde")]
+pub use config::{ClientsConfig, ConfigFileError, PresetConfig};
 pub use defaults::{ATTEMPT_TIMEOUT, BULKHEAD_MAX_CONCURRENT, RETRIES};
 pub use grpc::{Connect, GrpcClient, GrpcClientBuilder, ResponseFuture, connect_lazy};
 pub use health::ClientHealth;
