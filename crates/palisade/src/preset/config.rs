@@ -4,7 +4,7 @@
 //! ...): every setting of every layer of the preset, each optional (what is
 //! left out keeps the preset's default), durations in human form (`"250ms"`,
 //! `"1.5s"`, `"2m"`), a time limit that can be turned off as `"off"`.
-//! [`ClientsConfig`] adds per-service sections for a [`GrpcClients`] set.
+//! [`ClientsConfig`] adds per-service sections for a [`GrpcClients`](super::GrpcClients) set.
 //!
 //! Load with [`PresetConfig::from_deserializer`] (or
 //! [`ClientsConfig::from_deserializer`]): an unknown field or a bad value
