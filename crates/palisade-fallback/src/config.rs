@@ -169,6 +169,14 @@ impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
         self.with_source(FromService(service))
     }
 
+    /// Source: a type of yours implementing [`Source`](crate::source::Source).
+    /// Its name is then the layer's `Src`, so the layer's and the service's
+    /// types can be written in a struct field (a closure's type cannot), as
+    /// in `FallbackLayer<Stale, Grpc>`.
+    pub fn source<Src2>(self, source: Src2) -> FallbackBuilder<Src2, P, R, X, M> {
+        self.with_source(source)
+    }
+
     /// Keeps `f(&request)` before each call and hands it to the fallback.
     /// Runs on every call: keep it cheap.
     pub fn keep<F, Req, K>(self, f: F) -> FallbackBuilder<Src, P, R, KeepFn<F>, M>
