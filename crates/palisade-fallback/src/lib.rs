@@ -99,7 +99,8 @@
 //! circuit breaker, the bulkhead) wrap it in a type of their own; put a
 //! `map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))` (or
 //! hyper's boxed body) between them and the fallback so that the fallback
-//! builds a plain body. Alternatively, apply the layer at the typed level (a
+//! builds a plain body (the facade's `palisade::stack::with_fallback` does
+//! this over its named gRPC stack). Alternatively, apply the layer at the typed level (a
 //! `Service<EchoRequest, Response = EchoReply>` made with `service_fn` over a
 //! generated client): requests are then messages that can be kept (cloned)
 //! and sent to another backend with [`from_service`](FallbackBuilder::from_service).
