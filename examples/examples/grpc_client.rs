@@ -18,10 +18,10 @@ use palisade::circuit_breaker::CircuitBreakerLayer;
 use palisade::core::backoff::{Backoff, Jitter};
 use palisade::core::error::{CircuitOpen, TimedOut, find_error};
 use palisade::retry::RetryLayer;
+use palisade::stack::GrpcStack;
 use palisade::timeout::{TimeoutKind, TimeoutLayer};
 use palisade_testkit::EchoServer;
-use palisade_testkit::echo::EchoRequest;
-use palisade_testkit::echo::echo_client::EchoClient;
+use palisade_testkit::echo::{EchoRequest, echo_client::EchoClient};
 use tower::ServiceBuilder;
 
 #[tokio::main]
@@ -36,7 +36,7 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let breaker_state = breaker.handle();
 
-    let stack = ServiceBuilder::new()
+    let stack: GrpcStack = ServiceBuilder::new() // a named type, no box: a struct field can hold it
         // The whole call, every attempt and backoff included.
         .layer(
             TimeoutLayer::builder()

@@ -65,12 +65,8 @@ fn breaker(server: &EchoServer) -> CircuitBreakerLayer<Grpc> {
     CircuitBreakerLayer::new(config).protocol(Grpc::default())
 }
 
-fn fallback() -> FallbackLayer<
-    impl palisade_fallback::source::Source<(), http::Response<Body>> + Send + Sync + 'static,
-    palisade_fallback::extract::KeepNothing,
-    palisade_fallback::policy::NoResponseRule,
-    Grpc,
-> {
+fn fallback()
+-> FallbackLayer<impl palisade_fallback::source::Source<(), http::Response<Body>> + Send + Sync + 'static, Grpc> {
     FallbackLayer::builder()
         .grpc()
         .on_error::<CircuitOpen>()

@@ -12,7 +12,7 @@ use palisade_core::route::{RouteTable, RouteTableBuilder};
 use crate::extract::{KeepFn, KeepHead, KeepNothing};
 use crate::layer::{Config, FallbackLayer};
 use crate::mark::{ByTrait, Unmarked, Wrap};
-use crate::policy::{ClassifiedFailure, Either, ErrorPolicy, NoResponseRule, ResponseWhen, RouteFallback};
+use crate::policy::{AddRule, ClassifiedFailure, ErrorPolicy, NoResponseRule, ResponseWhen, RouteFallback};
 use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
 
 /// Configures a [`FallbackLayer`]; [`build`](Self::build) validates it.
@@ -35,7 +35,7 @@ use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
 /// use palisade_fallback::FallbackLayer;
 /// let layer = FallbackLayer::builder().value(0u32).build();
 /// ```
-pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, P = Unchosen, M = ByTrait> {
+pub struct FallbackBuilder<Src = NoSource, P = Unchosen, R = NoResponseRule, X = KeepNothing, M = ByTrait> {
     source: Option<Src>,
     extract: X,
     errors: ErrorPolicy,
@@ -46,7 +46,7 @@ pub struct FallbackBuilder<Src = NoSource, X = KeepNothing, R = NoResponseRule, 
     routes: RouteTableBuilder<RouteFallback>,
 }
 
-impl<Src, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug for FallbackBuilder<Src, X, R, P, M> {
+impl<Src, P: fmt::Debug, R: fmt::Debug, X: fmt::Debug, M: fmt::Debug> fmt::Debug for FallbackBuilder<Src, P, R, X, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackBuilder")
             .field("source_set", &self.source.is_some())
@@ -83,11 +83,11 @@ impl FallbackBuilder {
     }
 }
 
-impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
-    fn map<Src2, X2, R2, P2, M2>(
+impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
+    fn map<Src2, P2, R2, X2, M2>(
         self,
         f: impl FnOnce(Option<Src>, X, R, P, M) -> (Option<Src2>, X2, R2, P2, M2),
-    ) -> FallbackBuilder<Src2, X2, R2, P2, M2> {
+    ) -> FallbackBuilder<Src2, P2, R2, X2, M2> {
         let (source, extract, rule, protocol, mark) = f(self.source, self.extract, self.rule, self.protocol, self.mark);
         FallbackBuilder {
             source,
@@ -101,13 +101,13 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
         }
     }
 
-    fn with_source<Src2>(self, source: Src2) -> FallbackBuilder<Src2, X, R, P, M> {
+    fn with_source<Src2>(self, source: Src2) -> FallbackBuilder<Src2, P, R, X, M> {
         self.map(|_, x, r, p, m| (Some(source), x, r, p, m))
     }
 
     /// The layer with `source`, for the shortcuts of [`FallbackLayer`] (whose
     /// builder has no route overrides).
-    pub(crate) fn layer_with<Src2>(self, source: Src2) -> FallbackLayer<Src2, X, R, P, M> {
+    pub(crate) fn layer_with<Src2>(self, source: Src2) -> FallbackLayer<Src2, P, R, X, M> {
         self.layer_with_routes(source, RouteTable::empty())
     }
 
@@ -115,7 +115,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
         self,
         source: Src2,
         routes: RouteTable<RouteFallback>,
-    ) -> FallbackLayer<Src2, X, R, P, M> {
+    ) -> FallbackLayer<Src2, P, R, X, M> {
         FallbackLayer {
             shared: Arc::new(Config {
                 source,
@@ -131,12 +131,12 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     }
 
     /// Source: a clone of `value`.
-    pub fn value<T: Clone>(self, value: T) -> FallbackBuilder<Value<T>, X, R, P, M> {
+    pub fn value<T: Clone>(self, value: T) -> FallbackBuilder<Value<T>, P, R, X, M> {
         self.with_source(Value(value))
     }
 
     /// Source: `f(&error, kept)`, which cannot fail.
-    pub fn from_fn<F, K, Res>(self, f: F) -> FallbackBuilder<FromFn<F, K, Res>, X, R, P, M>
+    pub fn from_fn<F, K, Res>(self, f: F) -> FallbackBuilder<FromFn<F, K, Res>, P, R, X, M>
     where
         F: Fn(&BoxError, K) -> Res,
     {
@@ -145,7 +145,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
 
     /// Source: `f(&error, kept)`, which may fail (then the call fails with
     /// [`FallbackFailed`](crate::error::FallbackFailed)).
-    pub fn try_from_fn<F, K, Res, E>(self, f: F) -> FallbackBuilder<TryFromFn<F, K, Res>, X, R, P, M>
+    pub fn try_from_fn<F, K, Res, E>(self, f: F) -> FallbackBuilder<TryFromFn<F, K, Res>, P, R, X, M>
     where
         F: Fn(&BoxError, K) -> Result<Res, E>,
     {
@@ -154,7 +154,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
 
     /// Source: the future `f(&error, kept)`. `f` reads the error synchronously;
     /// the future it returns must not borrow it.
-    pub fn from_async<F, K, Fut, Res, E>(self, f: F) -> FallbackBuilder<FromAsync<F, K, Res>, X, R, P, M>
+    pub fn from_async<F, K, Fut, Res, E>(self, f: F) -> FallbackBuilder<FromAsync<F, K, Res>, P, R, X, M>
     where
         F: Fn(&BoxError, K) -> Fut,
         Fut: Future<Output = Result<Res, E>>,
@@ -165,13 +165,21 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     /// Source: another service (another backend, a cache), called with the
     /// kept value as its request. Choose an extractor that produces that
     /// request type ([`keep`](Self::keep), [`keep_head`](Self::keep_head)).
-    pub fn from_service<S>(self, service: S) -> FallbackBuilder<FromService<S>, X, R, P, M> {
+    pub fn from_service<S>(self, service: S) -> FallbackBuilder<FromService<S>, P, R, X, M> {
         self.with_source(FromService(service))
+    }
+
+    /// Source: a type of yours implementing [`Source`](crate::source::Source).
+    /// Its name is then the layer's `Src`, so the layer's and the service's
+    /// types can be written in a struct field (a closure's type cannot), as
+    /// in `FallbackLayer<Stale, Grpc>`.
+    pub fn source<Src2>(self, source: Src2) -> FallbackBuilder<Src2, P, R, X, M> {
+        self.with_source(source)
     }
 
     /// Keeps `f(&request)` before each call and hands it to the fallback.
     /// Runs on every call: keep it cheap.
-    pub fn keep<F, Req, K>(self, f: F) -> FallbackBuilder<Src, KeepFn<F>, R, P, M>
+    pub fn keep<F, Req, K>(self, f: F) -> FallbackBuilder<Src, P, R, KeepFn<F>, M>
     where
         F: Fn(&Req) -> K,
     {
@@ -179,7 +187,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     }
 
     /// Keeps the head of each `http::Request` ([`RequestHead`](crate::extract::RequestHead)).
-    pub fn keep_head(self) -> FallbackBuilder<Src, KeepHead, R, P, M> {
+    pub fn keep_head(self) -> FallbackBuilder<Src, P, R, KeepHead, M> {
         self.map(|s, _, r, p, m| (s, KeepHead, r, p, m))
     }
 
@@ -219,11 +227,12 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     }
 
     /// Also answers responses for which `f` returns true (the response is dropped).
-    pub fn on_response<F, Res>(self, f: F) -> FallbackBuilder<Src, X, Either<R, ResponseWhen<F>>, P, M>
+    pub fn on_response<F, Res>(self, f: F) -> FallbackBuilder<Src, P, R::Output, X, M>
     where
         F: Fn(&Res) -> bool,
+        R: AddRule<ResponseWhen<F>>,
     {
-        self.map(|s, x, r, p, m| (s, x, Either(r, ResponseWhen(f)), p, m))
+        self.map(|s, x, r, p, m| (s, x, r.add(ResponseWhen(f)), p, m))
     }
 
     /// Also answers responses that the protocol classifies as failures from
@@ -231,40 +240,43 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     /// a non-200 5xx or a trailers-only response whose `grpc-status` is a
     /// failure code. A gRPC response whose status is in its trailers is handed
     /// on (see the crate docs).
-    pub fn on_failed_response(self) -> FallbackBuilder<Src, X, Either<R, ClassifiedFailure>, P, M> {
-        self.map(|s, x, r, p, m| (s, x, Either(r, ClassifiedFailure), p, m))
+    pub fn on_failed_response(self) -> FallbackBuilder<Src, P, R::Output, X, M>
+    where
+        R: AddRule<ClassifiedFailure>,
+    {
+        self.map(|s, x, r, p, m| (s, x, r.add(ClassifiedFailure), p, m))
     }
 
     /// Chooses the protocol: it finds per-call fallbacks in requests and
     /// classifies responses for [`on_failed_response`](Self::on_failed_response).
-    pub fn protocol<P2>(self, protocol: P2) -> FallbackBuilder<Src, X, R, P2, M> {
+    pub fn protocol<P2>(self, protocol: P2) -> FallbackBuilder<Src, P2, R, X, M> {
         self.map(|s, x, r, _, m| (s, x, r, protocol, m))
     }
 
     /// The [`Http`] protocol with its defaults (a hyper client).
-    pub fn http(self) -> FallbackBuilder<Src, X, R, Http, M> {
+    pub fn http(self) -> FallbackBuilder<Src, Http, R, X, M> {
         self.protocol(Http::default())
     }
 
     /// Any non-http service: no per-call options, every `Ok` a success. The
     /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> FallbackBuilder<Src, X, R, Plain, M> {
+    pub fn plain(self) -> FallbackBuilder<Src, Plain, R, X, M> {
         self.protocol(Plain)
     }
 
     /// The [`Grpc`] protocol with its defaults (a tonic `Channel`).
-    pub fn grpc(self) -> FallbackBuilder<Src, X, R, Grpc, M> {
+    pub fn grpc(self) -> FallbackBuilder<Src, Grpc, R, X, M> {
         self.protocol(Grpc::default())
     }
 
     /// Answers [`Served<Res>`](crate::Served) instead of `Res`, saying whether
     /// the fallback produced it. For response types without [`MarkFallback`](crate::MarkFallback).
-    pub fn served(self) -> FallbackBuilder<Src, X, R, P, Wrap> {
+    pub fn served(self) -> FallbackBuilder<Src, P, R, X, Wrap> {
         self.map(|s, x, r, p, _| (s, x, r, p, Wrap))
     }
 
     /// Leaves responses unmarked; listeners and metrics still see every fallback.
-    pub fn unmarked(self) -> FallbackBuilder<Src, X, R, P, Unmarked> {
+    pub fn unmarked(self) -> FallbackBuilder<Src, P, R, X, Unmarked> {
         self.map(|s, x, r, p, _| (s, x, r, p, Unmarked))
     }
 
@@ -292,7 +304,7 @@ impl<Src, X, R, P, M> FallbackBuilder<Src, X, R, P, M> {
     }
 }
 
-impl<Src, X, R, P: IsGrpc, M> FallbackBuilder<Src, X, R, P, M> {
+impl<Src, P: IsGrpc, R, X, M> FallbackBuilder<Src, P, R, X, M> {
     /// Validates the configuration: the source must be set, and each
     /// [`route`](Self::route) must be non-empty and configured once (the
     /// error names the route). Exists once a protocol is chosen (every
@@ -302,7 +314,7 @@ impl<Src, X, R, P: IsGrpc, M> FallbackBuilder<Src, X, R, P, M> {
     ///
     /// A [`ConfigError`] for field `source` when no source was chosen, or for
     /// field `route` naming an empty or duplicate route.
-    pub fn build(mut self) -> Result<FallbackLayer<Src, X, R, P, M>, ConfigError> {
+    pub fn build(mut self) -> Result<FallbackLayer<Src, P, R, X, M>, ConfigError> {
         let Some(source) = self.source.take() else {
             return Err(ConfigError::new(
                 "fallback",

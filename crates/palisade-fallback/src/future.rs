@@ -84,8 +84,8 @@ impl<F, SF, K, Res, L> fmt::Debug for ResponseFuture<F, SF, K, Res, L> {
     }
 }
 
-impl<F, E, K, Res, Src, X, R, P, M> Future
-    for ResponseFuture<F, <Src as Source<K, Res>>::Future, K, Res, FallbackLayer<Src, X, R, P, M>>
+impl<F, E, K, Res, Src, P, R, X, M> Future
+    for ResponseFuture<F, <Src as Source<K, Res>>::Future, K, Res, FallbackLayer<Src, P, R, X, M>>
 where
     F: Future<Output = Result<Res, E>>,
     E: Into<BoxError>,

@@ -18,22 +18,26 @@ use crate::source::{FromAsync, FromFn, FromService, TryFromFn, Value};
 
 /// Answers failures of the inner service from a fallback source.
 ///
-/// Type parameters: `Src` the [source](crate::source), `X` the
-/// [extractor](crate::extract), `R` the [response rule](crate::policy), `P`
-/// the [protocol](palisade_core::protocol), `M` the [marking](crate::mark).
+/// Type parameters, most often named first: `Src` the
+/// [source](crate::source), `P` the [protocol](palisade_core::protocol), `R`
+/// the [response rule](crate::policy), `X` the [extractor](crate::extract),
+/// `M` the [marking](crate::mark); so a gRPC fallback with the defaults is
+/// `FallbackLayer<Src, Grpc>`, and one that also answers failed responses
+/// `FallbackLayer<Src, Grpc, ClassifiedFailure>` (see the crate docs, "Naming
+/// the type").
 /// Build one with [`FallbackLayer::builder`] or a shortcut such as
 /// [`FallbackLayer::value`].
 ///
 /// Every service built by one layer value (and every clone of those services)
 /// shares the layer's configuration, source and listeners.
-pub struct FallbackLayer<Src, X = KeepNothing, R = NoResponseRule, P = Plain, M = ByTrait> {
-    pub(crate) shared: Arc<Config<Src, X, R, P, M>>,
+pub struct FallbackLayer<Src, P = Plain, R = NoResponseRule, X = KeepNothing, M = ByTrait> {
+    pub(crate) shared: Arc<Config<Src, P, R, X, M>>,
 }
 
 /// The configuration of one layer value (its source, extractor, rules,
 /// protocol, marking, listeners and route overrides), shared by every
 /// service it builds and their clones.
-pub(crate) struct Config<Src, X, R, P, M> {
+pub(crate) struct Config<Src, P, R, X, M> {
     pub(crate) source: Src,
     pub(crate) extract: X,
     pub(crate) errors: ErrorPolicy,
@@ -44,7 +48,7 @@ pub(crate) struct Config<Src, X, R, P, M> {
     pub(crate) routes: RouteTable<RouteFallback>,
 }
 
-impl<Src, X, R, P, M> Config<Src, X, R, P, M> {
+impl<Src, P, R, X, M> Config<Src, P, R, X, M> {
     /// Reports one fallback answer: tracing, listeners, metrics.
     pub(crate) fn record(&self, reason: FallbackReason) {
         self.listeners.emit(&Event::new(
@@ -72,7 +76,7 @@ impl<Src, X, R, P, M> Config<Src, X, R, P, M> {
     }
 }
 
-impl<Src, X, R, P, M> Clone for FallbackLayer<Src, X, R, P, M> {
+impl<Src, P, R, X, M> Clone for FallbackLayer<Src, P, R, X, M> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -80,8 +84,8 @@ impl<Src, X, R, P, M> Clone for FallbackLayer<Src, X, R, P, M> {
     }
 }
 
-impl<Src: fmt::Debug, X: fmt::Debug, R: fmt::Debug, P: fmt::Debug, M: fmt::Debug> fmt::Debug
-    for FallbackLayer<Src, X, R, P, M>
+impl<Src: fmt::Debug, P: fmt::Debug, R: fmt::Debug, X: fmt::Debug, M: fmt::Debug> fmt::Debug
+    for FallbackLayer<Src, P, R, X, M>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &*self.shared;
@@ -113,7 +117,7 @@ impl FallbackLayer<crate::source::NoSource> {
     /// let layer = FallbackLayer::builder().plain().value(0u32).build()?;
     /// # Ok::<(), palisade_core::error::ConfigError>(())
     /// ```
-    pub fn builder() -> FallbackBuilder<crate::source::NoSource, KeepNothing, NoResponseRule, Unchosen> {
+    pub fn builder() -> FallbackBuilder<crate::source::NoSource, Unchosen> {
         FallbackBuilder::new()
     }
 
@@ -154,8 +158,8 @@ impl FallbackLayer<crate::source::NoSource> {
     }
 }
 
-impl<S, Src, X, R, P, M> Layer<S> for FallbackLayer<Src, X, R, P, M> {
-    type Service = Fallback<S, Src, X, R, P, M>;
+impl<S, Src, P, R, X, M> Layer<S> for FallbackLayer<Src, P, R, X, M> {
+    type Service = Fallback<S, Src, P, R, X, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Fallback::new(inner, self.clone())

@@ -99,7 +99,8 @@
 //! circuit breaker, the bulkhead) wrap it in a type of their own; put a
 //! `map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))` (or
 //! hyper's boxed body) between them and the fallback so that the fallback
-//! builds a plain body. Alternatively, apply the layer at the typed level (a
+//! builds a plain body (the facade's `palisade::stack::with_fallback` does
+//! this over its named gRPC stack). Alternatively, apply the layer at the typed level (a
 //! `Service<EchoRequest, Response = EchoReply>` made with `service_fn` over a
 //! generated client): requests are then messages that can be kept (cloned)
 //! and sent to another backend with [`from_service`](FallbackBuilder::from_service).
@@ -126,6 +127,39 @@
 //! headers, which is how servers answer a unary call that fails before
 //! sending a message). Such a response with a later failure passes through;
 //! the breaker and the other Palisade layers still count it by how it ended.
+//!
+//! # Naming the type
+//!
+//! `Fallback<S, Src, P = Plain, R = NoResponseRule, X = KeepNothing, M = ByTrait>`
+//! (and [`FallbackLayer`] without `S`): the parameters come in the order a
+//! user changes them, so a type with the defaults stops early. The protocol
+//! comes first because every http or gRPC fallback sets it; then the
+//! response rule, the knob of a fallback over http or gRPC (whose request
+//! bodies are streams, so the extractor usually stays [`KeepNothing`](extract::KeepNothing)
+//! and the marking [`ByTrait`](mark::ByTrait)); one rule is its own type
+//! ([`AddRule`](policy::AddRule)):
+//!
+//! ```
+//! use palisade_core::error::ConfigError;
+//! use palisade_core::protocol::Grpc;
+//! use palisade_fallback::FallbackLayer;
+//! use palisade_fallback::policy::ClassifiedFailure;
+//! use palisade_fallback::source::Value;
+//!
+//! type Answer = http::Response<String>;
+//!
+//! /// A gRPC fallback that also answers trailers-only failures.
+//! fn guarded(answer: Answer) -> Result<FallbackLayer<Value<Answer>, Grpc, ClassifiedFailure>, ConfigError> {
+//!     FallbackLayer::builder().grpc().on_failed_response().value(answer).build()
+//! }
+//! # guarded(http::Response::new(String::new())).unwrap();
+//! ```
+//!
+//! The extractor, the rule and the marking are not folded into one policy
+//! parameter: with the defaults both spellings are `Fallback<S, Src, Grpc>`,
+//! and with any one of them changed a folded policy would still spell the
+//! same parameters inside a wrapper type, so it would be longer, never
+//! shorter.
 //!
 //! # Cost
 //!

@@ -180,6 +180,50 @@ where
     }
 }
 
+/// Adds the response rule `B` to a rule: the response is replaced when either
+/// says so. Adding to [`NoResponseRule`] gives `B` itself, so that one rule has
+/// a one-word type (`ClassifiedFailure`, not `Either<NoResponseRule, ClassifiedFailure>`)
+/// where a user names the layer; further rules nest in [`Either`].
+pub trait AddRule<B> {
+    /// The combined rule.
+    type Output;
+
+    /// `self` or `rule`.
+    fn add(self, rule: B) -> Self::Output;
+}
+
+impl<B> AddRule<B> for NoResponseRule {
+    type Output = B;
+
+    fn add(self, rule: B) -> B {
+        rule
+    }
+}
+
+impl<B, F> AddRule<B> for ResponseWhen<F> {
+    type Output = Either<Self, B>;
+
+    fn add(self, rule: B) -> Self::Output {
+        Either(self, rule)
+    }
+}
+
+impl<B> AddRule<B> for ClassifiedFailure {
+    type Output = Either<Self, B>;
+
+    fn add(self, rule: B) -> Self::Output {
+        Either(self, rule)
+    }
+}
+
+impl<B, L, R> AddRule<B> for Either<L, R> {
+    type Output = Either<Self, B>;
+
+    fn add(self, rule: B) -> Self::Output {
+        Either(self, rule)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,14 +20,14 @@ use crate::source::Source;
 /// `poll_ready` is the inner service's: an error there is terminal for tower
 /// and is returned as it is (boxed), never answered by the fallback; the
 /// fallback answers failures of the calls.
-pub struct Fallback<S, Src, X = KeepNothing, R = NoResponseRule, P = Plain, M = ByTrait> {
+pub struct Fallback<S, Src, P = Plain, R = NoResponseRule, X = KeepNothing, M = ByTrait> {
     inner: S,
-    layer: FallbackLayer<Src, X, R, P, M>,
+    layer: FallbackLayer<Src, P, R, X, M>,
 }
 
-impl<S, Src, X, R, P, M> Fallback<S, Src, X, R, P, M> {
+impl<S, Src, P, R, X, M> Fallback<S, Src, P, R, X, M> {
     /// `inner` with the fallback configured by `layer`.
-    pub fn new(inner: S, layer: FallbackLayer<Src, X, R, P, M>) -> Self {
+    pub fn new(inner: S, layer: FallbackLayer<Src, P, R, X, M>) -> Self {
         Self { inner, layer }
     }
 
@@ -47,7 +47,7 @@ impl<S, Src, X, R, P, M> Fallback<S, Src, X, R, P, M> {
     }
 }
 
-impl<S: Clone, Src, X, R, P, M> Clone for Fallback<S, Src, X, R, P, M> {
+impl<S: Clone, Src, P, R, X, M> Clone for Fallback<S, Src, P, R, X, M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -56,7 +56,7 @@ impl<S: Clone, Src, X, R, P, M> Clone for Fallback<S, Src, X, R, P, M> {
     }
 }
 
-impl<S: fmt::Debug, Src, X, R, P, M> fmt::Debug for Fallback<S, Src, X, R, P, M> {
+impl<S: fmt::Debug, Src, P, R, X, M> fmt::Debug for Fallback<S, Src, P, R, X, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
             .field("inner", &self.inner)
@@ -64,7 +64,7 @@ impl<S: fmt::Debug, Src, X, R, P, M> fmt::Debug for Fallback<S, Src, X, R, P, M>
     }
 }
 
-impl<S, Req, Src, X, R, P, M> Service<Req> for Fallback<S, Src, X, R, P, M>
+impl<S, Req, Src, P, R, X, M> Service<Req> for Fallback<S, Src, P, R, X, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -77,7 +77,7 @@ where
 {
     type Response = M::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Src::Future, X::Kept, S::Response, FallbackLayer<Src, X, R, P, M>>;
+    type Future = ResponseFuture<S::Future, Src::Future, X::Kept, S::Response, FallbackLayer<Src, P, R, X, M>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

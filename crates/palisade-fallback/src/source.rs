@@ -7,6 +7,7 @@
 //! | [`TryFromFn`] | [`try_from_fn`](crate::FallbackBuilder::try_from_fn) | the error and the kept value | yes |
 //! | [`FromAsync`] | [`from_async`](crate::FallbackBuilder::from_async) | the error (synchronously) and the kept value | yes |
 //! | [`FromService`] | [`from_service`](crate::FallbackBuilder::from_service) | the kept value, as its request | yes |
+//! | your type implementing [`Source`] | [`source`](crate::FallbackBuilder::source) | the error and the kept value | yes |
 //!
 //! A source that fails makes the call fail with
 //! [`FallbackFailed`](crate::error::FallbackFailed).

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use palisade_core::error::{CircuitOpen, NoAvailablePeers, TimedOut, TimeoutKind};
 use palisade_core::event::{Event, EventKind, LayerName};
-use palisade_core::protocol::GrpcCode;
+use palisade_core::protocol::{GrpcCode, Http};
+use palisade_fallback::policy::ClassifiedFailure;
+use palisade_fallback::source::Value;
 use proptest::prelude::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -447,6 +449,44 @@ async fn http_5xx_heads_are_answered_when_asked() {
             .body(),
         "from peer"
     );
+}
+
+/// The common spelling: protocol right after the source, one rule as its own type.
+fn failed_heads_answered() -> FallbackLayer<Value<Resp>, Http, ClassifiedFailure> {
+    FallbackLayer::builder()
+        .http()
+        .on_failed_response()
+        .value(http::Response::new("fallback".to_owned()))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_named_layer_and_added_rules_each_answer() {
+    let named = failed_heads_answered();
+    let resp = named
+        .layer(status_backend(503, None))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(resp.body(), "fallback");
+
+    // A second rule nests; both still replace a response.
+    let both = FallbackLayer::builder()
+        .http()
+        .on_failed_response()
+        .on_response(|r: &Resp| r.status() == 404)
+        .value(http::Response::new("fallback".to_owned()))
+        .build()
+        .unwrap();
+    for (status, body) in [(503, "fallback"), (404, "fallback"), (200, "from peer")] {
+        let resp = both
+            .layer(status_backend(status, None))
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(resp.body(), body, "status {status}");
+    }
 }
 
 #[tokio::test]

@@ -71,7 +71,9 @@
 //! - **Fallback sits outside everything**, including "no available peers".
 //!
 //! Over a single tonic `Channel` or hyper client (no discovery), drop the
-//! balancer line: the per-peer layers then wrap the one connection.
+//! balancer line: the per-peer layers then wrap the one connection. The
+//! [`stack`] module names these stacks (`GrpcStack` over a `Channel`), for a
+//! struct field or a function signature without boxing.
 //!
 //! # Protocols
 //!
@@ -125,3 +127,10 @@ pub use palisade_timeout as timeout;
 
 #[cfg(feature = "tonic")]
 pub mod preset;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "timeout",
+    feature = "bulkhead",
+    feature = "retry"
+))]
+pub mod stack;

@@ -22,6 +22,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::defaults;
 use super::health::{ClientHealth, HealthSource};
+use crate::stack::PeerStack;
 
 /// How the preset connects to one registered instance: a tonic [`Channel`]
 /// for it. The default ([`connect_lazy`]) connects lazily to
@@ -339,7 +340,7 @@ struct MakeGrpcPeer {
 }
 
 impl MakePeer for MakeGrpcPeer {
-    type Service = palisade_circuit_breaker::CircuitBreaker<palisade_timeout::Timeout<Channel, Grpc>, Grpc>;
+    type Service = PeerStack<Channel, Grpc>;
 
     fn make_peer(&mut self, instance: &Instance) -> Result<Self::Service, BoxError> {
         let channel = (self.connect)(instance)?;
