@@ -103,6 +103,7 @@
 //! | `discovery` (default) | [`discovery`] |
 //! | `etcd` | the etcd registry of [`discovery`] |
 //! | `tonic` | the preset client `preset::GrpcClient` (the whole stack in one builder, over a registry or one channel); per-call options on `tonic::Request`; every Palisade error reaches a tonic caller with its gRPC code (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`), the typed error behind it ([`core::error::find_error`]) |
+//! | `hyper` | the preset client over http, `preset::HttpClient` (the whole stack in one builder over a registry's instances or one hyper client, http semantics, request bodies replayed on retry) |
 //! | `serde` | the preset's settings from a configuration file (`preset::PresetConfig`, `preset::ClientsConfig`): TOML, YAML, JSON or any serde format, durations as `"250ms"`, errors that name the field's path |
 //! | `metrics` | counters and gauges of every enabled layer through the `metrics` facade |
 
@@ -125,7 +126,7 @@ pub use palisade_retry as retry;
 #[cfg(feature = "timeout")]
 pub use palisade_timeout as timeout;
 
-#[cfg(feature = "tonic")]
+#[cfg(any(feature = "tonic", feature = "hyper"))]
 pub mod preset;
 #[cfg(all(
     feature = "circuit-breaker",

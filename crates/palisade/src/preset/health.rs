@@ -6,7 +6,6 @@ use std::sync::Arc;
 use palisade_bulkhead::BulkheadHandle;
 use palisade_circuit_breaker::{CircuitBreakerHandle, CircuitSnapshot};
 use palisade_discovery::HealthReport;
-use palisade_retry::TonicRetryLayer;
 
 /// A snapshot of a preset client's health, for a dashboard or a readiness
 /// endpoint.
@@ -30,6 +29,8 @@ pub struct ClientHealth {
 }
 
 type Report = Arc<dyn Fn() -> HealthReport + Send + Sync>;
+/// What the retry budget would allow now (`None`: no budget).
+type Budget = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 #[derive(Clone)]
 enum Peers {
@@ -42,7 +43,7 @@ enum Peers {
 pub(crate) struct HealthSource {
     peers: Peers,
     bulkhead: BulkheadHandle,
-    retry: TonicRetryLayer,
+    budget: Budget,
 }
 
 impl fmt::Debug for HealthSource {
@@ -59,23 +60,45 @@ impl fmt::Debug for HealthSource {
 }
 
 impl HealthSource {
+    #[cfg(feature = "tonic")]
     pub(crate) fn balancer(
         report: impl Fn() -> HealthReport + Send + Sync + 'static,
         bulkhead: BulkheadHandle,
-        retry: TonicRetryLayer,
+        retry: palisade_retry::TonicRetryLayer,
+    ) -> Self {
+        Self::balancer_with(report, bulkhead, move || retry.budget().map(|b| b.available()))
+    }
+
+    #[cfg(feature = "tonic")]
+    pub(crate) fn single(
+        breaker: CircuitBreakerHandle,
+        bulkhead: BulkheadHandle,
+        retry: palisade_retry::TonicRetryLayer,
+    ) -> Self {
+        Self::single_with(breaker, bulkhead, move || retry.budget().map(|b| b.available()))
+    }
+
+    pub(crate) fn balancer_with(
+        report: impl Fn() -> HealthReport + Send + Sync + 'static,
+        bulkhead: BulkheadHandle,
+        budget: impl Fn() -> Option<u64> + Send + Sync + 'static,
     ) -> Self {
         Self {
             peers: Peers::Balancer(Arc::new(report)),
             bulkhead,
-            retry,
+            budget: Arc::new(budget),
         }
     }
 
-    pub(crate) fn single(breaker: CircuitBreakerHandle, bulkhead: BulkheadHandle, retry: TonicRetryLayer) -> Self {
+    pub(crate) fn single_with(
+        breaker: CircuitBreakerHandle,
+        bulkhead: BulkheadHandle,
+        budget: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             peers: Peers::Single(breaker),
             bulkhead,
-            retry,
+            budget: Arc::new(budget),
         }
     }
 
@@ -90,7 +113,7 @@ impl HealthSource {
             bulkhead_in_flight: self.bulkhead.in_flight(),
             bulkhead_limit: self.bulkhead.max_concurrent(),
             bulkhead_queued: self.bulkhead.queued(),
-            retry_budget_available: self.retry.budget().map(|b| b.available()),
+            retry_budget_available: (self.budget)(),
         }
     }
 }

@@ -54,13 +54,21 @@
 #[cfg(feature = "serde")]
 pub mod config;
 mod defaults;
+#[cfg(feature = "tonic")]
 mod grpc;
 mod health;
+#[cfg(feature = "hyper")]
+mod http;
+#[cfg(feature = "tonic")]
 mod set;
 
 #[cfg(feature = "serde")]
 pub use config::{ClientsConfig, ConfigFileError, PresetConfig};
 pub use defaults::{ATTEMPT_TIMEOUT, BULKHEAD_MAX_CONCURRENT, RETRIES};
+#[cfg(feature = "tonic")]
 pub use grpc::{Connect, GrpcClient, GrpcClientBuilder, ResponseFuture, connect_lazy};
 pub use health::ClientHealth;
+#[cfg(feature = "hyper")]
+pub use http::{HttpBody, HttpClient, HttpClientBuilder, HttpResponseFuture, HyperClient, RequestBody, ToInstance};
+#[cfg(feature = "tonic")]
 pub use set::{GrpcClients, GrpcClientsBuilder};
