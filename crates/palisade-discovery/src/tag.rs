@@ -1,6 +1,7 @@
 //! Naming the chosen peer on the response, for middleware above the balancer
 //! (the retry layer itself reads the shared attempt record).
 
+use palisade_body::Joined;
 use palisade_core::classify::{ClassifyFn, ErrorsWith, ResponsesWith};
 use palisade_core::peer::PeerId;
 use palisade_core::protocol::{Grpc, Http, Plain};
@@ -100,6 +101,18 @@ impl<B> TagPeer<http::Response<B>> for Grpc {
 
     fn describe_failure(&self, response: &http::Response<B>) -> Option<String> {
         Some(describe_http(response))
+    }
+}
+
+/// A balancer above another tracking layer ([`Joined`]) tags and describes
+/// as the protocol it joins with.
+impl<P: TagPeer<Res>, Res> TagPeer<Res> for Joined<P> {
+    fn tag_peer(&self, response: &mut Res, peer: &PeerId) {
+        self.inner().tag_peer(response, peer);
+    }
+
+    fn describe_failure(&self, response: &Res) -> Option<String> {
+        self.inner().describe_failure(response)
     }
 }
 
