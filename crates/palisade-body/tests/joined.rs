@@ -441,3 +441,39 @@ fn a_hook_hears_the_end_once_even_when_the_body_is_joined_twice() {
         assert_eq!(hook.heard(), [Heard::Eos(None)]);
     }
 }
+
+#[test]
+fn joined_inspects_classifies_and_reports_grpc_as_the_protocol_it_wraps() {
+    use palisade_core::classify::{Classify, Verdict};
+    use palisade_core::options::CallOptionsExt;
+    use palisade_core::protocol::{Http, Inspect, IsGrpc};
+
+    // The timeout writes `grpc-timeout` only for gRPC protocols.
+    const { assert!(<Joined<Grpc> as IsGrpc>::IS_GRPC) };
+    const { assert!(!<Joined<Http> as IsGrpc>::IS_GRPC) };
+
+    let joined = Joined(Grpc::default());
+    let mut request = http::Request::post("/echo.Echo/Unary").body(()).unwrap();
+    request.call_options_mut().set_retries(0);
+    assert_eq!(joined.route(&request), Some("/echo.Echo/Unary"));
+    assert_eq!(joined.method(&request), Some(&http::Method::POST));
+    assert!(joined.call_options(&request).is_some());
+    assert!(joined.headers_mut(&mut request).is_some());
+    assert!(joined.extensions_mut(&mut request).is_some());
+
+    // A trailers-only DEADLINE_EXCEEDED is the peer enforcing the deadline, as for `Grpc`.
+    let mut deadline = http::Response::new(());
+    deadline
+        .headers_mut()
+        .insert("grpc-status", HeaderValue::from_static("4"));
+    assert!(Classify::<_, ()>::is_deadline_response(&joined, &deadline));
+    let ok = http::Response::new(());
+    assert!(matches!(
+        Classify::<_, ()>::classify_response(&joined, &ok),
+        Verdict::AtEndOfStream(_)
+    ));
+    assert_eq!(
+        Classify::<http::Response<()>, ()>::abandon_policy(&joined),
+        Classify::<http::Response<()>, ()>::abandon_policy(&Grpc::default())
+    );
+}

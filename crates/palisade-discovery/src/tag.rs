@@ -158,5 +158,13 @@ mod tests {
             Some("HTTP 503 Service Unavailable")
         );
         assert_eq!(TagPeer::<()>::describe_failure(&Plain, &()), None);
+        // Joined (a balancer above a breaker) says what the protocol it wraps says.
+        assert_eq!(
+            Joined(Grpc::default()).describe_failure(&grpc).as_deref(),
+            Some("gRPC status 14 (UNAVAILABLE): backend down%")
+        );
+        let mut tagged = http::Response::new(());
+        Joined(Grpc::default()).tag_peer(&mut tagged, &PeerId::new("peer-1"));
+        assert_eq!(tagged.extensions().get::<PeerId>(), Some(&PeerId::new("peer-1")));
     }
 }
