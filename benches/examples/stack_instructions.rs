@@ -13,7 +13,9 @@
 //!
 //! See BENCHMARKS.md for the numbers.
 //!
-//! The argument picks the stack (`bare`: the service alone, `quickstart`)
+//! The argument picks the stack (`bare`: the service alone, `quickstart`
+//! with its bulkhead joining the breaker's body, `nested`: the bulkhead
+//! wrapping it again)
 //! and the number of calls; one call's instructions are the difference
 //! between a run of 2,000 calls and one of 1,000, over 1,000 (that removes
 //! the warm-up and the setup).
@@ -116,6 +118,44 @@ where
     println!("{calls} calls, {bytes} bytes");
 }
 
+/// The quickstart stack over `S`, its bulkhead speaking `P`.
+type QuickStack<S, P> = palisade_timeout::Timeout<
+    palisade_retry::Retry<
+        palisade_bulkhead::Bulkhead<
+            palisade_circuit_breaker::CircuitBreaker<palisade_timeout::Timeout<S, Grpc>, Grpc>,
+            P,
+        >,
+        Grpc,
+        palisade_retry::DefaultPredicate,
+        palisade_retry::TonicBody,
+    >,
+    Grpc,
+>;
+
+/// The quickstart stack over `service`, its bulkhead speaking `protocol`.
+fn quickstart<P: Clone, S>(protocol: P, service: S) -> Result<QuickStack<S, P>, BoxError> {
+    Ok(ServiceBuilder::new()
+        .layer(
+            TimeoutLayer::builder()
+                .grpc()
+                .kind(TimeoutKind::Total)
+                .timeout(Some(Duration::from_secs(2)))
+                .build()?,
+        )
+        .layer(RetryLayer::builder().grpc().tonic_body().retries(1).build()?)
+        .layer(
+            BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build()?).protocol(protocol),
+        )
+        .layer(CircuitBreakerLayer::new(CircuitBreakerConfig::builder().build()?).protocol(Grpc::default()))
+        .layer(
+            TimeoutLayer::builder()
+                .grpc()
+                .timeout(Some(Duration::from_millis(300)))
+                .build()?,
+        )
+        .service(service))
+}
+
 fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let stack = args.next().unwrap_or_else(|| "quickstart".to_owned());
@@ -125,32 +165,10 @@ fn main() -> Result<(), BoxError> {
     let service = tower::service_fn(answer);
     match stack.as_str() {
         "bare" => run(&rt, service, calls),
-        "quickstart" => {
-            let stack = ServiceBuilder::new()
-                .layer(
-                    TimeoutLayer::builder()
-                        .grpc()
-                        .kind(TimeoutKind::Total)
-                        .timeout(Some(Duration::from_secs(2)))
-                        .build()?,
-                )
-                .layer(RetryLayer::builder().grpc().tonic_body().retries(1).build()?)
-                .layer(
-                    // Joins the breaker's tracked body: one adapter per call.
-                    BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build()?)
-                        .protocol(Joined(Grpc::default())),
-                )
-                .layer(CircuitBreakerLayer::new(CircuitBreakerConfig::builder().build()?).protocol(Grpc::default()))
-                .layer(
-                    TimeoutLayer::builder()
-                        .grpc()
-                        .timeout(Some(Duration::from_millis(300)))
-                        .build()?,
-                )
-                .service(service);
-            run(&rt, stack, calls);
-        }
-        other => return Err(format!("unknown stack {other:?}: bare or quickstart").into()),
+        "quickstart" => run(&rt, quickstart(Joined(Grpc::default()), service)?, calls),
+        // The same with the bulkhead wrapping the breaker's body again.
+        "nested" => run(&rt, quickstart(Grpc::default(), service)?, calls),
+        other => return Err(format!("unknown stack {other:?}: bare, quickstart or nested").into()),
     }
     Ok(())
 }
