@@ -53,6 +53,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use palisade_body::Joined;
 use palisade_bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
 use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
 use palisade_core::BoxError;
@@ -204,16 +205,18 @@ impl Kind {
     }
 }
 
-/// The README's quickstart stack over one channel.
+/// The README's quickstart stack over one channel. The bulkhead joins the
+/// breaker's tracked body ([`Joined`]): one body adapter per call.
 type QuickStack = Timeout<
-    Retry<Bulkhead<CircuitBreaker<Timeout<Channel, Grpc>, Grpc>, Grpc>, Grpc, DefaultPredicate, TonicBody>,
+    Retry<Bulkhead<CircuitBreaker<Timeout<Channel, Grpc>, Grpc>, Joined<Grpc>>, Grpc, DefaultPredicate, TonicBody>,
     Grpc,
 >;
 
 type PerPeer = CircuitBreaker<Timeout<Channel, Grpc>, Grpc>;
-type Balancer = PeerDiscovery<RegistryDiscover<MakePeerChannel>, Grpc>;
-/// The multi-instance stack over the registry.
-type MultiStack = Timeout<Retry<Bulkhead<Balancer, Grpc>, Grpc, DefaultPredicate, TonicBody>, Grpc>;
+type Balancer = PeerDiscovery<RegistryDiscover<MakePeerChannel>, Joined<Grpc>>;
+/// The multi-instance stack over the registry; the balancer and the bulkhead
+/// join the per-peer breaker's body.
+type MultiStack = Timeout<Retry<Bulkhead<Balancer, Joined<Grpc>>, Grpc, DefaultPredicate, TonicBody>, Grpc>;
 
 #[derive(Clone)]
 struct MakePeerChannel {
@@ -253,7 +256,7 @@ fn quickstart(channel: Channel) -> Result<EchoClient<QuickStack>, BoxError> {
         )
         .layer(
             BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(16).max_queue(64).build()?)
-                .protocol(Grpc::default()),
+                .protocol(Joined(Grpc::default())),
         )
         .layer(
             CircuitBreakerLayer::new(CircuitBreakerConfig::builder().failure_threshold(3).build()?)
@@ -277,7 +280,7 @@ fn multi(registry: &InMemoryRegistry) -> Result<EchoClient<MultiStack>, BoxError
         .build()?;
     let discover = RegistryDiscover::new(registry, SERVICE, MakePeerChannel { breaker, attempt });
     let balancer = PeerDiscoveryLayer::builder()
-        .grpc()
+        .protocol(Joined(Grpc::default()))
         .service_name(SERVICE)
         .registry_status(discover.status())
         .build()?
@@ -293,7 +296,7 @@ fn multi(registry: &InMemoryRegistry) -> Result<EchoClient<MultiStack>, BoxError
         .layer(RetryLayer::builder().grpc().tonic_body().retries(1).build()?)
         .layer(
             BulkheadLayer::new(BulkheadConfig::builder().max_concurrent(64).max_queue(64).build()?)
-                .protocol(Grpc::default()),
+                .protocol(Joined(Grpc::default())),
         )
         .service(balancer);
     Ok(EchoClient::new(stack))

@@ -58,6 +58,7 @@ async fn main() -> Result<(), BoxError> {
                 )
                 .build()?,
         )
+        // `.protocol(Joined(Grpc::default()))` would join the breaker's body (as the preset does).
         .layer(
             BulkheadLayer::builder()
                 .grpc()

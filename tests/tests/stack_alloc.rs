@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use palisade_body::Joined;
 use palisade_bulkhead::{BulkheadConfig, BulkheadLayer};
 use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer};
 use palisade_core::BoxError;
@@ -92,7 +93,8 @@ fn breaker() -> CircuitBreakerLayer<Grpc> {
     CircuitBreakerLayer::new(CircuitBreakerConfig::builder().build().unwrap()).protocol(Grpc::default())
 }
 
-fn bulkhead() -> BulkheadLayer<Grpc> {
+/// Above the breaker (or the balancer), so it joins their tracked body.
+fn bulkhead() -> BulkheadLayer<Joined<Grpc>> {
     BulkheadLayer::new(
         BulkheadConfig::builder()
             .max_concurrent(16)
@@ -100,7 +102,7 @@ fn bulkhead() -> BulkheadLayer<Grpc> {
             .build()
             .unwrap(),
     )
-    .protocol(Grpc::default())
+    .protocol(Joined(Grpc::default()))
 }
 
 fn retry() -> TonicRetryLayer {
@@ -234,7 +236,7 @@ fn measure() -> Counts {
     let multi = rt.block_on(async {
         let discover = RegistryDiscover::new(&registry, "echo", MakePeerChannel);
         let balancer = PeerDiscoveryLayer::builder()
-            .grpc()
+            .protocol(Joined(Grpc::default()))
             .service_name("echo")
             .registry_status(discover.status())
             .build()

@@ -115,7 +115,8 @@ async fn server_streaming_body_timeout_cancels_the_stream() {
         .body_timeout(ms(300))
         .build()
         .unwrap();
-    let mut client = client(server.channel(), &layer);
+    // A body-limited layer (`TimeoutLayer<Grpc, BodyLimited>`) wraps the body.
+    let mut client = EchoClient::new(layer.layer(server.channel()));
     // 1000 replies 20 ms apart: 20 s if nobody stops it.
     let request = StreamRequest {
         message: "s".into(),

@@ -33,7 +33,7 @@ pin_project! {
     {
         #[pin]
         inner: B,
-        hook: Option<H>,
+        hook: HookSlot<H>,
         timers: Option<Box<Timers>>,
         ended: bool,
         // The inner body said it had not ended right after the latest frame:
@@ -42,15 +42,18 @@ pin_project! {
         // the bottom one once per frame, not once per layer above it.
         not_ended_yet: bool,
     }
+}
 
-    impl<B, H> PinnedDrop for CompletionBody<B, H>
-    where
-        H: OnEnd,
-    {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(hook) = this.project().hook.take() {
-                hook.on_end(BodyEnd::Dropped);
-            }
+/// The hook of a body that has not ended yet; dropped with it, it reports
+/// [`BodyEnd::Dropped`]. The drop lives here rather than on
+/// [`CompletionBody`] so that the body itself can be taken apart by value
+/// ([`CompletionBody::join`]).
+struct HookSlot<H: OnEnd>(Option<H>);
+
+impl<H: OnEnd> Drop for HookSlot<H> {
+    fn drop(&mut self) {
+        if let Some(hook) = self.0.take() {
+            hook.on_end(BodyEnd::Dropped);
         }
     }
 }
@@ -69,7 +72,7 @@ impl<B: Body, H: OnEnd> CompletionBody<B, H> {
             ended: false,
             not_ended_yet: false,
             timers: None,
-            hook: Some(hook),
+            hook: HookSlot(Some(hook)),
             inner,
         };
         if body.inner.is_end_stream() {
@@ -91,12 +94,71 @@ impl<B, H: OnEnd> CompletionBody<B, H> {
     pub fn has_ended(&self) -> bool {
         self.ended
     }
+
+    /// Adds `hook` to this body instead of wrapping it again: the result has
+    /// one poll path and one end-of-stream detection, and reports its end
+    /// to this body's hook, then to `hook`, exactly as a
+    /// [`CompletionBody::with_limits`] around this body would (see
+    /// [`Joined`](crate::Joined) for the rules and the one difference).
+    ///
+    /// `limits` merge with this body's own: the earlier total deadline (the
+    /// new one counts from now) and the shorter idle limit apply, and the
+    /// [`TimedOut`](palisade_core::error::TimedOut) error names the limit
+    /// that fired. A body that has already ended reports
+    /// [`BodyEnd::Eos`] (without trailers) to `hook` at once.
+    pub fn join<H2: OnEnd>(self, hook: H2, limits: BodyLimits) -> CompletionBody<B, (H, H2)>
+    where
+        B: Body,
+    {
+        let CompletionBody {
+            inner,
+            hook: mut first,
+            mut timers,
+            ended,
+            not_ended_yet,
+        } = self;
+        let mut joined = CompletionBody {
+            inner,
+            hook: HookSlot(None),
+            timers: None,
+            ended,
+            not_ended_yet,
+        };
+        // As a new wrapper would: a body at its end is reported at once.
+        let at_end = joined.ended || (!joined.not_ended_yet && joined.inner.is_end_stream());
+        match first.0.take() {
+            Some(first) => {
+                joined.hook = HookSlot(Some((first, hook)));
+                if at_end {
+                    end_projected(
+                        &mut joined.ended,
+                        &mut joined.hook,
+                        &mut joined.timers,
+                        BodyEnd::Eos(None),
+                    );
+                } else {
+                    joined.timers = Timers::merge(timers.take(), limits);
+                }
+            }
+            // The first hook has heard the end already: only the new one is left.
+            None => {
+                joined.ended = true;
+                hook.on_end(BodyEnd::Eos(None));
+            }
+        }
+        joined
+    }
 }
 
-fn end_projected<H: OnEnd>(ended: &mut bool, hook: &mut Option<H>, timers: &mut Option<Box<Timers>>, end: BodyEnd<'_>) {
+fn end_projected<H: OnEnd>(
+    ended: &mut bool,
+    hook: &mut HookSlot<H>,
+    timers: &mut Option<Box<Timers>>,
+    end: BodyEnd<'_>,
+) {
     *ended = true;
     *timers = None;
-    if let Some(hook) = hook.take() {
+    if let Some(hook) = hook.0.take() {
         hook.on_end(end);
     }
 }

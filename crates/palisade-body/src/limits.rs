@@ -51,6 +51,39 @@ impl Timers {
         }))
     }
 
+    /// The timers of a body that already had `timers`, joined by a layer with
+    /// `limits` (see [`CompletionBody::join`](crate::CompletionBody::join)):
+    /// the earlier total deadline, with its limit, and the shorter idle
+    /// limit, counted from now (never later than the current idle deadline).
+    pub(crate) fn merge(timers: Option<Box<Timers>>, limits: BodyLimits) -> Option<Box<Timers>> {
+        let Some(mut timers) = timers else {
+            return Timers::new(limits);
+        };
+        let now = Instant::now();
+        let earlier = |slot: &mut Option<(Duration, Pin<Box<Sleep>>)>, limit: Duration, at: Instant| match slot {
+            Some((current, sleep)) => {
+                if at < sleep.deadline() {
+                    *current = limit;
+                    sleep.as_mut().reset(at);
+                }
+            }
+            None => *slot = Some((limit, Box::pin(tokio::time::sleep_until(at)))),
+        };
+        if let Some(limit) = limits.total {
+            earlier(&mut timers.total, limit, deadline(now, limit));
+        }
+        if let Some(limit) = limits.idle
+            && timers.idle.as_ref().is_none_or(|(current, _)| limit < *current)
+        {
+            earlier(&mut timers.idle, limit, deadline(now, limit));
+            // The shorter limit governs from here on, also after a frame.
+            if let Some((current, _)) = &mut timers.idle {
+                *current = limit;
+            }
+        }
+        Some(timers)
+    }
+
     /// A frame arrived: the idle timer starts again.
     pub(crate) fn frame_arrived(&mut self) {
         if let Some((limit, sleep)) = &mut self.idle {

@@ -1,6 +1,7 @@
 //! Naming the chosen peer on the response, for middleware above the balancer
 //! (the retry layer itself reads the shared attempt record).
 
+use palisade_body::Joined;
 use palisade_core::classify::{ClassifyFn, ErrorsWith, ResponsesWith};
 use palisade_core::peer::PeerId;
 use palisade_core::protocol::{Grpc, Http, Plain};
@@ -103,6 +104,18 @@ impl<B> TagPeer<http::Response<B>> for Grpc {
     }
 }
 
+/// A balancer above another tracking layer ([`Joined`]) tags and describes
+/// as the protocol it joins with.
+impl<P: TagPeer<Res>, Res> TagPeer<Res> for Joined<P> {
+    fn tag_peer(&self, response: &mut Res, peer: &PeerId) {
+        self.inner().tag_peer(response, peer);
+    }
+
+    fn describe_failure(&self, response: &Res) -> Option<String> {
+        self.inner().describe_failure(response)
+    }
+}
+
 impl<C: TagPeer<Res>, F, Res> TagPeer<Res> for ErrorsWith<C, F> {
     fn tag_peer(&self, response: &mut Res, peer: &PeerId) {
         self.inner().tag_peer(response, peer);
@@ -145,5 +158,13 @@ mod tests {
             Some("HTTP 503 Service Unavailable")
         );
         assert_eq!(TagPeer::<()>::describe_failure(&Plain, &()), None);
+        // Joined (a balancer above a breaker) says what the protocol it wraps says.
+        assert_eq!(
+            Joined(Grpc::default()).describe_failure(&grpc).as_deref(),
+            Some("gRPC status 14 (UNAVAILABLE): backend down%")
+        );
+        let mut tagged = http::Response::new(());
+        Joined(Grpc::default()).tag_peer(&mut tagged, &PeerId::new("peer-1"));
+        assert_eq!(tagged.extensions().get::<PeerId>(), Some(&PeerId::new("peer-1")));
     }
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use palisade_body::BodyLimits;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::{Listener, Listeners};
 use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
 use palisade_core::route::{RouteTable, RouteTableBuilder};
 
+use crate::body::{BodyLimited, BodyMode, NoBodyLimits};
 use crate::layer::TimeoutLayer;
 
 const LAYER: &str = "timeout";
@@ -30,7 +30,6 @@ pub(crate) struct Config {
     pub(crate) grpc_timeout: bool,
     /// Write this header, in milliseconds, on outgoing requests.
     pub(crate) header: Option<HeaderName>,
-    pub(crate) body: BodyLimits,
     pub(crate) listeners: Listeners,
 }
 
@@ -61,6 +60,14 @@ impl Config {
 /// Defaults: a 30 s [`Attempt`](TimeoutKind::Attempt) timeout, no route
 /// overrides, no body limits, `grpc-timeout` written when the protocol is
 /// gRPC, no listeners.
+///
+/// `L` records whether a body limit was set: [`NoBodyLimits`] until
+/// [`body_timeout`](Self::body_timeout) or
+/// [`body_idle_timeout`](Self::body_idle_timeout) move the builder to
+/// [`BodyLimited`]. Only a `BodyLimited` layer wraps response bodies; one
+/// without limits returns the inner response untouched. Routes override
+/// the timeout only, never the body limits, so one layer has one body
+/// state for every route.
 ///
 /// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
 /// until a protocol is chosen with [`grpc`](Self::grpc),
@@ -93,14 +100,14 @@ impl Config {
 /// let err = TimeoutLayer::builder().http().body_timeout(Duration::ZERO).build().unwrap_err();
 /// assert_eq!(err.field(), "body_timeout");
 /// ```
-pub struct TimeoutBuilder<P = Unchosen> {
+pub struct TimeoutBuilder<P = Unchosen, L = NoBodyLimits> {
     protocol: P,
     timeout: Option<Duration>,
     kind: TimeoutKind,
     routes: RouteTableBuilder<Option<Duration>>,
     grpc_timeout: bool,
     header: Option<HeaderName>,
-    body: BodyLimits,
+    body: L,
     listeners: Listeners,
 }
 
@@ -114,13 +121,13 @@ impl Default for TimeoutBuilder<Unchosen> {
             routes: RouteTableBuilder::new(),
             grpc_timeout: false,
             header: None,
-            body: BodyLimits::NONE,
+            body: NoBodyLimits,
             listeners: Listeners::new(),
         }
     }
 }
 
-impl<P: fmt::Debug> fmt::Debug for TimeoutBuilder<P> {
+impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for TimeoutBuilder<P, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutBuilder")
             .field("protocol", &self.protocol)
@@ -135,39 +142,46 @@ impl<P: fmt::Debug> fmt::Debug for TimeoutBuilder<P> {
     }
 }
 
-impl<P> TimeoutBuilder<P> {
+impl<P, L> TimeoutBuilder<P, L> {
     /// Speaks `protocol`: where per-call options and the route are read, how
     /// responses are wrapped for body limits. `grpc-timeout` is written when
     /// `Q` is gRPC ([`IsGrpc::IS_GRPC`]); change it with
     /// [`propagate_grpc_timeout`](Self::propagate_grpc_timeout) afterwards.
-    pub fn protocol<Q: IsGrpc>(self, protocol: Q) -> TimeoutBuilder<Q> {
-        TimeoutBuilder {
-            protocol,
-            timeout: self.timeout,
-            kind: self.kind,
-            routes: self.routes,
-            grpc_timeout: Q::IS_GRPC,
-            header: self.header,
-            body: self.body,
-            listeners: self.listeners,
-        }
+    pub fn protocol<Q: IsGrpc>(self, protocol: Q) -> TimeoutBuilder<Q, L> {
+        let mut builder = self.retype(|_| protocol, |body| body);
+        builder.grpc_timeout = Q::IS_GRPC;
+        builder
     }
 
     /// Speaks gRPC over http (a tonic `Channel`): per-call options, routes by
     /// gRPC method, `grpc-timeout` on every outgoing request.
-    pub fn grpc(self) -> TimeoutBuilder<Grpc> {
+    pub fn grpc(self) -> TimeoutBuilder<Grpc, L> {
         self.protocol(Grpc::default())
     }
 
     /// Speaks http (a hyper client): per-call options, routes by path.
-    pub fn http(self) -> TimeoutBuilder<Http> {
+    pub fn http(self) -> TimeoutBuilder<Http, L> {
         self.protocol(Http::default())
     }
 
     /// Any non-http service: no per-call options, every `Ok` a success. The
     /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> TimeoutBuilder<Plain> {
+    pub fn plain(self) -> TimeoutBuilder<Plain, L> {
         self.protocol(Plain)
+    }
+
+    /// The same settings with another protocol or body state.
+    fn retype<Q, M>(self, protocol: impl FnOnce(P) -> Q, body: impl FnOnce(L) -> M) -> TimeoutBuilder<Q, M> {
+        TimeoutBuilder {
+            protocol: protocol(self.protocol),
+            timeout: self.timeout,
+            kind: self.kind,
+            routes: self.routes,
+            grpc_timeout: self.grpc_timeout,
+            header: self.header,
+            body: body(self.body),
+            listeners: self.listeners,
+        }
     }
 
     /// The layer's timeout. `None` (or zero) disables it: only a per-call
@@ -217,22 +231,6 @@ impl<P> TimeoutBuilder<P> {
         self
     }
 
-    /// Ends a response body that takes longer than `limit` in total (counted
-    /// from when the response headers arrived) with
-    /// [`TimedOut`](crate::TimedOut) of kind [`Body`](TimeoutKind::Body).
-    /// Only http responses (protocols [`Http`], [`Grpc`]) have bodies.
-    pub fn body_timeout(mut self, limit: Duration) -> Self {
-        self.body.total = Some(limit);
-        self
-    }
-
-    /// Ends a response body that goes longer than `limit` without a frame
-    /// with [`TimedOut`](crate::TimedOut) of kind [`BodyIdle`](TimeoutKind::BodyIdle).
-    pub fn body_idle_timeout(mut self, limit: Duration) -> Self {
-        self.body.idle = Some(limit);
-        self
-    }
-
     /// Registers a listener for this layer's events (a timeout fired, a call
     /// rejected because its deadline had passed). With listeners registered,
     /// each call's response future holds a reference to them (one reference
@@ -243,7 +241,29 @@ impl<P> TimeoutBuilder<P> {
     }
 }
 
-impl<P: IsGrpc> TimeoutBuilder<P> {
+impl<P, L: BodyMode> TimeoutBuilder<P, L> {
+    /// Ends a response body that takes longer than `limit` in total (counted
+    /// from when the response headers arrived) with
+    /// [`TimedOut`](crate::TimedOut) of kind [`Body`](TimeoutKind::Body).
+    /// Only http responses (protocols [`Http`], [`Grpc`]) have bodies. Moves
+    /// the builder to [`BodyLimited`]: the layer wraps response bodies.
+    pub fn body_timeout(self, limit: Duration) -> TimeoutBuilder<P, BodyLimited> {
+        let mut limits = self.body.limits();
+        limits.total = Some(limit);
+        self.retype(|p| p, |_| BodyLimited::new(limits))
+    }
+
+    /// Ends a response body that goes longer than `limit` without a frame
+    /// with [`TimedOut`](crate::TimedOut) of kind [`BodyIdle`](TimeoutKind::BodyIdle).
+    /// Moves the builder to [`BodyLimited`], as [`body_timeout`](Self::body_timeout).
+    pub fn body_idle_timeout(self, limit: Duration) -> TimeoutBuilder<P, BodyLimited> {
+        let mut limits = self.body.limits();
+        limits.idle = Some(limit);
+        self.retype(|p| p, |_| BodyLimited::new(limits))
+    }
+}
+
+impl<P: IsGrpc, L: BodyMode> TimeoutBuilder<P, L> {
     /// Validates the configuration and builds the layer. Exists once a
     /// protocol is chosen (every protocol implements [`IsGrpc`];
     /// [`Unchosen`] does not).
@@ -252,7 +272,7 @@ impl<P: IsGrpc> TimeoutBuilder<P> {
     /// (`body_timeout`, `body_idle_timeout`), an empty or duplicate `route`,
     /// or a `propagate_header` of `grpc-timeout` (use
     /// [`propagate_grpc_timeout`](Self::propagate_grpc_timeout)).
-    pub fn build(self) -> Result<TimeoutLayer<P>, ConfigError> {
+    pub fn build(self) -> Result<TimeoutLayer<P, L>, ConfigError> {
         if matches!(self.kind, TimeoutKind::Body | TimeoutKind::BodyIdle) {
             return Err(ConfigError::new(
                 LAYER,
@@ -260,10 +280,11 @@ impl<P: IsGrpc> TimeoutBuilder<P> {
                 "must be `Attempt`, `Total` or `Headers`; body limits are set with `body_timeout` and `body_idle_timeout`",
             ));
         }
-        if self.body.total.is_some_and(|t| t.is_zero()) {
+        let limits = self.body.limits();
+        if limits.total.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new(LAYER, "body_timeout", "must be greater than zero"));
         }
-        if self.body.idle.is_some_and(|t| t.is_zero()) {
+        if limits.idle.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new(
                 LAYER,
                 "body_idle_timeout",
@@ -288,10 +309,9 @@ impl<P: IsGrpc> TimeoutBuilder<P> {
             routes,
             grpc_timeout: self.grpc_timeout,
             header: self.header,
-            body: self.body,
             listeners: self.listeners,
         };
-        Ok(TimeoutLayer::from_parts(Arc::new(config), self.protocol))
+        Ok(TimeoutLayer::from_parts(Arc::new(config), self.protocol, self.body))
     }
 }
 
@@ -301,7 +321,9 @@ mod tests {
 
     #[test]
     fn build_names_the_rejected_field() {
-        let field = |b: TimeoutBuilder<Plain>| b.build().map(|_| ()).unwrap_err().field();
+        fn field<L: BodyMode>(b: TimeoutBuilder<Plain, L>) -> &'static str {
+            b.build().map(|_| ()).unwrap_err().field()
+        }
         assert_eq!(
             field(TimeoutBuilder::default().plain().body_timeout(Duration::ZERO)),
             "body_timeout"

@@ -6,12 +6,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use palisade_body::{BodyLimits, TrackResponse};
-use palisade_core::classify::{Outcome, Verdict};
+use palisade_core::classify::Classify;
 use palisade_core::error::{BoxError, DeadlineExceeded, PolledAfterCompletion, TimedOut, TimeoutKind};
 use palisade_core::event::{Event, EventKind, LayerName, Listeners};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+
+use crate::body::{NoBodyLimits, TrackBody};
 
 /// Which limit the timer of a call stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,12 +98,13 @@ pin_project! {
     /// error (http or plain services, errors before the timer was armed,
     /// errors well before the limit) is returned as it came.
     ///
-    /// A response is handed back with its body wrapped by the protocol (body
-    /// limits, see the builder). Polled again after it returned its output,
+    /// A response is handed back as the inner service returned it, or, with
+    /// body limits (`L` is [`BodyLimited`](crate::BodyLimited)), with its
+    /// body wrapped by the protocol. Polled again after it returned its output,
     /// the future fails with [`PolledAfterCompletion`] (it never stays
     /// pending forever).
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<F, P> {
+    pub struct ResponseFuture<F, P, L = NoBodyLimits> {
         #[pin]
         inner: Option<F>,
         #[pin]
@@ -112,12 +114,12 @@ pin_project! {
         wrote: Wrote,
         state: State,
         protocol: P,
-        body: BodyLimits,
+        body: L,
         listeners: Listeners,
     }
 }
 
-impl<F, P> ResponseFuture<F, P> {
+impl<F, P, L> ResponseFuture<F, P, L> {
     #[inline]
     pub(crate) fn new(
         inner: F,
@@ -125,7 +127,7 @@ impl<F, P> ResponseFuture<F, P> {
         limit: Limit,
         wrote: Wrote,
         protocol: P,
-        body: BodyLimits,
+        body: L,
         listeners: Listeners,
     ) -> Self {
         Self {
@@ -142,7 +144,7 @@ impl<F, P> ResponseFuture<F, P> {
     }
 
     /// A call refused before it was sent: its deadline had passed.
-    pub(crate) fn rejected(protocol: P) -> Self {
+    pub(crate) fn rejected(protocol: P, body: L) -> Self {
         Self {
             inner: None,
             sleep: None,
@@ -151,19 +153,20 @@ impl<F, P> ResponseFuture<F, P> {
             wrote: Wrote::default(),
             state: State::Running,
             protocol,
-            body: BodyLimits::NONE,
+            body,
             listeners: Listeners::new(),
         }
     }
 }
 
-impl<F, P, Res, E> Future for ResponseFuture<F, P>
+impl<F, P, L, Res, E> Future for ResponseFuture<F, P, L>
 where
     F: Future<Output = Result<Res, E>>,
     E: Into<BoxError>,
-    P: TrackResponse<Res, E, ()>,
+    P: Classify<Res, E>,
+    L: TrackBody<P, Res, E>,
 {
-    type Output = Result<P::Response, BoxError>;
+    type Output = Result<L::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -190,13 +193,8 @@ where
                     drop(response);
                     Err(expired(*this.limit, this.listeners, Duration::ZERO))
                 }
-                // The guard is `()`: nothing here needs the response's outcome
-                // (only its end, for the body limits), so it is not classified.
-                Ok(response) => {
-                    Ok(this
-                        .protocol
-                        .track_response(response, Verdict::Now(Outcome::Ignored), (), *this.body))
-                }
+                // As it came, or with its body bounded (decided by the type `L`).
+                Ok(response) => Ok(this.body.track_body(this.protocol, response)),
                 Err(error) => {
                     let error = error.into();
                     // The layer below enforced this very limit (see the type's docs).
@@ -288,7 +286,7 @@ fn expired(limit: Limit, listeners: &Listeners, late: Duration) -> BoxError {
     }
 }
 
-impl<F, P: fmt::Debug> fmt::Debug for ResponseFuture<F, P> {
+impl<F, P: fmt::Debug, L> fmt::Debug for ResponseFuture<F, P, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("limit", &self.limit)
@@ -324,7 +322,7 @@ mod tests {
             Limit::None,
             Wrote::default(),
             Plain,
-            BodyLimits::NONE,
+            NoBodyLimits,
             Listeners::new()
         ));
         assert!((&mut future).await.is_ok());
@@ -340,7 +338,7 @@ mod tests {
             limit,
             Wrote::default(),
             Plain,
-            BodyLimits::NONE,
+            NoBodyLimits,
             Listeners::new()
         ));
         assert!((&mut future).await.unwrap_err().is::<TimedOut>());
@@ -348,7 +346,8 @@ mod tests {
 
         // Refused before send.
         let mut future = pin!(ResponseFuture::<std::future::Ready<Result<(), BoxError>>, _>::rejected(
-            Plain
+            Plain,
+            NoBodyLimits
         ));
         assert!((&mut future).await.unwrap_err().is::<DeadlineExceeded>());
         assert_polled_after_completion(future.as_mut().now_or_never());

@@ -7,6 +7,7 @@ use std::time::Duration;
 use palisade_core::protocol::{Plain, Unchosen};
 use tower_layer::Layer;
 
+use crate::body::{BodyMode, NoBodyLimits};
 use crate::config::{Config, TimeoutBuilder};
 use crate::service::Timeout;
 
@@ -15,6 +16,10 @@ use crate::service::Timeout;
 ///
 /// Every service built by one layer value, and every clone of them, shares one
 /// configuration.
+///
+/// `L` is [`NoBodyLimits`] unless the builder set a body limit
+/// ([`BodyLimited`](crate::BodyLimited)): without one the layer hands every
+/// response back as its inner service returned it, with no body wrapper.
 ///
 /// ```
 /// use palisade_timeout::TimeoutLayer;
@@ -26,9 +31,10 @@ use crate::service::Timeout;
 ///     .service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
 /// # let _ = service;
 /// ```
-pub struct TimeoutLayer<P = Plain> {
+pub struct TimeoutLayer<P = Plain, L = NoBodyLimits> {
     config: Arc<Config>,
     protocol: P,
+    body: L,
 }
 
 impl TimeoutLayer<Plain> {
@@ -78,17 +84,23 @@ impl Default for TimeoutLayer<Plain> {
                 routes: Default::default(),
                 grpc_timeout: false,
                 header: None,
-                body: palisade_body::BodyLimits::NONE,
                 listeners: Default::default(),
             }),
             protocol: Plain,
+            body: NoBodyLimits,
         }
     }
 }
 
-impl<P> TimeoutLayer<P> {
-    pub(crate) fn from_parts(config: Arc<Config>, protocol: P) -> Self {
-        Self { config, protocol }
+impl<P, L: BodyMode> TimeoutLayer<P, L> {
+    pub(crate) fn from_parts(config: Arc<Config>, protocol: P, body: L) -> Self {
+        Self { config, protocol, body }
+    }
+
+    /// The limits on response bodies ([`BodyLimits::NONE`](palisade_body::BodyLimits::NONE)
+    /// for a layer without).
+    pub fn body_limits(&self) -> palisade_body::BodyLimits {
+        self.body.limits()
     }
 
     #[cfg(test)]
@@ -102,28 +114,30 @@ impl<P> TimeoutLayer<P> {
     }
 }
 
-impl<P: Clone> Clone for TimeoutLayer<P> {
+impl<P: Clone, L: Copy> Clone for TimeoutLayer<P, L> {
     fn clone(&self) -> Self {
         Self {
             config: Arc::clone(&self.config),
             protocol: self.protocol.clone(),
+            body: self.body,
         }
     }
 }
 
-impl<P: fmt::Debug> fmt::Debug for TimeoutLayer<P> {
+impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for TimeoutLayer<P, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutLayer")
             .field("config", &self.config)
             .field("protocol", &self.protocol)
+            .field("body", &self.body)
             .finish()
     }
 }
 
-impl<S, P: Clone> Layer<S> for TimeoutLayer<P> {
-    type Service = Timeout<S, P>;
+impl<S, P: Clone, L: Copy> Layer<S> for TimeoutLayer<P, L> {
+    type Service = Timeout<S, P, L>;
 
-    fn layer(&self, inner: S) -> Timeout<S, P> {
-        Timeout::from_parts(inner, Arc::clone(&self.config), self.protocol.clone())
+    fn layer(&self, inner: S) -> Timeout<S, P, L> {
+        Timeout::from_parts(inner, Arc::clone(&self.config), self.protocol.clone(), self.body)
     }
 }

@@ -180,6 +180,18 @@
 //! server enforces it (its status then says `DEADLINE_EXCEEDED`); set a body
 //! limit to bound a stream locally.
 //!
+//! Only a layer with a body limit touches the response. The limits are a
+//! typestate: a builder starts on [`NoBodyLimits`] and the two body setters
+//! move it to [`BodyLimited`], so `TimeoutLayer<P>` (that is,
+//! `TimeoutLayer<P, NoBodyLimits>`) returns the inner service's response as
+//! it is, like tower's `Timeout`, with no body wrapper and no per-call
+//! branch, and `TimeoutLayer<P, BodyLimited>` wraps its body in a
+//! [`palisade_body::CompletionBody`]. Route overrides set the timeout only,
+//! so the body state is the layer's, for every route. Above another
+//! tracking layer, a body-limited timeout can speak
+//! [`Joined`](palisade_body::Joined)`(Grpc::default())` to add its limits to
+//! the body below instead of wrapping it again.
+//!
 //! # Events and metrics
 //!
 //! Every fired limit emits [`EventKind::TimedOut`](palisade_core::event::EventKind::TimedOut)
@@ -192,6 +204,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod body;
 mod config;
 pub mod error;
 mod future;
@@ -199,6 +212,7 @@ mod layer;
 mod server;
 mod service;
 
+pub use body::{BodyLimited, BodyMode, NoBodyLimits, TrackBody};
 pub use config::{DEFAULT_TIMEOUT, TimeoutBuilder};
 pub use error::{DeadlineExceeded, TimedOut, TimeoutKind};
 pub use future::ResponseFuture;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use palisade_body::TrackResponse;
+use palisade_core::classify::Classify;
 use palisade_core::error::{BoxError, TimeoutKind};
 use palisade_core::event::{Event, EventKind, LayerName};
 use palisade_core::options::{CallOptionsExt, Deadline};
@@ -13,6 +13,7 @@ use palisade_core::protocol::Inspect;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::body::{NoBodyLimits, TrackBody};
 use crate::config::Config;
 use crate::future::{Limit, ResponseFuture, SIMULTANEOUS, Wrote};
 use palisade_core::context::current_deadline;
@@ -29,18 +30,24 @@ use palisade_core::grpc_timeout;
 /// reserved for the next call (or is released when the service is dropped),
 /// as tower's readiness contract has it. Clones share the layer's
 /// configuration.
-pub struct Timeout<S, P> {
+///
+/// `L` says whether the layer bounds response bodies: with
+/// [`NoBodyLimits`] (the default) the response is the inner service's, as
+/// it came; with [`BodyLimited`](crate::BodyLimited) its body is wrapped.
+pub struct Timeout<S, P, L = NoBodyLimits> {
     inner: S,
     config: Arc<Config>,
     protocol: P,
+    body: L,
 }
 
-impl<S, P> Timeout<S, P> {
-    pub(crate) fn from_parts(inner: S, config: Arc<Config>, protocol: P) -> Self {
+impl<S, P, L> Timeout<S, P, L> {
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>, protocol: P, body: L) -> Self {
         Self {
             inner,
             config,
             protocol,
+            body,
         }
     }
 
@@ -60,35 +67,38 @@ impl<S, P> Timeout<S, P> {
     }
 }
 
-impl<S: Clone, P: Clone> Clone for Timeout<S, P> {
+impl<S: Clone, P: Clone, L: Copy> Clone for Timeout<S, P, L> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             config: Arc::clone(&self.config),
             protocol: self.protocol.clone(),
+            body: self.body,
         }
     }
 }
 
-impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Timeout<S, P> {
+impl<S: fmt::Debug, P: fmt::Debug, L: fmt::Debug> fmt::Debug for Timeout<S, P, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timeout")
             .field("inner", &self.inner)
             .field("config", &self.config)
             .field("protocol", &self.protocol)
+            .field("body", &self.body)
             .finish()
     }
 }
 
-impl<S, P, Req> Service<Req> for Timeout<S, P>
+impl<S, P, L, Req> Service<Req> for Timeout<S, P, L>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    P: Inspect<Req> + TrackResponse<S::Response, S::Error, ()> + Clone,
+    P: Inspect<Req> + Classify<S::Response, S::Error> + Clone,
+    L: TrackBody<P, S::Response, S::Error>,
 {
-    type Response = P::Response;
+    type Response = L::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, P>;
+    type Future = ResponseFuture<S::Future, P, L>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -171,16 +181,16 @@ where
             limit,
             wrote,
             self.protocol.clone(),
-            config.body,
+            self.body,
             config.listeners.clone(),
         )
     }
 }
 
-impl<S, P> Timeout<S, P> {
+impl<S, P, L: Copy> Timeout<S, P, L> {
     /// Answers a call whose deadline has already passed, without calling the inner service.
     #[cold]
-    fn reject<F>(&self) -> ResponseFuture<F, P>
+    fn reject<F>(&self) -> ResponseFuture<F, P, L>
     where
         P: Clone,
     {
@@ -192,7 +202,7 @@ impl<S, P> Timeout<S, P> {
         ));
         #[cfg(feature = "metrics")]
         metrics::counter!("palisade_timeout_deadline_exceeded_total", "sent" => "false").increment(1);
-        ResponseFuture::rejected(self.protocol.clone())
+        ResponseFuture::rejected(self.protocol.clone(), self.body)
     }
 
     /// Writes the time left on the outgoing request; whether `grpc-timeout`

@@ -536,7 +536,6 @@ type BreakerBuilder = palisade_circuit_breaker::CircuitBreakerConfigBuilder;
 type TimeoutBuilder = palisade_timeout::TimeoutBuilder<palisade_core::protocol::Grpc>;
 type RetryBuilder = palisade_retry::RetryLayerBuilder<palisade_core::protocol::Grpc>;
 type BulkheadBuilder = palisade_bulkhead::BulkheadConfigBuilder;
-type BalancerBuilder = palisade_discovery::PeerDiscoveryBuilder<palisade_core::protocol::Grpc>;
 
 /// Calls `builder.$method(value)` for each setting that is given.
 macro_rules! set {
@@ -649,7 +648,10 @@ impl BulkheadSettings {
 }
 
 impl BalancerSettings {
-    fn apply(&self, mut b: BalancerBuilder) -> BalancerBuilder {
+    fn apply<P>(
+        &self,
+        mut b: palisade_discovery::PeerDiscoveryBuilder<P>,
+    ) -> palisade_discovery::PeerDiscoveryBuilder<P> {
         set!(b, self; panic_threshold, max_ejected_share);
         if let Some(policy) = self.all_open {
             b = b.all_open(match policy {

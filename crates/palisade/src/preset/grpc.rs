@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use palisade_body::Joined;
 use palisade_bulkhead::{BulkheadConfigBuilder, BulkheadLayer};
 use palisade_circuit_breaker::{CircuitBreakerConfigBuilder, CircuitBreakerHandle, CircuitBreakerLayer};
 use palisade_core::BoxError;
@@ -140,7 +141,7 @@ pub struct GrpcClientBuilder {
     total_timeout: TimeoutBuilder<Grpc>,
     retry: RetryLayerBuilder<Grpc>,
     bulkhead: BulkheadConfigBuilder,
-    balancer: PeerDiscoveryBuilder<Grpc>,
+    balancer: PeerDiscoveryBuilder<Joined<Grpc>>,
     listeners: Vec<Arc<dyn Listener>>,
 }
 
@@ -171,7 +172,8 @@ impl GrpcClientBuilder {
             total_timeout: TimeoutLayer::builder().grpc().kind(TimeoutKind::Total).timeout(None),
             retry: RetryLayer::builder().grpc().retries(defaults::RETRIES),
             bulkhead: defaults::bulkhead(),
-            balancer: PeerDiscoveryLayer::builder().grpc(),
+            // Above the per-instance breaker: joins its body (see `build`).
+            balancer: PeerDiscoveryLayer::builder().protocol(Joined(Grpc::default())),
             listeners: Vec::new(),
         }
     }
@@ -243,8 +245,13 @@ impl GrpcClientBuilder {
     }
 
     /// Sets any knob of the balancer (all-open policy, ejection cap, panic
-    /// threshold, load metric). Ignored over one channel.
-    pub fn balancer(mut self, f: impl FnOnce(PeerDiscoveryBuilder<Grpc>) -> PeerDiscoveryBuilder<Grpc>) -> Self {
+    /// threshold, load metric). Ignored over one channel. It speaks
+    /// [`Joined`]`(Grpc)`: it sits above each instance's breaker and adds its
+    /// load tracking to the breaker's response body instead of wrapping it.
+    pub fn balancer(
+        mut self,
+        f: impl FnOnce(PeerDiscoveryBuilder<Joined<Grpc>>) -> PeerDiscoveryBuilder<Joined<Grpc>>,
+    ) -> Self {
         self.balancer = f(self.balancer);
         self
     }
@@ -281,7 +288,14 @@ impl GrpcClientBuilder {
         }
         let breaker = CircuitBreakerLayer::builder().config(breaker).grpc().build()?;
         let attempt_timeout = attempt_timeout.build()?;
-        let bulkhead = BulkheadLayer::builder().config(bulkhead).grpc().build()?;
+        // One tracked body per call: the breaker below wraps the channel's
+        // body (the timeouts have no body limits, so they pass it through)
+        // and the balancer and the bulkhead join it, so the whole stack
+        // settles its guards at one end of stream, detected once.
+        let bulkhead = BulkheadLayer::builder()
+            .config(bulkhead)
+            .protocol(Joined(Grpc::default()))
+            .build()?;
         let bulkhead_handle = bulkhead.handle();
         // Attempts reach the bulkhead and the channel as tonic's body type.
         let retry = retry.tonic_body().build()?;

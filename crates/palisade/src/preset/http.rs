@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use palisade_body::Joined;
 use palisade_bulkhead::{BulkheadConfigBuilder, BulkheadLayer};
 use palisade_circuit_breaker::{CircuitBreakerConfigBuilder, CircuitBreakerHandle, CircuitBreakerLayer};
 use palisade_core::BoxError;
@@ -175,7 +176,7 @@ pub struct HttpClientBuilder<B = Full<Bytes>> {
     total_timeout: TimeoutBuilder<Http>,
     retry: RetryLayerBuilder<Http>,
     bulkhead: BulkheadConfigBuilder,
-    balancer: PeerDiscoveryBuilder<Http>,
+    balancer: PeerDiscoveryBuilder<Joined<Http>>,
     listeners: Vec<Arc<dyn Listener>>,
 }
 
@@ -210,7 +211,8 @@ impl<B: RequestBody> HttpClientBuilder<B> {
             total_timeout: TimeoutLayer::builder().http().kind(TimeoutKind::Total).timeout(None),
             retry: RetryLayer::builder().http().retries(defaults::RETRIES),
             bulkhead: defaults::bulkhead(),
-            balancer: PeerDiscoveryLayer::builder().http(),
+            // Above the per-instance breaker: joins its body (see `build`).
+            balancer: PeerDiscoveryLayer::builder().protocol(Joined(Http::default())),
             listeners: Vec::new(),
         }
     }
@@ -280,8 +282,13 @@ impl<B: RequestBody> HttpClientBuilder<B> {
         self
     }
 
-    /// Sets any knob of the balancer. Ignored over one hyper client.
-    pub fn balancer(mut self, f: impl FnOnce(PeerDiscoveryBuilder<Http>) -> PeerDiscoveryBuilder<Http>) -> Self {
+    /// Sets any knob of the balancer. Ignored over one hyper client. It
+    /// speaks [`Joined`]`(Http)`: it adds its load tracking to the
+    /// per-instance breaker's response body instead of wrapping it.
+    pub fn balancer(
+        mut self,
+        f: impl FnOnce(PeerDiscoveryBuilder<Joined<Http>>) -> PeerDiscoveryBuilder<Joined<Http>>,
+    ) -> Self {
         self.balancer = f(self.balancer);
         self
     }
@@ -317,7 +324,12 @@ impl<B: RequestBody> HttpClientBuilder<B> {
         }
         let breaker = CircuitBreakerLayer::builder().config(breaker).http().build()?;
         let attempt_timeout = attempt_timeout.build()?;
-        let bulkhead = BulkheadLayer::builder().config(bulkhead).http().build()?;
+        // One tracked body per call, as in the gRPC preset: the breaker wraps
+        // the instance's body, the balancer and the bulkhead join it.
+        let bulkhead = BulkheadLayer::builder()
+            .config(bulkhead)
+            .protocol(Joined(Http::default()))
+            .build()?;
         let bulkhead_handle = bulkhead.handle();
         let retry = retry.build()?;
         let budget = {

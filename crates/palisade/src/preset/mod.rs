@@ -27,7 +27,11 @@
 //! stopped answering. Set a smaller one (or an adaptive limit) with
 //! [`bulkhead`](GrpcClientBuilder::bulkhead) where shedding matters more.
 //!
-//! The protocol (gRPC) is chosen once, for every layer of the stack.
+//! The protocol (gRPC) is chosen once, for every layer of the stack. A
+//! call's response carries one tracked body: the breaker's, which the
+//! balancer and the bulkhead join ([`Joined`](palisade_body::Joined)) and
+//! the timeouts (no body limits) pass through, so its end is detected once
+//! and settles every layer's guard.
 //!
 //! ```
 //! use palisade::discovery::{InMemoryRegistry, Instance, Registry};
