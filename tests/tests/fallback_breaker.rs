@@ -6,12 +6,9 @@
 //! so the stack maps its responses back to `tonic::body::Body` under the
 //! fallback: the fallback then builds plain tonic responses.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body::Frame;
-use http_body_util::StreamBody;
+use bytes::Bytes;
 use palisade_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
 use palisade_core::error::{BoxError, CircuitOpen};
 use palisade_core::protocol::Grpc;
@@ -25,27 +22,11 @@ use tower::ServiceBuilder;
 
 /// A unary gRPC `EchoReply { message, server }` with status OK.
 fn grpc_reply(message: &str, server: &str) -> http::Response<Body> {
-    fn field(buf: &mut BytesMut, tag: u8, value: &str) {
-        assert!(value.len() < 128, "one-byte varint length");
-        buf.put_u8(tag);
-        buf.put_u8(value.len() as u8);
-        buf.put_slice(value.as_bytes());
-    }
-    let mut proto = BytesMut::new();
-    field(&mut proto, 0x0a, message);
-    field(&mut proto, 0x1a, server);
-    let mut frame = BytesMut::new();
-    frame.put_u8(0);
-    frame.put_u32(proto.len() as u32);
-    frame.put_slice(&proto);
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
-        vec![Ok(Frame::data(frame.freeze())), Ok(Frame::trailers(trailers))];
-    http::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
-        .unwrap()
+    palisade_fallback::grpc::grpc_reply(&palisade_testkit::echo::EchoReply {
+        message: message.into(),
+        server: server.into(),
+        ..Default::default()
+    })
 }
 
 fn request() -> EchoRequest {

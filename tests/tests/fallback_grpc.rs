@@ -7,13 +7,10 @@
 //! exactly what the standalone breaker does when open; `fallback_breaker.rs`
 //! runs the same case through the real `palisade-circuit-breaker`.
 
-use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body::Frame;
-use http_body_util::StreamBody;
+use bytes::Bytes;
 use palisade_core::error::{BoxError, CircuitOpen};
 use palisade_fallback::{CallFallback, FallbackLayer, FallbackReason, FromFallback, Served};
 use palisade_testkit::EchoServer;
@@ -25,29 +22,14 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 type GrpcResponse = http::Response<Body>;
 
-/// A unary gRPC `EchoReply { message, server }` with status OK, as a server would send it.
+/// A unary gRPC `EchoReply { message, server }` with status OK, as a server
+/// would send it: the typed fallback helper frames the message.
 fn grpc_reply(message: &str, server: &str) -> GrpcResponse {
-    fn field(buf: &mut BytesMut, tag: u8, value: &str) {
-        assert!(value.len() < 128, "one-byte varint length");
-        buf.put_u8(tag);
-        buf.put_u8(value.len() as u8);
-        buf.put_slice(value.as_bytes());
-    }
-    let mut proto = BytesMut::new();
-    field(&mut proto, 0x0a, message); // field 1, length-delimited
-    field(&mut proto, 0x1a, server); // field 3, length-delimited
-    let mut frame = BytesMut::new();
-    frame.put_u8(0); // not compressed
-    frame.put_u32(proto.len() as u32);
-    frame.put_slice(&proto);
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
-        vec![Ok(Frame::data(frame.freeze())), Ok(Frame::trailers(trailers))];
-    http::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
-        .unwrap()
+    palisade_fallback::grpc::grpc_reply(&EchoReply {
+        message: message.into(),
+        server: server.into(),
+        ..Default::default()
+    })
 }
 
 fn request(message: &str) -> EchoRequest {
@@ -256,4 +238,49 @@ async fn a_per_call_fallback_on_a_tonic_request_wins_over_the_layers() {
         Some(false)
     );
     assert_eq!(response.into_inner().server, "layer");
+}
+
+#[tokio::test]
+async fn a_typed_fallback_answers_with_the_methods_message_or_a_status() {
+    use palisade_fallback::grpc::GrpcFallback;
+
+    let server = refused_server().await;
+    let fallback = FallbackLayer::builder()
+        .grpc()
+        .on_error::<std::io::Error>()
+        .source(GrpcFallback::new(|error: &BoxError| {
+            Ok(EchoReply {
+                message: format!("cached, because {error}"),
+                server: "fallback".into(),
+                ..Default::default()
+            })
+        }))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(ServiceBuilder::new().layer(fallback).service(server.channel()));
+    let reply = client
+        .unary(request("hello"))
+        .await
+        .expect("the typed fallback answered");
+    assert_eq!(reply.get_ref().server, "fallback");
+    assert!(
+        reply.get_ref().message.starts_with("cached, because"),
+        "{:?}",
+        reply.get_ref()
+    );
+    assert_eq!(server.stats().requests(), 0);
+
+    // A status instead of a message: the caller sees that status.
+    let fallback = FallbackLayer::builder()
+        .grpc()
+        .on_error::<std::io::Error>()
+        .source(GrpcFallback::new(|_: &BoxError| {
+            Err::<EchoReply, _>(tonic::Status::resource_exhausted("shed by the fallback"))
+        }))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(ServiceBuilder::new().layer(fallback).service(server.channel()));
+    let status = client.unary(request("hello")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "shed by the fallback");
 }

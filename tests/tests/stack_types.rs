@@ -5,13 +5,10 @@
 //! `tokio::spawn`; the aliases are the layers' own types, so they keep
 //! `Send + Sync + Clone` and tonic's `GrpcService` bounds hold.
 
-use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body::Frame;
-use http_body_util::StreamBody;
+use bytes::Bytes;
 use palisade::BoxError;
 use palisade::bulkhead::BulkheadLayer;
 use palisade::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer, CircuitState};
@@ -223,25 +220,9 @@ async fn a_named_fallback_stack_answers_spawned_tonic_clients_while_the_breaker_
 /// A unary gRPC `EchoReply { message, server }` with status OK, as the
 /// fallback answers it: one length-prefixed message and an OK trailer.
 fn grpc_reply(message: &str, server: &str) -> http::Response<Body> {
-    fn field(buf: &mut BytesMut, tag: u8, value: &str) {
-        assert!(value.len() < 128, "one-byte varint length");
-        buf.put_u8(tag);
-        buf.put_u8(value.len() as u8);
-        buf.put_slice(value.as_bytes());
-    }
-    let mut proto = BytesMut::new();
-    field(&mut proto, 0x0a, message);
-    field(&mut proto, 0x1a, server);
-    let mut frame = BytesMut::new();
-    frame.put_u8(0);
-    frame.put_u32(proto.len() as u32);
-    frame.put_slice(&proto);
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
-        vec![Ok(Frame::data(frame.freeze())), Ok(Frame::trailers(trailers))];
-    http::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
-        .unwrap()
+    palisade_fallback::grpc::grpc_reply(&palisade_testkit::echo::EchoReply {
+        message: message.into(),
+        server: server.into(),
+        ..Default::default()
+    })
 }

@@ -178,6 +178,8 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod future;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod layer;
 pub mod mark;
 pub mod per_call;

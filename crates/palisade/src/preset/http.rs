@@ -109,17 +109,20 @@ impl<B: RequestBody> HttpClient<B> {
     /// stack with a balancer over the registry's instances and a breaker and
     /// an attempt timeout per instance.
     pub fn builder<R: Registry>(registry: R, service: impl Into<String>) -> HttpClientBuilder<B> {
-        HttpClientBuilder::new(Target::Registry {
-            registry: Arc::new(registry),
-            service: service.into(),
-        })
+        HttpClientBuilder::new(
+            Target::Registry {
+                registry: Arc::new(registry),
+                service: service.into(),
+            },
+            None,
+        )
     }
 
     /// The builder for one hyper client (no registry, no balancer): requests
     /// carry their whole URI, and the stack's one breaker and attempt timeout
     /// cover every call through it.
     pub fn over_hyper(client: HyperClient<B>) -> HttpClientBuilder<B> {
-        HttpClientBuilder::new(Target::Hyper(client))
+        HttpClientBuilder::new(Target::Hyper, Some(client))
     }
 }
 
@@ -155,12 +158,13 @@ pub trait RequestBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Se
 
 impl<B> RequestBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static {}
 
-enum Target<B> {
+enum Target {
     Registry {
         registry: Arc<dyn Registry>,
         service: String,
     },
-    Hyper(HyperClient<B>),
+    /// One hyper client: the builder's own.
+    Hyper,
 }
 
 /// Builds an [`HttpClient`]. Every setting starts at the preset's default
@@ -169,7 +173,7 @@ enum Target<B> {
 /// validates them all and returns the first [`ConfigError`], naming the
 /// layer and the field.
 pub struct HttpClientBuilder<B = Full<Bytes>> {
-    target: Target<B>,
+    target: Target,
     hyper: HyperClient<B>,
     breaker: CircuitBreakerConfigBuilder,
     attempt_timeout: TimeoutBuilder<Http>,
@@ -184,7 +188,7 @@ impl<B> fmt::Debug for HttpClientBuilder<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let target = match &self.target {
             Target::Registry { service, .. } => format!("registry service {service:?}"),
-            Target::Hyper(_) => "one hyper client".to_owned(),
+            Target::Hyper => "one hyper client".to_owned(),
         };
         f.debug_struct("HttpClientBuilder")
             .field("target", &target)
@@ -195,11 +199,8 @@ impl<B> fmt::Debug for HttpClientBuilder<B> {
 }
 
 impl<B: RequestBody> HttpClientBuilder<B> {
-    fn new(target: Target<B>) -> Self {
-        let hyper = match &target {
-            Target::Hyper(client) => client.clone(),
-            Target::Registry { .. } => Client::builder(TokioExecutor::new()).build_http(),
-        };
+    fn new(target: Target, hyper: Option<HyperClient<B>>) -> Self {
+        let hyper = hyper.unwrap_or_else(|| Client::builder(TokioExecutor::new()).build_http());
         Self {
             target,
             hyper,
@@ -359,11 +360,11 @@ impl<B: RequestBody> HttpClientBuilder<B> {
                     inner: box_stack(upper.service(balancer)),
                 }
             }
-            Target::Hyper(client) => {
+            Target::Hyper => {
                 let handle: CircuitBreakerHandle = breaker.handle();
                 HttpClient {
                     health: HealthSource::single_with(handle, bulkhead_handle, budget),
-                    inner: box_stack(upper.service(breaker.layer(attempt_timeout.layer(client)))),
+                    inner: box_stack(upper.service(breaker.layer(attempt_timeout.layer(hyper)))),
                 }
             }
         })
