@@ -10,7 +10,6 @@ use palisade::bulkhead::BulkheadLayer;
 use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
 use palisade::core::backoff::{Backoff, Jitter};
 use palisade::core::error::{CircuitOpen, find_error};
-use palisade::core::protocol::Grpc;
 use palisade::retry::RetryLayer;
 use palisade::timeout::{TimeoutKind, TimeoutLayer};
 use palisade_testkit::EchoServer;
@@ -19,11 +18,17 @@ use palisade_testkit::echo::echo_client::EchoClient;
 use tonic::Code;
 use tower::ServiceBuilder;
 
-/// The README's a-la-carte stack, outermost first, around `$channel`, with
-/// `$breaker` as its breaker. A macro, not a function, because the stack's
-/// type is too long to be worth writing down in a test.
+/// The README's a-la-carte stack, outermost first, around `$channel`, and a
+/// handle on its breaker. A macro, not a function, because the stack's type
+/// is too long to be worth writing down in a test.
 macro_rules! a_la_carte {
-    ($channel:expr, $breaker:expr) => {{
+    ($channel:expr) => {{
+        let breaker = CircuitBreakerLayer::builder()
+            .grpc()
+            .failure_threshold(3)
+            .build()
+            .unwrap();
+        let state = breaker.handle();
         let total = TimeoutLayer::builder()
             .grpc()
             .kind(TimeoutKind::Total)
@@ -56,19 +61,11 @@ macro_rules! a_la_carte {
             .palisade_timeout(total)
             .palisade_retry(retry)
             .bulkhead(bulkhead)
-            .circuit_breaker($breaker)
+            .circuit_breaker(breaker)
             .palisade_timeout(attempt)
             .service($channel);
-        EchoClient::new(stack)
+        (EchoClient::new(stack), state)
     }};
-}
-
-fn breaker() -> CircuitBreakerLayer<Grpc> {
-    CircuitBreakerLayer::builder()
-        .grpc()
-        .failure_threshold(3)
-        .build()
-        .unwrap()
 }
 
 fn hello() -> EchoRequest {
@@ -81,9 +78,7 @@ fn hello() -> EchoRequest {
 #[tokio::test]
 async fn calls_through_the_extension_methods_succeed_and_retries_absorb_unavailable() {
     let server = EchoServer::start("ext-ok").await.unwrap();
-    let breaker = breaker();
-    let state = breaker.handle();
-    let mut client = a_la_carte!(server.channel(), breaker);
+    let (mut client, state) = a_la_carte!(server.channel());
 
     for _ in 0..3 {
         let reply = client.unary(hello()).await.unwrap().into_inner();
@@ -101,9 +96,7 @@ async fn calls_through_the_extension_methods_succeed_and_retries_absorb_unavaila
 #[tokio::test]
 async fn a_failing_server_opens_the_breaker_and_the_next_call_never_reaches_it() {
     let server = EchoServer::start("ext-fail").await.unwrap();
-    let breaker = breaker();
-    let state = breaker.handle();
-    let mut client = a_la_carte!(server.channel(), breaker);
+    let (mut client, state) = a_la_carte!(server.channel());
     server.faults().set_status(Some(Code::Unavailable));
 
     // One call makes three attempts (two retries), each a breaker failure
