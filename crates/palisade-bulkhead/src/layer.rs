@@ -193,18 +193,11 @@ macro_rules! layer_builder {
 
             palisade_core::protocol_methods! {
                 builder: $builder<_>,
-                rebuild: |self, protocol| $builder {
-                    config: self.config,
-                    protocol,
-                },
-                /// It classifies and follows responses.
-                protocol;
-                /// permits live until the trailers.
-                grpc;
-                /// permits live until the body ends.
-                http;
-                /// the permit is released with the response.
-                plain;
+                rebuild: |self, protocol: Q| $builder { config: self.config, protocol },
+                protocol: "It classifies and follows responses.",
+                grpc: "permits live until the trailers.",
+                http: "permits live until the body ends.",
+                plain: "the permit is released with the response.",
             }
 
             palisade_core::forward_config! {

@@ -201,18 +201,11 @@ impl<P> CircuitBreakerLayerBuilder<P> {
 
     palisade_core::protocol_methods! {
         builder: CircuitBreakerLayerBuilder<_>,
-        rebuild: |self, protocol| CircuitBreakerLayerBuilder {
-            config: self.config,
-            protocol,
-        },
-        /// It decides which results are failures.
-        protocol;
-        /// statuses in trailers count.
-        grpc;
-        /// 5xx statuses are failures.
-        http;
-        /// every `Ok` is a success.
-        plain;
+        rebuild: |self, protocol: Q| CircuitBreakerLayerBuilder { config: self.config, protocol },
+        protocol: "It decides which results are failures.",
+        grpc: "statuses in trailers count.",
+        http: "5xx statuses are failures.",
+        plain: "every `Ok` is a success.",
     }
 
     config_knobs!();
@@ -286,23 +279,18 @@ impl<P> KeyedCircuitBreakerLayerBuilder<P> {
 
     palisade_core::protocol_methods! {
         builder: KeyedCircuitBreakerLayerBuilder<_>,
-        rebuild: |self, protocol| KeyedCircuitBreakerLayerBuilder {
+        rebuild: |self, protocol: Q| KeyedCircuitBreakerLayerBuilder {
             config: self.config,
             overrides: self.overrides,
             max_keys: self.max_keys,
             idle_timeout: self.idle_timeout,
             protocol,
         },
-        /// It decides which results are failures and finds the route for
-        /// [`ByRoute`](palisade_core::keyed::ByRoute).
-        protocol;
-        /// statuses in trailers count, keys are gRPC methods.
-        grpc;
-        /// 5xx statuses are failures, keys are paths.
-        http;
-        /// every `Ok` is a success; key with
-        /// [`KeyedCircuitBreakerLayer::key_fn`] (there is no route).
-        plain;
+        protocol: "It decides which results are failures and finds the route for \
+            [`ByRoute`](palisade_core::keyed::ByRoute).",
+        grpc: "statuses in trailers count, keys are gRPC methods.",
+        http: "5xx statuses are failures, keys are paths.",
+        plain: "every `Ok` is a success; key with [`KeyedCircuitBreakerLayer::key_fn`] (there is no route).",
     }
 
     /// The configuration of `key`'s breaker, instead of the base one.

@@ -131,21 +131,14 @@ impl Default for PeerDiscoveryBuilder<Unchosen> {
 impl<P> PeerDiscoveryBuilder<P> {
     palisade_core::protocol_methods! {
         builder: PeerDiscoveryBuilder<_>,
-        rebuild: |self, protocol| PeerDiscoveryBuilder {
-            settings: self.settings,
-            protocol,
-        },
-        /// It finds the call's attempt record in the request and follows
-        /// responses to their end (for http, the end of the body) to count
-        /// in-flight calls. Any `Inspect + TrackResponse` classifier works.
-        protocol;
-        /// a call is in flight until its trailers, and the attempt record in
-        /// the request keeps a retry off the peer that just failed.
-        grpc;
-        /// a call is in flight until the end of its body.
-        http;
-        /// a call ends with its response; every `Ok` is a success.
-        plain;
+        rebuild: |self, protocol: Q| PeerDiscoveryBuilder { settings: self.settings, protocol },
+        protocol: "It finds the call's attempt record in the request and follows responses to their end (for \
+            http, the end of the body) to count in-flight calls. Any `Inspect + TrackResponse` classifier \
+            works.",
+        grpc: "a call is in flight until its trailers, and the attempt record in the request keeps a retry \
+            off the peer that just failed.",
+        http: "a call is in flight until the end of its body.",
+        plain: "a call ends with its response; every `Ok` is a success.",
     }
 
     /// Names the service, in errors, events, the health report and the

@@ -263,19 +263,14 @@ impl RetryLayerBuilder {
 impl<P, R, A> RetryLayerBuilder<P, R, A> {
     palisade_core::protocol_methods! {
         builder: RetryLayerBuilder<_, R, A>,
-        rebuild: |self, protocol| self.retype(|_| protocol, |predicate| predicate),
-        /// [`Plain`](palisade_core::protocol::Plain) clones `Req: Clone` requests; [`Http`](palisade_core::protocol::Http) and [`Grpc`](palisade_core::protocol::Grpc) replay
-        /// `http::Request<B>` bodies and apply their default rules.
-        protocol;
-        /// replayable bodies, trailers-only UNAVAILABLE retried,
-        /// `grpc-retry-pushback-ms` honoured. Over a tonic `Channel`, add
-        /// `.tonic_body()` (feature `tonic`).
-        grpc;
-        /// replayable bodies, 502/503/504 retried for idempotent requests,
-        /// `Retry-After` honoured.
-        http;
-        /// requests are cloned (`Req: Clone`), every `Ok` is a success.
-        plain;
+        rebuild: |self, protocol: Q| self.retype(|_| protocol, |predicate| predicate),
+        protocol: "[`Plain`](palisade_core::protocol::Plain) clones `Req: Clone` requests; \
+            [`Http`](palisade_core::protocol::Http) and [`Grpc`](palisade_core::protocol::Grpc) replay \
+            `http::Request<B>` bodies and apply their default rules.",
+        grpc: "replayable bodies, trailers-only UNAVAILABLE retried, `grpc-retry-pushback-ms` honoured. Over \
+            a tonic `Channel`, add `.tonic_body()` (feature `tonic`).",
+        http: "replayable bodies, 502/503/504 retried for idempotent requests, `Retry-After` honoured.",
+        plain: "requests are cloned (`Req: Clone`), every `Ok` is a success.",
     }
 
     /// How each attempt is handed to the inner service (see
