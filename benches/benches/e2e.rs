@@ -30,6 +30,9 @@
 //! E2E_QUICK=1 cargo bench -p palisade-benches --bench e2e      # the same
 //! cargo bench -p palisade-benches --bench e2e -- --secs 3 --warmup 1 --rounds 3 --callers 1,64 --clients bare,quickstart
 //! cargo bench -p palisade-benches --bench e2e -- --clients timeout,breaker,bulkhead,retry   # one layer at a time
+//! cargo bench -p palisade-benches --bench e2e -- --list       # the clients' ids (`e2e/bare: benchmark`), as criterion lists
+//! cargo bench -p palisade-benches --bench e2e -- quickstart   # a criterion-style filter on the ids
+//! cargo bench -p palisade-benches -- --warm-up-time 1 --measurement-time 2   # every bench: here --warmup 1 --secs 2
 //! valgrind --tool=callgrind target/release/deps/e2e-* --calls 2000 --warmup 0 --callers 1 --threads 1 --clients quickstart
 //! ```
 //!
@@ -88,6 +91,10 @@ struct Opts {
     calls: Option<u64>,
     /// The runtime's worker threads (`None`: one per core).
     threads: Option<usize>,
+    /// `--list`: print the clients' ids as criterion does (`e2e/bare: benchmark`), run nothing.
+    list: bool,
+    /// A criterion-style filter: only the clients whose id contains it run.
+    filter: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -99,6 +106,8 @@ fn opts() -> Opts {
         clients: Kind::ALL.to_vec(),
         calls: None,
         threads: None,
+        list: false,
+        filter: None,
     };
     let quick = |o: &mut Opts| {
         o.warmup = Duration::from_millis(300);
@@ -141,13 +150,46 @@ fn opts() -> Opts {
                     })
                     .collect();
             }
-            // `cargo bench` passes `--bench`; criterion-style options of a
-            // whole-crate run (`--warm-up-time 1`) are not ours: skip them.
+            // A whole-crate `cargo bench -p palisade-benches -- <criterion options>`
+            // hands this binary the criterion benches' options too: the times
+            // mean what they mean there, `--list` lists, a bare word filters.
+            "--warm-up-time" => opts.warmup = secs(args.next()),
+            "--measurement-time" => opts.run = secs(args.next()),
+            "--list" => opts.list = true,
+            option if CRITERION_VALUED.contains(&option) => {
+                args.next();
+            }
+            filter if !filter.starts_with('-') => opts.filter = Some(filter.to_owned()),
+            // `--bench` (from `cargo bench`) and criterion's other flags.
             _ => {}
         }
     }
+    if let Some(filter) = &opts.filter {
+        opts.clients.retain(|kind| kind.id().contains(filter.as_str()));
+    }
     opts
 }
+
+/// Criterion's options that take a value this harness has no use for:
+/// skipped with their value, so the value is not read as a filter.
+const CRITERION_VALUED: [&str; 16] = [
+    "--sample-size",
+    "--save-baseline",
+    "-s",
+    "--baseline",
+    "-b",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--nresamples",
+    "--output-format",
+    "--plotting-backend",
+    "--profile-time",
+    "--color",
+    "-c",
+];
 
 // ---------------------------------------------------------------- clients
 
@@ -193,6 +235,11 @@ impl Kind {
             Kind::OnlyBulkhead => "bulkhead",
             Kind::OnlyRetry => "retry",
         }
+    }
+
+    /// The id `--list` prints and a filter matches: `e2e/<name>`.
+    fn id(self) -> String {
+        format!("e2e/{}", self.name())
     }
 
     /// The client this one is compared with.
@@ -581,6 +628,16 @@ fn print_table(title: &str, callers: usize, rows: &[(Kind, Sample, Option<f64>)]
 
 fn main() {
     let opts = opts();
+    if opts.list {
+        for kind in &opts.clients {
+            println!("{}: benchmark", kind.id());
+        }
+        return;
+    }
+    if opts.clients.is_empty() {
+        println!("e2e: no client matches {:?}", opts.filter.as_deref().unwrap_or(""));
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

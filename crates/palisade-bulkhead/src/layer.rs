@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use palisade_core::error::ConfigError;
 use palisade_core::event::Listener;
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::protocol::{IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
 use crate::config::{BulkheadConfig, BulkheadConfigBuilder};
@@ -191,27 +191,13 @@ macro_rules! layer_builder {
                 self
             }
 
-            /// Classifies and follows responses with `protocol`.
-            pub fn protocol<Q>(self, protocol: Q) -> $builder<Q> {
-                $builder {
-                    config: self.config,
-                    protocol,
-                }
-            }
-
-            /// gRPC over http (a tonic `Channel`): permits live until the trailers.
-            pub fn grpc(self) -> $builder<Grpc> {
-                self.protocol(Grpc::default())
-            }
-
-            /// Plain http (a hyper client): permits live until the body ends.
-            pub fn http(self) -> $builder<Http> {
-                self.protocol(Http::default())
-            }
-
-            /// Any non-http service: the permit is released with the response.
-            pub fn plain(self) -> $builder<Plain> {
-                self.protocol(Plain)
+            palisade_core::protocol_methods! {
+                builder: $builder<_>,
+                rebuild: |self, protocol: Q| $builder { config: self.config, protocol },
+                protocol: "It classifies and follows responses.",
+                grpc: "permits live until the trailers.",
+                http: "permits live until the body ends.",
+                plain: "the permit is released with the response.",
             }
 
             palisade_core::forward_config! {

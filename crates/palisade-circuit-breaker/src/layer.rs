@@ -8,7 +8,7 @@ use std::time::Duration;
 use palisade_core::backoff::Jitter;
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::protocol::{IsGrpc, Plain, Unchosen};
 use tower_layer::Layer;
 
 use palisade_core::route::RouteTableBuilder;
@@ -199,28 +199,13 @@ impl<P> CircuitBreakerLayerBuilder<P> {
         self
     }
 
-    /// Classifies with `protocol`: [`Http`], [`Grpc`], [`Plain`] or a classifier
-    /// refined with [`ClassifyExt`](palisade_core::classify::ClassifyExt).
-    pub fn protocol<Q>(self, protocol: Q) -> CircuitBreakerLayerBuilder<Q> {
-        CircuitBreakerLayerBuilder {
-            config: self.config,
-            protocol,
-        }
-    }
-
-    /// gRPC over http (a tonic `Channel`): statuses in trailers count.
-    pub fn grpc(self) -> CircuitBreakerLayerBuilder<Grpc> {
-        self.protocol(Grpc::default())
-    }
-
-    /// Plain http (a hyper client): 5xx statuses are failures.
-    pub fn http(self) -> CircuitBreakerLayerBuilder<Http> {
-        self.protocol(Http::default())
-    }
-
-    /// Any non-http service: every `Ok` is a success.
-    pub fn plain(self) -> CircuitBreakerLayerBuilder<Plain> {
-        self.protocol(Plain)
+    palisade_core::protocol_methods! {
+        builder: CircuitBreakerLayerBuilder<_>,
+        rebuild: |self, protocol: Q| CircuitBreakerLayerBuilder { config: self.config, protocol },
+        protocol: "It decides which results are failures.",
+        grpc: "statuses in trailers count.",
+        http: "5xx statuses are failures.",
+        plain: "every `Ok` is a success.",
     }
 
     config_knobs!();
@@ -292,35 +277,20 @@ impl<P> KeyedCircuitBreakerLayerBuilder<P> {
         self
     }
 
-    /// Classifies with `protocol` (which also finds the route for
-    /// [`ByRoute`](palisade_core::keyed::ByRoute)): [`Http`], [`Grpc`],
-    /// [`Plain`] or a classifier refined with
-    /// [`ClassifyExt`](palisade_core::classify::ClassifyExt).
-    pub fn protocol<Q>(self, protocol: Q) -> KeyedCircuitBreakerLayerBuilder<Q> {
-        KeyedCircuitBreakerLayerBuilder {
+    palisade_core::protocol_methods! {
+        builder: KeyedCircuitBreakerLayerBuilder<_>,
+        rebuild: |self, protocol: Q| KeyedCircuitBreakerLayerBuilder {
             config: self.config,
             overrides: self.overrides,
             max_keys: self.max_keys,
             idle_timeout: self.idle_timeout,
             protocol,
-        }
-    }
-
-    /// gRPC over http (a tonic `Channel`): statuses in trailers count, keys
-    /// are gRPC methods.
-    pub fn grpc(self) -> KeyedCircuitBreakerLayerBuilder<Grpc> {
-        self.protocol(Grpc::default())
-    }
-
-    /// Plain http (a hyper client): 5xx statuses are failures, keys are paths.
-    pub fn http(self) -> KeyedCircuitBreakerLayerBuilder<Http> {
-        self.protocol(Http::default())
-    }
-
-    /// Any non-http service: every `Ok` is a success; key with
-    /// [`KeyedCircuitBreakerLayer::key_fn`] (there is no route).
-    pub fn plain(self) -> KeyedCircuitBreakerLayerBuilder<Plain> {
-        self.protocol(Plain)
+        },
+        protocol: "It decides which results are failures and finds the route for \
+            [`ByRoute`](palisade_core::keyed::ByRoute).",
+        grpc: "statuses in trailers count, keys are gRPC methods.",
+        http: "5xx statuses are failures, keys are paths.",
+        plain: "every `Ok` is a success; key with [`KeyedCircuitBreakerLayer::key_fn`] (there is no route).",
     }
 
     /// The configuration of `key`'s breaker, instead of the base one.

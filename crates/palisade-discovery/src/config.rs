@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::protocol::{IsGrpc, Unchosen};
 
 use crate::layer::PeerDiscoveryLayer;
 use crate::load::LoadMetric;
@@ -101,7 +101,7 @@ pub const DEFAULT_MAX_EJECTED_SHARE: f64 = 0.1;
 /// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
 /// until a protocol is chosen with [`grpc`](Self::grpc),
 /// [`http`](Self::http), [`plain`](Self::plain) or
-/// [`protocol`](Self::protocol). A balancer left on [`Plain`] over a tonic
+/// [`protocol`](Self::protocol). A balancer left on [`Plain`](palisade_core::protocol::Plain) over a tonic
 /// `Channel` would count a call as finished at its response head, not at the
 /// end of its body (so a streaming peer looks idle and draws more load), and
 /// would not see the attempt record that keeps a retry off the peer that
@@ -129,30 +129,16 @@ impl Default for PeerDiscoveryBuilder<Unchosen> {
 }
 
 impl<P> PeerDiscoveryBuilder<P> {
-    /// Speaks `protocol`: it finds the call's attempt record in the request and
-    /// follows responses to their end (for http, the end of the body) to count
-    /// in-flight calls. Any `Inspect + TrackResponse` classifier works.
-    pub fn protocol<P2>(self, protocol: P2) -> PeerDiscoveryBuilder<P2> {
-        PeerDiscoveryBuilder {
-            settings: self.settings,
-            protocol,
-        }
-    }
-
-    /// Shorthand for `protocol(Grpc::default())`, for a tonic client.
-    pub fn grpc(self) -> PeerDiscoveryBuilder<Grpc> {
-        self.protocol(Grpc::default())
-    }
-
-    /// Shorthand for `protocol(Http::default())`, for a hyper client.
-    pub fn http(self) -> PeerDiscoveryBuilder<Http> {
-        self.protocol(Http::default())
-    }
-
-    /// Any non-http service: no per-call options, every `Ok` a success. The
-    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> PeerDiscoveryBuilder<Plain> {
-        self.protocol(Plain)
+    palisade_core::protocol_methods! {
+        builder: PeerDiscoveryBuilder<_>,
+        rebuild: |self, protocol: Q| PeerDiscoveryBuilder { settings: self.settings, protocol },
+        protocol: "It finds the call's attempt record in the request and follows responses to their end (for \
+            http, the end of the body) to count in-flight calls. Any `Inspect + TrackResponse` classifier \
+            works.",
+        grpc: "a call is in flight until its trailers, and the attempt record in the request keeps a retry \
+            off the peer that just failed.",
+        http: "a call is in flight until the end of its body.",
+        plain: "a call ends with its response; every `Ok` is a success.",
     }
 
     /// Names the service, in errors, events, the health report and the

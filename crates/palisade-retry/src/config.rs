@@ -8,7 +8,7 @@ use std::time::Duration;
 use palisade_core::backoff::{Backoff, Jitter, JitterSeed};
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::protocol::{IsGrpc, Unchosen};
 use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::budget::{RetryBudget, Throttle};
@@ -163,8 +163,8 @@ fn release(state: Arc<SharedState>) {
     drop(state);
 }
 
-/// Builds a [`RetryLayer`]. `P` is the protocol ([`Plain`], [`Http`],
-/// [`Grpc`]), `R` the predicate ([`DefaultPredicate`], [`Replace`], [`Extend`]).
+/// Builds a [`RetryLayer`]. `P` is the protocol ([`Plain`](palisade_core::protocol::Plain), [`Http`](palisade_core::protocol::Http),
+/// [`Grpc`](palisade_core::protocol::Grpc)), `R` the predicate ([`DefaultPredicate`], [`Replace`], [`Extend`]).
 ///
 /// | setting | default |
 /// |---|---|
@@ -179,7 +179,7 @@ fn release(state: Arc<SharedState>) {
 /// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
 /// until a protocol is chosen with [`grpc`](Self::grpc),
 /// [`http`](Self::http), [`plain`](Self::plain) or
-/// [`protocol`](Self::protocol). A retry layer left on [`Plain`] over a
+/// [`protocol`](Self::protocol). A retry layer left on [`Plain`](palisade_core::protocol::Plain) over a
 /// tonic `Channel` would not replay bodies, would judge every response by
 /// its head (a gRPC failure in the trailers is then never retried) and would
 /// ignore per-call options, routes and server pushback, all silently; so
@@ -261,29 +261,16 @@ impl RetryLayerBuilder {
 }
 
 impl<P, R, A> RetryLayerBuilder<P, R, A> {
-    /// Speaks `protocol`: [`Plain`] clones `Req: Clone` requests; [`Http`] and
-    /// [`Grpc`] replay `http::Request<B>` bodies and apply their default rules.
-    pub fn protocol<Q>(self, protocol: Q) -> RetryLayerBuilder<Q, R, A> {
-        self.retype(|_| protocol, |predicate| predicate)
-    }
-
-    /// `http::Request<B>` over hyper: replayable bodies, 502/503/504 retried
-    /// for idempotent requests, `Retry-After` honoured.
-    pub fn http(self) -> RetryLayerBuilder<Http, R, A> {
-        self.protocol(Http::default())
-    }
-
-    /// Any non-http service: no per-call options, every `Ok` a success. The
-    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> RetryLayerBuilder<Plain, R, A> {
-        self.protocol(Plain)
-    }
-
-    /// gRPC: replayable bodies, trailers-only UNAVAILABLE retried,
-    /// `grpc-retry-pushback-ms` honoured. Over a tonic `Channel`, add
-    /// `.tonic_body()` (feature `tonic`).
-    pub fn grpc(self) -> RetryLayerBuilder<Grpc, R, A> {
-        self.protocol(Grpc::default())
+    palisade_core::protocol_methods! {
+        builder: RetryLayerBuilder<_, R, A>,
+        rebuild: |self, protocol: Q| self.retype(|_| protocol, |predicate| predicate),
+        protocol: "[`Plain`](palisade_core::protocol::Plain) clones `Req: Clone` requests; \
+            [`Http`](palisade_core::protocol::Http) and [`Grpc`](palisade_core::protocol::Grpc) replay \
+            `http::Request<B>` bodies and apply their default rules.",
+        grpc: "replayable bodies, trailers-only UNAVAILABLE retried, `grpc-retry-pushback-ms` honoured. Over \
+            a tonic `Channel`, add `.tonic_body()` (feature `tonic`).",
+        http: "replayable bodies, 502/503/504 retried for idempotent requests, `Retry-After` honoured.",
+        plain: "requests are cloned (`Req: Clone`), every `Ok` is a success.",
     }
 
     /// How each attempt is handed to the inner service (see
@@ -343,8 +330,8 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
     /// Replaces the default rules by `predicate` (a
     /// [`RetryPredicate`](palisade_core::retry::RetryPredicate), such as a
     /// closure `Fn(&View, &Result<Res, BoxError>) -> RetryDecision`; the view
-    /// is the request for [`Plain`] and the request's head
-    /// `http::Request<()>` for [`Http`] and [`Grpc`]).
+    /// is the request for [`Plain`](palisade_core::protocol::Plain) and the request's head
+    /// `http::Request<()>` for [`Http`](palisade_core::protocol::Http) and [`Grpc`](palisade_core::protocol::Grpc)).
     pub fn predicate<F>(self, predicate: F) -> RetryLayerBuilder<P, Replace<F>, A> {
         self.predicate_with(Replace(predicate))
     }
@@ -505,6 +492,7 @@ impl<P: IsGrpc, R, A> RetryLayerBuilder<P, R, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_core::protocol::Plain;
 
     #[test]
     fn invalid_settings_name_the_field() {

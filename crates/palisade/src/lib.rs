@@ -3,6 +3,8 @@
 //! Palisade layer behind a feature of the same name (all on by default) and
 //! documents how they stack. With the `tonic` feature, `preset` builds the
 //! whole stack in one line: `GrpcClient::builder(registry, "echo").build()?`.
+//! [`ServiceBuilderExt`] adds each layer to a `tower::ServiceBuilder` by name
+//! (`.circuit_breaker(layer)`, `.bulkhead(layer)`, `.palisade_retry(layer)`, ...).
 //!
 //! ```
 //! use std::time::Duration;
@@ -125,6 +127,9 @@ pub use palisade_fallback as fallback;
 pub use palisade_retry as retry;
 #[cfg(feature = "timeout")]
 pub use palisade_timeout as timeout;
+
+mod builder_ext;
+pub use builder_ext::ServiceBuilderExt;
 
 #[cfg(any(feature = "tonic", feature = "hyper"))]
 pub mod preset;
