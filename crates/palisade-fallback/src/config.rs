@@ -6,7 +6,7 @@ use std::sync::Arc;
 use palisade_core::BoxError;
 use palisade_core::error::ConfigError;
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::protocol::{IsGrpc, Unchosen};
 use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::extract::{KeepFn, KeepHead, KeepNothing};
@@ -25,7 +25,7 @@ use crate::source::{FromAsync, FromFn, FromService, NoSource, TryFromFn, Value};
 /// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
 /// until a protocol is chosen with [`grpc`](Self::grpc),
 /// [`http`](Self::http), [`plain`](Self::plain) or
-/// [`protocol`](Self::protocol). A fallback left on [`Plain`] over an http
+/// [`protocol`](Self::protocol). A fallback left on [`Plain`](palisade_core::protocol::Plain) over an http
 /// service would silently ignore every [`CallFallback`](crate::CallFallback)
 /// and [`route`](Self::route) override and treat every response as a
 /// success for [`on_failed_response`](Self::on_failed_response); so
@@ -247,26 +247,15 @@ impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
         self.map(|s, x, r, p, m| (s, x, r.add(ClassifiedFailure), p, m))
     }
 
-    /// Chooses the protocol: it finds per-call fallbacks in requests and
-    /// classifies responses for [`on_failed_response`](Self::on_failed_response).
-    pub fn protocol<P2>(self, protocol: P2) -> FallbackBuilder<Src, P2, R, X, M> {
-        self.map(|s, x, r, _, m| (s, x, r, protocol, m))
-    }
-
-    /// The [`Http`] protocol with its defaults (a hyper client).
-    pub fn http(self) -> FallbackBuilder<Src, Http, R, X, M> {
-        self.protocol(Http::default())
-    }
-
-    /// Any non-http service: no per-call options, every `Ok` a success. The
-    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> FallbackBuilder<Src, Plain, R, X, M> {
-        self.protocol(Plain)
-    }
-
-    /// The [`Grpc`] protocol with its defaults (a tonic `Channel`).
-    pub fn grpc(self) -> FallbackBuilder<Src, Grpc, R, X, M> {
-        self.protocol(Grpc::default())
+    palisade_core::protocol_methods! {
+        builder: FallbackBuilder<Src, _, R, X, M>,
+        rebuild: |self, protocol: P2| self.map(|s, x, r, _, m| (s, x, r, protocol, m)),
+        protocol: "It finds per-call fallbacks in requests, the route for per-route rules, and \
+            classifies responses for [`on_failed_response`](Self::on_failed_response).",
+        grpc: "per-call fallbacks on `tonic::Request`s, routes by gRPC method, a failure status in \
+            the head (trailers-only) is a failed response.",
+        http: "per-call fallbacks on `http::Request`s, routes by path, a 5xx is a failed response.",
+        plain: "no per-call fallbacks or routes, every `Ok` a success (any non-http service).",
     }
 
     /// Answers [`Served<Res>`](crate::Served) instead of `Res`, saying whether
@@ -289,7 +278,7 @@ impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
     /// Overrides the rules for one route: the http path or the gRPC method
     /// `/package.Service/Method`, as
     /// [`Inspect::route`](palisade_core::protocol::Inspect::route) gives it
-    /// (so it needs the [`Http`] or [`Grpc`] protocol). Configuring one
+    /// (so it needs the [`Http`](palisade_core::protocol::Http) or [`Grpc`](palisade_core::protocol::Grpc) protocol). Configuring one
     /// route twice (or an empty route) is an error at [`build`](Self::build).
     /// See [`RouteFallback`].
     pub fn route(mut self, route: impl Into<String>, rule: RouteFallback) -> Self {

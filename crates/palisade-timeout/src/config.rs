@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::HeaderName;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::{Listener, Listeners};
-use palisade_core::protocol::{Grpc, Http, IsGrpc, Plain, Unchosen};
+use palisade_core::protocol::{IsGrpc, Unchosen};
 use palisade_core::route::{RouteTable, RouteTableBuilder};
 
 use crate::body::{BodyLimited, BodyMode, NoBodyLimits};
@@ -72,7 +72,7 @@ impl Config {
 /// The builder starts on [`Unchosen`] and has no [`build`](Self::build)
 /// until a protocol is chosen with [`grpc`](Self::grpc),
 /// [`http`](Self::http), [`plain`](Self::plain) or
-/// [`protocol`](Self::protocol). A timeout left on [`Plain`] over a tonic
+/// [`protocol`](Self::protocol). A timeout left on [`Plain`](palisade_core::protocol::Plain) over a tonic
 /// `Channel` would silently write no `grpc-timeout`, read no per-call
 /// timeout or route and apply no body limit, so forgetting the protocol is a
 /// compile error instead:
@@ -143,31 +143,20 @@ impl<P: fmt::Debug, L: fmt::Debug> fmt::Debug for TimeoutBuilder<P, L> {
 }
 
 impl<P, L> TimeoutBuilder<P, L> {
-    /// Speaks `protocol`: where per-call options and the route are read, how
-    /// responses are wrapped for body limits. `grpc-timeout` is written when
-    /// `Q` is gRPC ([`IsGrpc::IS_GRPC`]); change it with
-    /// [`propagate_grpc_timeout`](Self::propagate_grpc_timeout) afterwards.
-    pub fn protocol<Q: IsGrpc>(self, protocol: Q) -> TimeoutBuilder<Q, L> {
-        let mut builder = self.retype(|_| protocol, |body| body);
-        builder.grpc_timeout = Q::IS_GRPC;
-        builder
-    }
-
-    /// Speaks gRPC over http (a tonic `Channel`): per-call options, routes by
-    /// gRPC method, `grpc-timeout` on every outgoing request.
-    pub fn grpc(self) -> TimeoutBuilder<Grpc, L> {
-        self.protocol(Grpc::default())
-    }
-
-    /// Speaks http (a hyper client): per-call options, routes by path.
-    pub fn http(self) -> TimeoutBuilder<Http, L> {
-        self.protocol(Http::default())
-    }
-
-    /// Any non-http service: no per-call options, every `Ok` a success. The
-    /// same `.grpc()` / `.http()` / `.plain()` / `.protocol(p)` as every layer.
-    pub fn plain(self) -> TimeoutBuilder<Plain, L> {
-        self.protocol(Plain)
+    palisade_core::protocol_methods! {
+        builder: TimeoutBuilder<_, L>,
+        bound: IsGrpc,
+        rebuild: |self, protocol: Q| {
+            let mut builder = self.retype(|_| protocol, |body| body);
+            builder.grpc_timeout = Q::IS_GRPC;
+            builder
+        },
+        protocol: "It decides where per-call options and the route are read. `grpc-timeout` is written \
+            when the protocol is gRPC ([`IsGrpc::IS_GRPC`]); change it with \
+            [`propagate_grpc_timeout`](Self::propagate_grpc_timeout) afterwards.",
+        grpc: "per-call options, routes by gRPC method, `grpc-timeout` on every outgoing request.",
+        http: "per-call options, routes by path (a hyper client).",
+        plain: "no per-call options, no routes (any non-http service).",
     }
 
     /// The same settings with another protocol or body state.
@@ -245,7 +234,7 @@ impl<P, L: BodyMode> TimeoutBuilder<P, L> {
     /// Ends a response body that takes longer than `limit` in total (counted
     /// from when the response headers arrived) with
     /// [`TimedOut`](crate::TimedOut) of kind [`Body`](TimeoutKind::Body).
-    /// Only http responses (protocols [`Http`], [`Grpc`]) have bodies. Moves
+    /// Only http responses (protocols [`Http`](palisade_core::protocol::Http), [`Grpc`](palisade_core::protocol::Grpc)) have bodies. Moves
     /// the builder to [`BodyLimited`]: the layer wraps response bodies.
     pub fn body_timeout(self, limit: Duration) -> TimeoutBuilder<P, BodyLimited> {
         let mut limits = self.body.limits();
@@ -318,6 +307,7 @@ impl<P: IsGrpc, L: BodyMode> TimeoutBuilder<P, L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_core::protocol::Plain;
 
     #[test]
     fn build_names_the_rejected_field() {
