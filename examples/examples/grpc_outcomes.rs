@@ -9,9 +9,6 @@
 //!
 //! Run: `cargo run -p palisade-examples --example grpc_outcomes`
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use palisade_body::{BodyLimits, Settle, track};
 use palisade_core::classify::Outcome;
 use palisade_core::protocol::Grpc;
@@ -20,45 +17,35 @@ use palisade_testkit::echo::echo_client::EchoClient;
 use palisade_testkit::echo::{EchoRequest, StreamRequest};
 use tower::ServiceBuilder;
 
-/// Prints the outcome of the call it was attached to.
-struct Print(&'static str);
+/// Prints the outcome of the call it was attached to, when it is known.
+struct Print;
 
 impl Settle for Print {
     fn settle(self, outcome: Outcome) {
-        println!("{:<28} -> {}", self.0, outcome.as_str());
+        println!("    -> {}", outcome.as_str());
     }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = EchoServer::start("example").await?;
-    const LABELS: [&str; 4] = [
-        "unary ok",
-        "unary UNAVAILABLE",
-        "unary NOT_FOUND",
-        "stream failing after 3",
-    ];
-    // The closure is cloned per call: the call counter is shared.
-    let calls = Arc::new(AtomicUsize::new(0));
     let channel = ServiceBuilder::new()
-        .map_result(move |result| {
-            let label = LABELS
-                .get(calls.fetch_add(1, Ordering::Relaxed))
-                .copied()
-                .unwrap_or("call");
-            track(&Grpc::default(), result, Print(label), BodyLimits::NONE)
-        })
+        .map_result(|result| track(&Grpc::default(), result, Print, BodyLimits::NONE))
         .service(server.channel());
     let mut client = EchoClient::new(channel);
 
+    println!("unary ok");
     client.unary(EchoRequest::default()).await?;
 
+    println!("unary UNAVAILABLE");
     server.faults().fail_next(1, tonic::Code::Unavailable);
     let _ = client.unary(EchoRequest::default()).await;
 
+    println!("unary NOT_FOUND");
     server.faults().fail_next(1, tonic::Code::NotFound);
     let _ = client.unary(EchoRequest::default()).await;
 
+    println!("stream failing after 3");
     server.faults().fail_stream_after(3, tonic::Code::Unavailable);
     let mut stream = client
         .server_stream(StreamRequest {
@@ -69,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .into_inner();
     while let Ok(Some(reply)) = stream.message().await {
-        println!("{:<28}    message {}", "", reply.sequence);
+        println!("    message {}", reply.sequence);
     }
     Ok(())
 }

@@ -298,3 +298,53 @@ async fn a_stream_failing_after_three_messages_is_not_replayed() {
     let requests: u64 = fleet.servers.iter().map(|s| s.stats().requests()).sum();
     assert_eq!((streams, requests), (1, 1), "a failed stream was replayed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_fallback_answers_its_method_with_a_typed_reply_and_leaves_the_others_alone() {
+    let fleet = Fleet::start("echo").await;
+    let client = GrpcClient::builder(fleet.registry.clone(), "echo")
+        .fallback("/palisade.testkit.echo.v1.Echo/Unary", |error| {
+            Ok(palisade_testkit::echo::EchoReply {
+                message: format!("cached ({error})"),
+                server: "fallback".into(),
+                ..Default::default()
+            })
+        })
+        .build()
+        .unwrap();
+    let mut echo = EchoClient::new(client.clone());
+    assert_eq!(calls(&mut echo, 6).await.len(), 6);
+
+    // Every instance answers UNAVAILABLE: the stack gives up, and the unary
+    // method gets the fallback's typed reply, marked as such.
+    for server in &fleet.servers {
+        server.faults().set_status(Some(Code::Unavailable));
+    }
+    let reply = echo.unary(hello()).await.expect("the fallback answered");
+    assert!(reply.extensions().get::<palisade::fallback::FromFallback>().is_some());
+    let reply = reply.into_inner();
+    assert_eq!(reply.server, "fallback");
+    assert!(reply.message.starts_with("cached"), "{reply:?}");
+
+    // Another method has no fallback: its caller sees the failure.
+    let request = palisade_testkit::echo::StreamRequest {
+        message: "s".into(),
+        count: 2,
+        payload: Default::default(),
+        interval_ms: 0,
+    };
+    let status = echo.server_stream(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    // Naming a method twice is a configuration error.
+    let error = GrpcClient::builder(fleet.registry.clone(), "echo")
+        .fallback("/a.B/C", |_| {
+            Err::<palisade_testkit::echo::EchoReply, _>(tonic::Status::unavailable("x"))
+        })
+        .fallback("/a.B/C", |_| {
+            Err::<palisade_testkit::echo::EchoReply, _>(tonic::Status::unavailable("y"))
+        })
+        .build()
+        .unwrap_err();
+    assert_eq!(error.field(), "fallback");
+}

@@ -44,6 +44,7 @@ pub struct FallbackBuilder<Src = NoSource, P = Unchosen, R = NoResponseRule, X =
     mark: M,
     listeners: Listeners,
     routes: RouteTableBuilder<RouteFallback>,
+    only_routes: bool,
 }
 
 impl<Src, P: fmt::Debug, R: fmt::Debug, X: fmt::Debug, M: fmt::Debug> fmt::Debug for FallbackBuilder<Src, P, R, X, M> {
@@ -57,6 +58,7 @@ impl<Src, P: fmt::Debug, R: fmt::Debug, X: fmt::Debug, M: fmt::Debug> fmt::Debug
             .field("mark", &self.mark)
             .field("listeners", &self.listeners)
             .field("routes", &self.routes)
+            .field("only_routes", &self.only_routes)
             .finish()
     }
 }
@@ -79,6 +81,7 @@ impl FallbackBuilder {
             mark: ByTrait,
             listeners: Listeners::new(),
             routes: RouteTableBuilder::new(),
+            only_routes: false,
         }
     }
 }
@@ -98,6 +101,7 @@ impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
             mark,
             listeners: self.listeners,
             routes: self.routes,
+            only_routes: self.only_routes,
         }
     }
 
@@ -126,6 +130,7 @@ impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
                 mark: self.mark,
                 listeners: self.listeners,
                 routes,
+                only_routes: self.only_routes,
             }),
         }
     }
@@ -286,6 +291,17 @@ impl<Src, P, R, X, M> FallbackBuilder<Src, P, R, X, M> {
         self
     }
 
+    /// Only the routes named with [`route`](Self::route) fall back: a call
+    /// to any other route passes through untouched, its errors and failed
+    /// responses included, as if its rule were [`RouteFallback::Off`]. For a
+    /// fallback that answers one method (a typed gRPC reply fits one
+    /// method's response type). Without any `route` it is a [`ConfigError`]
+    /// at [`build`](Self::build) (nothing would ever fall back).
+    pub fn only_routes(mut self) -> Self {
+        self.only_routes = true;
+        self
+    }
+
     /// Replaces the listeners.
     pub fn listeners(mut self, listeners: Listeners) -> Self {
         self.listeners = listeners;
@@ -311,6 +327,13 @@ impl<Src, P: IsGrpc, R, X, M> FallbackBuilder<Src, P, R, X, M> {
                 "is not set: choose value, from_fn, try_from_fn, from_async or from_service",
             ));
         };
+        if self.only_routes && self.routes.is_empty() {
+            return Err(ConfigError::new(
+                "fallback",
+                "only_routes",
+                "names no route: add at least one with `route`, or leave `only_routes` out",
+            ));
+        }
         let routes = std::mem::take(&mut self.routes).build("fallback", "route")?;
         Ok(self.layer_with_routes(source, routes))
     }

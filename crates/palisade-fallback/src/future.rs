@@ -108,7 +108,10 @@ where
                 } => {
                     let result = ready!(future.poll(cx));
                     let route = route.and_then(|at| shared.routes.at(at));
-                    let off = matches!(route, Some(RouteFallback::Off));
+                    let off = match route {
+                        Some(rule) => matches!(rule, RouteFallback::Off),
+                        None => shared.only_routes,
+                    };
                     let error: BoxError = match result {
                         Ok(response) => {
                             if off || !shared.rule.is_failure(&response, &shared.protocol) {
@@ -120,7 +123,7 @@ where
                         Err(error) => {
                             let error = error.into();
                             let accepted = match route {
-                                None => shared.errors.accepts(&error),
+                                None => !shared.only_routes && shared.errors.accepts(&error),
                                 Some(RouteFallback::Off) => false,
                                 Some(RouteFallback::OnErrors(errors)) => errors.accepts(&error),
                             };

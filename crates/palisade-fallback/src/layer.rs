@@ -46,6 +46,8 @@ pub(crate) struct Config<Src, P, R, X, M> {
     pub(crate) mark: M,
     pub(crate) listeners: Listeners,
     pub(crate) routes: RouteTable<RouteFallback>,
+    /// Calls to routes not in `routes` pass through untouched.
+    pub(crate) only_routes: bool,
 }
 
 impl<Src, P, R, X, M> Config<Src, P, R, X, M> {

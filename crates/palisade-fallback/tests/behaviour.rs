@@ -890,3 +890,63 @@ mod metrics_feature {
         );
     }
 }
+
+#[tokio::test]
+async fn only_routes_answers_the_named_routes_and_lets_every_other_call_through() {
+    let layer = FallbackLayer::builder()
+        .http()
+        .on_failed_response()
+        .only_routes()
+        .route(
+            "/search",
+            palisade_fallback::RouteFallback::OnErrors(palisade_fallback::policy::ErrorPolicy::any()),
+        )
+        .value(http::Response::new("fallback".to_owned()))
+        .build()
+        .unwrap();
+
+    // The named route: an error and a failed response are answered.
+    let svc = layer.layer(backend(open));
+    assert_eq!(
+        svc.clone().oneshot(req_to("/search", "x!")).await.unwrap().body(),
+        "fallback"
+    );
+    let failed = layer
+        .layer(status_backend(503, None))
+        .oneshot(http::Request::post("http://peer/search").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.status(), failed.body().as_str()),
+        (http::StatusCode::OK, "fallback")
+    );
+
+    // Any other route: the error and the failed response pass through untouched.
+    assert!(
+        svc.oneshot(req_to("/echo", "x!"))
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>()
+    );
+    let failed = layer
+        .layer(status_backend(503, None))
+        .oneshot(http::Request::post("http://peer/echo").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.status(), failed.body().as_str()),
+        (http::StatusCode::SERVICE_UNAVAILABLE, "from peer")
+    );
+    assert_eq!(mark(&failed), None);
+}
+
+#[test]
+fn only_routes_without_a_route_is_an_error_at_build() {
+    let error = FallbackLayer::builder()
+        .http()
+        .only_routes()
+        .value(http::Response::new(String::new()))
+        .build()
+        .unwrap_err();
+    assert_eq!(error.field(), "only_routes");
+}

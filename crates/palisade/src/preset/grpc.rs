@@ -13,7 +13,12 @@ use palisade_core::BoxError;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::Listener;
 use palisade_core::protocol::Grpc;
+use palisade_core::route::{RouteIndex, RouteTable, RouteTableBuilder};
 use palisade_discovery::{Instance, MakePeer, PeerDiscoveryBuilder, PeerDiscoveryLayer, Registry, RegistryDiscover};
+use palisade_fallback::grpc::grpc_answer;
+use palisade_fallback::policy::ErrorPolicy;
+use palisade_fallback::source::Source;
+use palisade_fallback::{FallbackLayer, RouteFallback};
 use palisade_retry::{RetryLayer, RetryLayerBuilder};
 use palisade_timeout::{TimeoutBuilder, TimeoutLayer};
 use tonic::body::Body;
@@ -143,6 +148,7 @@ pub struct GrpcClientBuilder {
     bulkhead: BulkheadConfigBuilder,
     balancer: PeerDiscoveryBuilder<Joined<Grpc>>,
     listeners: Vec<Arc<dyn Listener>>,
+    fallbacks: RouteTableBuilder<Answer>,
 }
 
 impl fmt::Debug for GrpcClientBuilder {
@@ -175,6 +181,7 @@ impl GrpcClientBuilder {
             // Above the per-instance breaker: joins its body (see `build`).
             balancer: PeerDiscoveryLayer::builder().protocol(Joined(Grpc::default())),
             listeners: Vec::new(),
+            fallbacks: RouteTableBuilder::new(),
         }
     }
 
@@ -256,6 +263,27 @@ impl GrpcClientBuilder {
         self
     }
 
+    /// Answers the failed calls of one gRPC `method`
+    /// (`"/package.Service/Method"`) with `answer(error)`: a message of the
+    /// method's response type (`Ok`), which the caller receives as the
+    /// method's reply, or a [`Status`](tonic::Status) (`Err`). A call fails
+    /// when the whole stack gives up: an error (every instance open, no
+    /// instance registered, the bulkhead full, the deadline passed, the last
+    /// attempt's error) or a failed status in a response's head. Calls to
+    /// other methods pass through untouched; naming a method twice is a
+    /// [`ConfigError`] at [`build`](Self::build). The fallback sits outside
+    /// every layer (see the [module docs](super)); the answer carries a
+    /// [`FromFallback`](palisade_fallback::FromFallback) extension.
+    pub fn fallback<M, F>(mut self, method: impl Into<String>, answer: F) -> Self
+    where
+        M: prost::Message,
+        F: Fn(&BoxError) -> Result<M, tonic::Status> + Send + Sync + 'static,
+    {
+        self.fallbacks
+            .push(method, Arc::new(move |error: &BoxError| grpc_answer(answer(error))));
+        self
+    }
+
     /// Adds a listener that hears every layer's events (breaker
     /// transitions, retries, timeouts, rejections, peer changes).
     pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
@@ -277,6 +305,7 @@ impl GrpcClientBuilder {
             mut bulkhead,
             mut balancer,
             listeners,
+            fallbacks,
         } = self;
         for listener in &listeners {
             breaker = breaker.listener(listener.clone());
@@ -286,6 +315,7 @@ impl GrpcClientBuilder {
             bulkhead = bulkhead.listener(listener.clone());
             balancer = balancer.listener(listener.clone());
         }
+        let fallback = preset_fallback(fallbacks, &listeners)?;
         let breaker = CircuitBreakerLayer::builder().config(breaker).grpc().build()?;
         let attempt_timeout = attempt_timeout.build()?;
         // One tracked body per call: the breaker below wraps the channel's
@@ -330,6 +360,10 @@ impl GrpcClientBuilder {
                 (box_stack(stack), health)
             }
         };
+        let inner = match fallback {
+            Some(add) => add(inner),
+            None => inner,
+        };
         Ok(GrpcClient { inner, health })
     }
 }
@@ -342,6 +376,56 @@ where
     B::Error: Into<BoxError>,
 {
     BoxCloneSyncService::new(stack.map_response(|response: http::Response<B>| response.map(Body::new)))
+}
+
+/// A fallback's answer for one gRPC method.
+type Answer = Arc<dyn Fn(&BoxError) -> http::Response<Body> + Send + Sync>;
+
+/// Puts the fallback around the boxed stack (boxed again: a fallback costs
+/// one more indirection, only when one is set).
+type AddFallback = Box<dyn FnOnce(Inner) -> Inner>;
+
+/// The preset's fallback: the answer of the called method, found by the
+/// method's index kept before the call.
+#[derive(Clone)]
+struct MethodAnswers(Arc<RouteTable<Answer>>);
+
+impl Source<Option<RouteIndex>, http::Response<Body>> for MethodAnswers {
+    type Future = std::future::Ready<Result<http::Response<Body>, BoxError>>;
+
+    fn fall_back(&self, error: &BoxError, method: Option<RouteIndex>) -> Self::Future {
+        // `only_routes` lets only the methods of the table reach here.
+        let answer = method.and_then(|at| self.0.at(at));
+        std::future::ready(match answer {
+            Some(answer) => Ok(answer(error)),
+            None => Err(format!("no fallback for this method (it was answering: {error})").into()),
+        })
+    }
+}
+
+fn preset_fallback(
+    fallbacks: RouteTableBuilder<Answer>,
+    listeners: &[Arc<dyn Listener>],
+) -> Result<Option<AddFallback>, ConfigError> {
+    if fallbacks.is_empty() {
+        return Ok(None);
+    }
+    let mut layer = FallbackLayer::builder().grpc().on_failed_response().only_routes();
+    for (method, _) in fallbacks.iter() {
+        layer = layer.route(method, RouteFallback::OnErrors(ErrorPolicy::any()));
+    }
+    for listener in listeners {
+        layer = layer.listener(listener.clone());
+    }
+    let answers = Arc::new(fallbacks.build("preset", "fallback")?);
+    let methods = answers.clone();
+    let layer = layer
+        .keep(move |request: &http::Request<Body>| methods.find(request.uri().path()))
+        .source(MethodAnswers(answers))
+        .build()?;
+    Ok(Some(Box::new(move |inner: Inner| {
+        BoxCloneSyncService::new(layer.layer(inner))
+    })))
 }
 
 /// Makes one instance's service: its channel behind its attempt timeout and
