@@ -184,6 +184,7 @@ struct Counts {
     quickstart: u64,
     balance_list: u64,
     multi: u64,
+    preset: u64,
     tower: u64,
 }
 
@@ -251,6 +252,16 @@ fn measure() -> Counts {
     });
     let multi = per_call(&rt, || unary!(multi));
 
+    // The preset over the same registry: the multi-instance stack, boxed.
+    let preset = rt.block_on(async {
+        EchoClient::new(
+            palisade::preset::GrpcClient::builder(registry.clone(), "echo")
+                .build()
+                .unwrap(),
+        )
+    });
+    let preset = per_call(&rt, || unary!(preset));
+
     let tower = rt.block_on(async {
         let channels: Vec<EchoUnary> = servers.iter().map(|s| EchoUnary(s.channel())).collect();
         let balance = tower::balance::p2c::Balance::new(tower::load::PendingRequestsDiscover::new(
@@ -284,6 +295,7 @@ fn measure() -> Counts {
         quickstart,
         balance_list,
         multi,
+        preset,
         tower,
     }
 }
@@ -300,6 +312,7 @@ fn the_whole_stack_allocates_only_what_each_layer_needs() {
         ("+ total timeout (quickstart)", c.quickstart, c.retry),
         ("balance_list", c.balance_list, c.balance_list),
         ("multi-instance stack", c.multi, c.balance_list),
+        ("preset (GrpcClient)", c.preset, c.multi),
         ("tower stack", c.tower, c.balance_list),
     ];
     for (name, n, base) in rows {
@@ -321,4 +334,6 @@ fn the_whole_stack_allocates_only_what_each_layer_needs() {
     // Call options (1), its grpc-timeout (1), their copies in the kept head (2).
     within("total timeout", c.quickstart, c.retry, 4);
     within("multi-instance stack", c.multi, c.balance_list, 16);
+    // Over the same layers: the boxed future and the boxed response body.
+    within("preset", c.preset, c.multi, 2);
 }
