@@ -127,7 +127,7 @@ fn tower_stack(n: usize) -> impl Service<u64, Response = u64, Error = tower::Box
         .service(balance)
 }
 
-fn resilience() -> impl Service<u64, Response = u64> {
+fn resilience() -> impl Service<u64, Response = u64, Error = BoxError> {
     let breaker = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .consecutive_failures(3)
         .build()
