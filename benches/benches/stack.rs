@@ -40,7 +40,6 @@ use palisade_discovery::{PeerDiscoveryLayer, Weighted};
 use palisade_retry::RetryLayer;
 use palisade_timeout::TimeoutLayer;
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::discover::{Change, ServiceList};
 use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
 use tower::retry::budget::{Budget, TpsBudget};
