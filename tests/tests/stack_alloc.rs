@@ -334,6 +334,7 @@ fn the_whole_stack_allocates_only_what_each_layer_needs() {
     // Call options (1), its grpc-timeout (1), their copies in the kept head (2).
     within("total timeout", c.quickstart, c.retry, 4);
     within("multi-instance stack", c.multi, c.balance_list, 16);
-    // Over the same layers: the boxed future and the boxed response body.
+    // The multi-instance stack without its total timeout (off by default in
+    // the preset: -4), plus the boxed future and the boxed response body (+2).
     within("preset", c.preset, c.multi, 2);
 }
