@@ -140,6 +140,7 @@ where
         Poll::Pending
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         match self.shared.call(&self.protocol, req) {
             Ok(Sent { future, guard, peer }) => ResponseFuture::called(future, guard, self.protocol.clone(), peer),

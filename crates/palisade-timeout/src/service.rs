@@ -105,6 +105,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Req) -> Self::Future {
         let config = &*self.config;
         // One look into the extensions for the call's options.

@@ -133,6 +133,7 @@ where
     D::Error: Into<BoxError>,
 {
     /// Chooses a peer for `req` and calls it, or says why none could take it.
+    #[inline]
     pub(crate) fn call<Req, P>(&self, protocol: &P, mut req: Req) -> Result<Sent<Fut<D, Req>>, NoAvailablePeers>
     where
         P: Inspect<Req>,
@@ -280,6 +281,7 @@ where
     /// request when the peer cannot take it; what was learnt is reported to
     /// the peer's cell either way, unless it is what the balancer believes
     /// already (the everyday case reports nothing).
+    #[inline]
     fn try_peer<Req, P>(
         &self,
         set: &Set<'_, D>,
