@@ -96,7 +96,7 @@
 //! So a timeout whose timer fires more than
 //! [`STALL_TOLERANCE`](palisade_core::error::STALL_TOLERANCE) (100 ms) after
 //! its deadline is taken for the client's stall: the caller still gets
-//! [`TimedOut`](palisade_core::error::TimedOut) (and a retry may follow), but
+//! [`TimedOut`] (and a retry may follow), but
 //! [`TimedOut::is_client_stall`](palisade_core::error::TimedOut::is_client_stall)
 //! is true and the built-in classifiers count the call as
 //! [`Outcome::Ignored`](palisade_core::classify::Outcome::Ignored): the

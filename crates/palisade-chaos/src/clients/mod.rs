@@ -8,7 +8,7 @@
 //! - [`palisade`]: Palisade's multi-instance client stack over the registry.
 //!
 //! Every client tags every request it sends (retries included) with its
-//! name in the [`TAG_HEADER`](palisade_testkit::TAG_HEADER) metadata, so the
+//! name in the [`TAG_HEADER`] metadata, so the
 //! servers count, per client, what reached them.
 
 pub mod bare;
