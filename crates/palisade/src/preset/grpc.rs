@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use palisade_body::Joined;
@@ -196,72 +195,7 @@ impl GrpcClientBuilder {
         self
     }
 
-    /// Attempts after the first (default 1, to another instance), the
-    /// seed's `retries`. Shorthand for `.retry(|r| r.retries(n))`.
-    pub fn retries(self, retries: u32) -> Self {
-        self.retry(|r| r.retries(retries))
-    }
-
-    /// Each attempt's timeout (default 30 s), the seed's `timeout`: every
-    /// attempt gets the whole of it, bounded by the call's deadline. `None`
-    /// turns it off.
-    pub fn attempt_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
-        let timeout = timeout.into();
-        self.attempt_timeout_layer(|t| t.timeout(timeout))
-    }
-
-    /// The whole call's timeout, over every attempt and backoff (default
-    /// none: the caller's deadline, a per-call option or an inherited
-    /// `grpc-timeout`, still bounds it).
-    pub fn total_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
-        let timeout = timeout.into();
-        self.total_timeout_layer(|t| t.timeout(timeout))
-    }
-
-    /// Sets any knob of the per-instance breaker, starting from the preset's
-    /// (the seed's) numbers.
-    pub fn breaker(mut self, f: impl FnOnce(CircuitBreakerConfigBuilder) -> CircuitBreakerConfigBuilder) -> Self {
-        self.breaker = f(self.breaker);
-        self
-    }
-
-    /// Sets any knob of the per-attempt timeout layer.
-    pub fn attempt_timeout_layer(mut self, f: impl FnOnce(TimeoutBuilder<Grpc>) -> TimeoutBuilder<Grpc>) -> Self {
-        self.attempt_timeout = f(self.attempt_timeout);
-        self
-    }
-
-    /// Sets any knob of the total timeout layer.
-    pub fn total_timeout_layer(mut self, f: impl FnOnce(TimeoutBuilder<Grpc>) -> TimeoutBuilder<Grpc>) -> Self {
-        self.total_timeout = f(self.total_timeout);
-        self
-    }
-
-    /// Sets any knob of the retry layer (backoff, budget, predicate settings,
-    /// per-route overrides).
-    pub fn retry(mut self, f: impl FnOnce(RetryLayerBuilder<Grpc>) -> RetryLayerBuilder<Grpc>) -> Self {
-        self.retry = f(self.retry);
-        self
-    }
-
-    /// Sets any knob of the client's bulkhead, starting from the preset's
-    /// (1,024 calls in flight, no queue).
-    pub fn bulkhead(mut self, f: impl FnOnce(BulkheadConfigBuilder) -> BulkheadConfigBuilder) -> Self {
-        self.bulkhead = f(self.bulkhead);
-        self
-    }
-
-    /// Sets any knob of the balancer (all-open policy, ejection cap, panic
-    /// threshold, load metric). Ignored over one channel. It speaks
-    /// [`Joined`]`(Grpc)`: it sits above each instance's breaker and adds its
-    /// load tracking to the breaker's response body instead of wrapping it.
-    pub fn balancer(
-        mut self,
-        f: impl FnOnce(PeerDiscoveryBuilder<Joined<Grpc>>) -> PeerDiscoveryBuilder<Joined<Grpc>>,
-    ) -> Self {
-        self.balancer = f(self.balancer);
-        self
-    }
+    super::knobs::layer_knobs!(Grpc);
 
     /// Answers the failed calls of one gRPC `method`
     /// (`"/package.Service/Method"`) with `answer(error)`: a message of the
@@ -281,13 +215,6 @@ impl GrpcClientBuilder {
     {
         self.fallbacks
             .push(method, Arc::new(move |error: &BoxError| grpc_answer(answer(error))));
-        self
-    }
-
-    /// Adds a listener that hears every layer's events (breaker
-    /// transitions, retries, timeouts, rejections, peer changes).
-    pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
-        self.listeners.push(listener);
         self
     }
 

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Either, MapErr, Ready, TryFutureExt, ready};
@@ -230,75 +229,7 @@ impl<B: RequestBody> HttpClientBuilder<B> {
         self
     }
 
-    /// Attempts after the first (default 1, to another instance), the
-    /// seed's `retries`. Shorthand for `.retry(|r| r.retries(n))`.
-    pub fn retries(self, retries: u32) -> Self {
-        self.retry(|r| r.retries(retries))
-    }
-
-    /// Each attempt's timeout (default 30 s), the seed's `timeout`. `None`
-    /// turns it off.
-    pub fn attempt_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
-        let timeout = timeout.into();
-        self.attempt_timeout_layer(|t| t.timeout(timeout))
-    }
-
-    /// The whole call's timeout, over every attempt and backoff (default
-    /// none: the caller's deadline still bounds it).
-    pub fn total_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
-        let timeout = timeout.into();
-        self.total_timeout_layer(|t| t.timeout(timeout))
-    }
-
-    /// Sets any knob of the per-instance breaker, starting from the preset's
-    /// (the seed's) numbers.
-    pub fn breaker(mut self, f: impl FnOnce(CircuitBreakerConfigBuilder) -> CircuitBreakerConfigBuilder) -> Self {
-        self.breaker = f(self.breaker);
-        self
-    }
-
-    /// Sets any knob of the per-attempt timeout layer.
-    pub fn attempt_timeout_layer(mut self, f: impl FnOnce(TimeoutBuilder<Http>) -> TimeoutBuilder<Http>) -> Self {
-        self.attempt_timeout = f(self.attempt_timeout);
-        self
-    }
-
-    /// Sets any knob of the total timeout layer.
-    pub fn total_timeout_layer(mut self, f: impl FnOnce(TimeoutBuilder<Http>) -> TimeoutBuilder<Http>) -> Self {
-        self.total_timeout = f(self.total_timeout);
-        self
-    }
-
-    /// Sets any knob of the retry layer (backoff, budget, replay cap,
-    /// per-route overrides).
-    pub fn retry(mut self, f: impl FnOnce(RetryLayerBuilder<Http>) -> RetryLayerBuilder<Http>) -> Self {
-        self.retry = f(self.retry);
-        self
-    }
-
-    /// Sets any knob of the client's bulkhead, starting from the preset's
-    /// (1,024 calls in flight, no queue).
-    pub fn bulkhead(mut self, f: impl FnOnce(BulkheadConfigBuilder) -> BulkheadConfigBuilder) -> Self {
-        self.bulkhead = f(self.bulkhead);
-        self
-    }
-
-    /// Sets any knob of the balancer. Ignored over one hyper client. It
-    /// speaks [`Joined`]`(Http)`: it adds its load tracking to the
-    /// per-instance breaker's response body instead of wrapping it.
-    pub fn balancer(
-        mut self,
-        f: impl FnOnce(PeerDiscoveryBuilder<Joined<Http>>) -> PeerDiscoveryBuilder<Joined<Http>>,
-    ) -> Self {
-        self.balancer = f(self.balancer);
-        self
-    }
-
-    /// Adds a listener that hears every layer's events.
-    pub fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
-        self.listeners.push(listener);
-        self
-    }
+    super::knobs::layer_knobs!(Http);
 
     /// Validates every layer's settings and builds the stack (no connection
     /// is made until the first call). Over a registry, call it inside a

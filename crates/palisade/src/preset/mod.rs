@@ -65,6 +65,7 @@ mod grpc;
 mod health;
 #[cfg(feature = "hyper")]
 mod http;
+mod knobs;
 #[cfg(feature = "tonic")]
 mod set;
 
