@@ -297,3 +297,55 @@ async fn the_callers_deadline_reaches_the_server_as_the_time_left() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(seen[0] <= 800 && seen[0] > 700, "{seen:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_instance_serves_again_after_its_cooldown() {
+    let fleet = Fleet::start("orders").await;
+    let mut client = HttpClient::builder(fleet.registry.clone(), "orders").build().unwrap();
+    let _ = calls(&mut client, 6).await;
+    fleet.servers[0].refuse_connections().await;
+    fleet.servers[0].close_connections().await;
+    let served = calls(&mut client, 30).await;
+    assert!(!served.iter().any(|s| s == "peer-0"), "{served:?}");
+    fleet.servers[0].resume_connections().unwrap();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let served = calls(&mut client, 60).await;
+    assert!(
+        served.iter().any(|s| s == "peer-0"),
+        "peer-0 never served again: {served:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_instance_failing_then_recovering_serves_again() {
+    let fleet = Fleet::start("orders").await;
+    let mut client = HttpClient::builder(fleet.registry.clone(), "orders")
+        .retries(0)
+        .build()
+        .unwrap();
+    let _ = calls(&mut client, 6).await;
+    for server in &fleet.servers {
+        server.faults().set_status(Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    for _ in 0..20 {
+        match client.ready().await.unwrap().call(put("order")).await {
+            Ok(response) => assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE),
+            Err(error) => assert!(
+                find_error::<CircuitOpen>(error.as_ref()).is_some() || error.to_string().contains("no available"),
+                "{error}"
+            ),
+        }
+    }
+    for server in &fleet.servers {
+        server.faults().set_status(None);
+    }
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let served = calls(&mut client, 60).await;
+    for server in &fleet.servers {
+        assert!(
+            served.iter().any(|s| s == server.name()),
+            "{} never served: {served:?}",
+            server.name()
+        );
+    }
+}

@@ -130,3 +130,28 @@ fn a_clients_file_has_settings_for_all_and_sections_per_service() {
         .unwrap_err();
     assert_eq!(err.path(), "services.payments.retrys");
 }
+
+#[cfg(feature = "hyper")]
+#[tokio::test(start_paused = true)]
+async fn the_same_file_configures_the_http_preset() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use palisade::preset::HttpClient;
+    use tower::{Service, ServiceExt};
+
+    let server = palisade_testkit::HttpServer::start("configured").await.unwrap();
+    let config = toml(EXAMPLE).unwrap();
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut client = HttpClient::over_hyper(hyper).config(&config).build().unwrap();
+    assert_eq!(client.health().bulkhead_limit, 64, "bulkhead.max_concurrent");
+
+    // attempt_timeout.timeout = "300ms" and retries = 2: three attempts, each cut at 300 ms.
+    server.faults().set_hang(true);
+    let get = http::Request::get(server.uri("/").unwrap())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let error = client.ready().await.unwrap().call(get).await.unwrap_err();
+    let timed_out: &TimedOut = find_error(error.as_ref()).expect("an attempt timeout");
+    assert_eq!(timed_out.limit(), Duration::from_millis(300));
+    assert_eq!(server.stats().requests(), 3, "retries = 2");
+}

@@ -483,24 +483,45 @@ impl PresetConfig {
     /// Sets every setting given on `builder`; the others keep what `builder`
     /// had. Values a layer rejects are its [`ConfigError`] at
     /// [`build`](GrpcClientBuilder::build).
-    pub fn apply(&self, mut builder: GrpcClientBuilder) -> GrpcClientBuilder {
-        if let Some(retries) = self.retries {
-            builder = builder.retries(retries);
-        }
-        let breaker = self.breaker.clone();
-        builder = builder.breaker(move |b| breaker.apply(b));
-        let attempt = self.attempt_timeout.clone();
-        builder = builder.attempt_timeout_layer(move |t| attempt.apply(t));
-        let total = self.total_timeout.clone();
-        builder = builder.total_timeout_layer(move |t| total.apply(t));
-        let retry = self.retry.clone();
-        builder = builder.retry(move |r| retry.apply(r));
-        let bulkhead = self.bulkhead.clone();
-        builder = builder.bulkhead(move |b| bulkhead.apply(b));
-        let balancer = self.balancer.clone();
-        builder.balancer(move |b| balancer.apply(b))
+    #[cfg(feature = "tonic")]
+    pub fn apply(&self, builder: GrpcClientBuilder) -> GrpcClientBuilder {
+        apply_settings!(self, builder)
+    }
+
+    /// [`apply`](Self::apply) for the http preset's builder.
+    #[cfg(feature = "hyper")]
+    pub fn apply_http<B: super::http::RequestBody>(
+        &self,
+        builder: super::http::HttpClientBuilder<B>,
+    ) -> super::http::HttpClientBuilder<B> {
+        apply_settings!(self, builder)
     }
 }
+
+/// Sets every setting of a [`PresetConfig`] on a preset builder (both have
+/// the same layer knobs, see `knobs.rs`).
+macro_rules! apply_settings {
+    ($config:expr, $builder:expr) => {{
+        let config: &PresetConfig = $config;
+        let mut builder = $builder;
+        if let Some(retries) = config.retries {
+            builder = builder.retries(retries);
+        }
+        let breaker = config.breaker.clone();
+        builder = builder.breaker(move |b| breaker.apply(b));
+        let attempt = config.attempt_timeout.clone();
+        builder = builder.attempt_timeout_layer(move |t| attempt.apply(t));
+        let total = config.total_timeout.clone();
+        builder = builder.total_timeout_layer(move |t| total.apply(t));
+        let retry = config.retry.clone();
+        builder = builder.retry(move |r| retry.apply(r));
+        let bulkhead = config.bulkhead.clone();
+        builder = builder.bulkhead(move |b| bulkhead.apply(b));
+        let balancer = config.balancer.clone();
+        builder.balancer(move |b| balancer.apply(b))
+    }};
+}
+use apply_settings;
 
 impl ClientsConfig {
     /// Reads the settings from any serde deserializer; the error names the
@@ -514,6 +535,14 @@ impl GrpcClientBuilder {
     /// Sets every setting of `config` (see [`PresetConfig::apply`]).
     pub fn config(self, config: &PresetConfig) -> Self {
         config.apply(self)
+    }
+}
+
+#[cfg(feature = "hyper")]
+impl<B: super::http::RequestBody> super::http::HttpClientBuilder<B> {
+    /// Sets every setting of `config` (see [`PresetConfig::apply_http`]).
+    pub fn config(self, config: &PresetConfig) -> Self {
+        config.apply_http(self)
     }
 }
 
@@ -533,8 +562,6 @@ impl GrpcClientsBuilder {
 }
 
 type BreakerBuilder = palisade_circuit_breaker::CircuitBreakerConfigBuilder;
-type TimeoutBuilder = palisade_timeout::TimeoutBuilder<palisade_core::protocol::Grpc>;
-type RetryBuilder = palisade_retry::RetryLayerBuilder<palisade_core::protocol::Grpc>;
 type BulkheadBuilder = palisade_bulkhead::BulkheadConfigBuilder;
 
 /// Calls `builder.$method(value)` for each setting that is given.
@@ -559,7 +586,7 @@ impl BreakerSettings {
 }
 
 impl TimeoutSettings {
-    fn apply(&self, mut t: TimeoutBuilder) -> TimeoutBuilder {
+    fn apply<P>(&self, mut t: palisade_timeout::TimeoutBuilder<P>) -> palisade_timeout::TimeoutBuilder<P> {
         if let Some(Limit(limit)) = self.timeout {
             t = t.timeout(limit);
         }
@@ -599,7 +626,7 @@ impl BackoffSetting {
 }
 
 impl RetrySettings {
-    fn apply(&self, mut r: RetryBuilder) -> RetryBuilder {
+    fn apply<P>(&self, mut r: palisade_retry::RetryLayerBuilder<P>) -> palisade_retry::RetryLayerBuilder<P> {
         set!(r, self; retries, backoff, max_pushback, replay_cap, jitter_seed);
         if let Some(budget) = &self.budget {
             r = r.budget(budget.retry_ratio, budget.min_per_sec, budget.ttl);
