@@ -349,3 +349,36 @@ async fn every_instance_failing_then_recovering_serves_again() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_fallback_answers_its_path_and_leaves_the_others_alone() {
+    let fleet = Fleet::start("orders").await;
+    let mut client = HttpClient::builder(fleet.registry.clone(), "orders")
+        .fallback("/orders/1", |error| {
+            http::Response::new(Bytes::from(format!("cached ({error})")))
+        })
+        .build()
+        .unwrap();
+    let _ = calls(&mut client, 6).await;
+    for server in &fleet.servers {
+        server.faults().set_status(Some(StatusCode::SERVICE_UNAVAILABLE));
+    }
+    // The stack gives up (every instance answers 503): the path with a
+    // fallback gets its answer, marked as such.
+    let response = client.ready().await.unwrap().call(put("order")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response
+            .extensions()
+            .get::<palisade::fallback::FromFallback>()
+            .is_some()
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"cached"), "{body:?}");
+    // Another path has no fallback: its caller sees the failure.
+    let other = http::Request::put("/orders/2")
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(other).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

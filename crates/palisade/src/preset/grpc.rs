@@ -12,12 +12,9 @@ use palisade_core::BoxError;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::Listener;
 use palisade_core::protocol::Grpc;
-use palisade_core::route::{RouteIndex, RouteTable, RouteTableBuilder};
+use palisade_core::route::RouteTableBuilder;
 use palisade_discovery::{Instance, MakePeer, PeerDiscoveryBuilder, PeerDiscoveryLayer, Registry, RegistryDiscover};
 use palisade_fallback::grpc::grpc_answer;
-use palisade_fallback::policy::ErrorPolicy;
-use palisade_fallback::source::Source;
-use palisade_fallback::{FallbackLayer, RouteFallback};
 use palisade_retry::{RetryLayer, RetryLayerBuilder};
 use palisade_timeout::{TimeoutBuilder, TimeoutLayer};
 use tonic::body::Body;
@@ -26,6 +23,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::defaults;
+use super::fallback::Answer;
 use super::health::{ClientHealth, HealthSource};
 use crate::stack::PeerStack;
 
@@ -147,7 +145,7 @@ pub struct GrpcClientBuilder {
     bulkhead: BulkheadConfigBuilder,
     balancer: PeerDiscoveryBuilder<Joined<Grpc>>,
     listeners: Vec<Arc<dyn Listener>>,
-    fallbacks: RouteTableBuilder<Answer>,
+    fallbacks: RouteTableBuilder<Answer<Body>>,
 }
 
 impl fmt::Debug for GrpcClientBuilder {
@@ -242,7 +240,7 @@ impl GrpcClientBuilder {
             bulkhead = bulkhead.listener(listener.clone());
             balancer = balancer.listener(listener.clone());
         }
-        let fallback = preset_fallback(fallbacks, &listeners)?;
+        let fallback = super::fallback::by_route(fallbacks, Grpc::default(), &listeners)?;
         let breaker = CircuitBreakerLayer::builder().config(breaker).grpc().build()?;
         let attempt_timeout = attempt_timeout.build()?;
         // One tracked body per call: the breaker below wraps the channel's
@@ -303,56 +301,6 @@ where
     B::Error: Into<BoxError>,
 {
     BoxCloneSyncService::new(stack.map_response(|response: http::Response<B>| response.map(Body::new)))
-}
-
-/// A fallback's answer for one gRPC method.
-type Answer = Arc<dyn Fn(&BoxError) -> http::Response<Body> + Send + Sync>;
-
-/// Puts the fallback around the boxed stack (boxed again: a fallback costs
-/// one more indirection, only when one is set).
-type AddFallback = Box<dyn FnOnce(Inner) -> Inner>;
-
-/// The preset's fallback: the answer of the called method, found by the
-/// method's index kept before the call.
-#[derive(Clone)]
-struct MethodAnswers(Arc<RouteTable<Answer>>);
-
-impl Source<Option<RouteIndex>, http::Response<Body>> for MethodAnswers {
-    type Future = std::future::Ready<Result<http::Response<Body>, BoxError>>;
-
-    fn fall_back(&self, error: &BoxError, method: Option<RouteIndex>) -> Self::Future {
-        // `only_routes` lets only the methods of the table reach here.
-        let answer = method.and_then(|at| self.0.at(at));
-        std::future::ready(match answer {
-            Some(answer) => Ok(answer(error)),
-            None => Err(format!("no fallback for this method (it was answering: {error})").into()),
-        })
-    }
-}
-
-fn preset_fallback(
-    fallbacks: RouteTableBuilder<Answer>,
-    listeners: &[Arc<dyn Listener>],
-) -> Result<Option<AddFallback>, ConfigError> {
-    if fallbacks.is_empty() {
-        return Ok(None);
-    }
-    let mut layer = FallbackLayer::builder().grpc().on_failed_response().only_routes();
-    for (method, _) in fallbacks.iter() {
-        layer = layer.route(method, RouteFallback::OnErrors(ErrorPolicy::any()));
-    }
-    for listener in listeners {
-        layer = layer.listener(listener.clone());
-    }
-    let answers = Arc::new(fallbacks.build("preset", "fallback")?);
-    let methods = answers.clone();
-    let layer = layer
-        .keep(move |request: &http::Request<Body>| methods.find(request.uri().path()))
-        .source(MethodAnswers(answers))
-        .build()?;
-    Ok(Some(Box::new(move |inner: Inner| {
-        BoxCloneSyncService::new(layer.layer(inner))
-    })))
 }
 
 /// Makes one instance's service: its channel behind its attempt timeout and

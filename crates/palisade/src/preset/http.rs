@@ -19,6 +19,7 @@ use palisade_core::BoxError;
 use palisade_core::error::{ConfigError, TimeoutKind};
 use palisade_core::event::Listener;
 use palisade_core::protocol::Http;
+use palisade_core::route::RouteTableBuilder;
 use palisade_discovery::{Instance, MakePeer, PeerDiscoveryBuilder, PeerDiscoveryLayer, Registry, RegistryDiscover};
 use palisade_retry::{ReplayBody, RetryLayer, RetryLayerBuilder};
 use palisade_timeout::{TimeoutBuilder, TimeoutLayer};
@@ -26,6 +27,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::defaults;
+use super::fallback::Answer;
 use super::health::{ClientHealth, HealthSource};
 use crate::stack::PeerStack;
 
@@ -181,6 +183,7 @@ pub struct HttpClientBuilder<B = Full<Bytes>> {
     bulkhead: BulkheadConfigBuilder,
     balancer: PeerDiscoveryBuilder<Joined<Http>>,
     listeners: Vec<Arc<dyn Listener>>,
+    fallbacks: RouteTableBuilder<Answer<HttpBody>>,
 }
 
 impl<B> fmt::Debug for HttpClientBuilder<B> {
@@ -214,6 +217,7 @@ impl<B: RequestBody> HttpClientBuilder<B> {
             // Above the per-instance breaker: joins its body (see `build`).
             balancer: PeerDiscoveryLayer::builder().protocol(Joined(Http::default())),
             listeners: Vec::new(),
+            fallbacks: RouteTableBuilder::new(),
         }
     }
 
@@ -231,6 +235,27 @@ impl<B: RequestBody> HttpClientBuilder<B> {
 
     super::knobs::layer_knobs!(Http);
 
+    /// Answers the failed calls to one `path` (exactly, as
+    /// `http::Request::uri().path()` gives it) with `answer(error)`, when the
+    /// whole stack gives up: an error (every instance open, no instance
+    /// registered, the bulkhead full, the deadline passed, the last attempt's
+    /// error) or a failed response (`5xx`, `429`). Calls to other paths pass
+    /// through untouched; naming a path twice is a [`ConfigError`] at
+    /// [`build`](Self::build). The answer carries a
+    /// [`FromFallback`](palisade_fallback::FromFallback) extension.
+    pub fn fallback<F>(mut self, path: impl Into<String>, answer: F) -> Self
+    where
+        F: Fn(&BoxError) -> http::Response<Bytes> + Send + Sync + 'static,
+    {
+        self.fallbacks.push(
+            path,
+            Arc::new(move |error: &BoxError| {
+                answer(error).map(|body| Full::new(body).map_err(|never| match never {}).boxed_unsync())
+            }),
+        );
+        self
+    }
+
     /// Validates every layer's settings and builds the stack (no connection
     /// is made until the first call). Over a registry, call it inside a
     /// tokio runtime: the registry's watch starts here.
@@ -245,6 +270,7 @@ impl<B: RequestBody> HttpClientBuilder<B> {
             mut bulkhead,
             mut balancer,
             listeners,
+            fallbacks,
         } = self;
         for listener in &listeners {
             breaker = breaker.listener(listener.clone());
@@ -272,7 +298,8 @@ impl<B: RequestBody> HttpClientBuilder<B> {
             .layer(total_timeout.build()?)
             .layer(retry)
             .layer(bulkhead);
-        Ok(match target {
+        let fallback = super::fallback::by_route(fallbacks, Http::default(), &listeners)?;
+        let mut client = match target {
             Target::Registry { registry, service } => {
                 let make = MakeHttpPeer {
                     breaker,
@@ -298,7 +325,11 @@ impl<B: RequestBody> HttpClientBuilder<B> {
                     inner: box_stack(upper.service(breaker.layer(attempt_timeout.layer(hyper)))),
                 }
             }
-        })
+        };
+        if let Some(add) = fallback {
+            client.inner = add(client.inner);
+        }
+        Ok(client)
     }
 }
 

@@ -19,7 +19,7 @@
 //! | total timeout | none (the caller's deadline bounds the call) | [`total_timeout`](GrpcClientBuilder::total_timeout), [`total_timeout_layer`](GrpcClientBuilder::total_timeout_layer) |
 //! | bulkhead | 1,024 in flight, no queue | [`bulkhead`](GrpcClientBuilder::bulkhead) |
 //! | balancer | p2c over available instances, ejection cap 10 %, reset when all are open | [`balancer`](GrpcClientBuilder::balancer) |
-//! | fallback | none; per gRPC method, a typed reply or a `Status` when the stack gives up | [`fallback`](GrpcClientBuilder::fallback) |
+//! | fallback | none; per gRPC method a typed reply or a `Status` (per path over http) when the stack gives up | [`fallback`](GrpcClientBuilder::fallback) |
 //! | connecting an instance | a lazy `Channel` to `http://{address}` | [`connect`](GrpcClientBuilder::connect) |
 //!
 //! Why the bulkhead does not use the per-action bulkhead's 3 / 10: the
@@ -60,6 +60,7 @@
 #[cfg(feature = "serde")]
 pub mod config;
 mod defaults;
+mod fallback;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod health;
