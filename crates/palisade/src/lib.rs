@@ -6,6 +6,48 @@
 //! [`ServiceBuilderExt`] adds each layer to a `tower::ServiceBuilder` by name
 //! (`.circuit_breaker(layer)`, `.bulkhead(layer)`, `.palisade_retry(layer)`, ...).
 //!
+//! # The preset: a client over a registry's instances
+//!
+//! With the `tonic` feature: three instances of a service in a registry
+//! (here the in-memory one; etcd, DNS and static lists implement the same
+//! trait), a breaker per instance inside the balancer, one retry to another
+//! instance, attempt timeouts, a bulkhead. One instance fails and one is
+//! deregistered; every call still succeeds, and the health view says why.
+#![cfg_attr(
+    feature = "tonic",
+    doc = r#"
+```
+use palisade::discovery::{InMemoryRegistry, Instance, Registry};
+use palisade::preset::GrpcClient;
+use palisade_testkit::{EchoServer, echo::{EchoRequest, echo_client::EchoClient}};
+
+# #[tokio::main] async fn main() -> Result<(), palisade::BoxError> {
+let registry = InMemoryRegistry::new();
+let servers = EchoServer::start_many("echo", 3).await?;
+let mut registrations = Vec::new();
+for server in &servers {
+    registrations.push(registry.register(Instance::new("echo", server.addr())).await?);
+}
+let client = GrpcClient::builder(registry, "echo").build()?;
+let mut echo = EchoClient::new(client.clone()); // a tonic generated client, as it is
+
+servers[0].faults().set_status(Some(tonic::Code::Unavailable)); // echo-0 fails
+drop(registrations.pop()); // echo-2 is deregistered
+for _ in 0..20 {
+    let request = EchoRequest { message: "hi".into(), payload: Default::default() };
+    echo.unary(request).await?; // retried on another instance when echo-0 fails
+}
+println!("{}", client.health().peers.expect("a registry client")); // echo-0 open, and why
+# Ok(()) }
+```
+"#
+)]
+//!
+//! # One layer, or a stack by hand
+//!
+//! Every layer works alone, and the stack below is the preset's, built by
+//! hand; the next section says why the layers go in this order.
+//!
 //! ```
 //! use std::time::Duration;
 //! use palisade::circuit_breaker::{CircuitBreakerLayer, CircuitState};
