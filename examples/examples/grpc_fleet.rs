@@ -44,9 +44,9 @@ async fn main() -> Result<(), BoxError> {
     let stopped = &servers[1];
     stopped.refuse_connections().await;
     stopped.close_connections().await;
-    // A call already written to the connection the server just closed can
-    // fail with `Cancelled` (a known gap: it is not retried yet); at most one.
-    let at_stop = phase("echo-1 stopped (connections refused)", &mut echo, &client).await;
+    // A request hyper had not written when the server closed its connection
+    // is canceled, and the retry sends it to another instance.
+    failed += phase("echo-1 stopped (connections refused)", &mut echo, &client).await;
 
     servers[0].faults().set_status(None);
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -60,8 +60,8 @@ async fn main() -> Result<(), BoxError> {
     let deregistered = registrations.pop().ok_or("three registrations")?;
     deregistered.shutdown().await?;
     failed += phase("echo-2 deregistered", &mut echo, &client).await;
-    if failed > 0 || at_stop > 1 {
-        return Err(format!("{failed} calls failed, {at_stop} when echo-1 stopped").into());
+    if failed > 0 {
+        return Err(format!("{failed} calls failed").into());
     }
     Ok(())
 }

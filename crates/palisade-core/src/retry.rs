@@ -147,7 +147,12 @@ pub enum Retryability {
 /// - connection-level `std::io::Error`s (refused, reset, aborted, broken pipe,
 ///   not connected, unexpected end) are retried: hyper and tonic transport
 ///   errors carry them as their source;
-/// - with feature `tonic`, a `tonic::Status` of `UNAVAILABLE` is retried.
+/// - with feature `tonic`, a `tonic::Status` of `UNAVAILABLE` is retried, and
+///   so is a `hyper::Error` that says its request was canceled: hyper cancels
+///   a request it had not written when its connection closed (a server
+///   restarting, a GOAWAY), so the server never saw it; hyper's own pooled
+///   client retries these the same way. A caller that gives up drops the
+///   future: that is never an error a retry sees.
 pub fn error_retryability(error: &(dyn Error + 'static)) -> Retryability {
     let mut next: Option<&(dyn Error + 'static)> = Some(error);
     while let Some(err) = next {
@@ -173,6 +178,12 @@ pub fn error_retryability(error: &(dyn Error + 'static)) -> Retryability {
         }
         if let Some(io) = err.downcast_ref::<io::Error>()
             && is_connection_error(io.kind())
+        {
+            return Retryability::Retry;
+        }
+        #[cfg(feature = "tonic")]
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
         {
             return Retryability::Retry;
         }
