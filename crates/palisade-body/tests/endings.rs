@@ -1,18 +1,15 @@
 //! Every way a body can end is reported exactly once, and frames pass through.
 #![allow(clippy::disallowed_types)]
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
 use palisade_body::{BodyLimits, CompletionBody, CompletionStream, Guard};
-use palisade_core::error::{BoxError, TimedOut, TimeoutKind};
+use palisade_core::error::{TimedOut, TimeoutKind};
 use proptest::prelude::*;
 
 mod support;
@@ -142,42 +139,6 @@ async fn total_time_limit_ends_the_body_with_a_typed_error() {
     assert_eq!(log.heard(), [Heard::Error("body timeout of 100ms elapsed".into())]);
     assert!(next_frame(&mut body).await.is_none());
 }
-
-/// A body that yields a frame whenever it is polled after its next due time.
-struct Ticking {
-    gaps: VecDeque<Duration>,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Ticking {
-    fn new(gaps: impl IntoIterator<Item = u64>) -> Self {
-        let mut gaps: VecDeque<Duration> = gaps.into_iter().map(Duration::from_millis).collect();
-        let first = gaps.pop_front().unwrap_or_default();
-        Self {
-            gaps,
-            sleep: Box::pin(tokio::time::sleep(first)),
-        }
-    }
-}
-
-impl Body for Ticking {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        std::task::ready!(self.sleep.as_mut().poll(cx));
-        match self.gaps.pop_front() {
-            Some(gap) => {
-                let at = tokio::time::Instant::now() + gap;
-                self.sleep.as_mut().reset(at);
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b".")))))
-            }
-            None => Poll::Ready(None),
-        }
-    }
-}
-
-use std::future::Future;
 
 #[tokio::test(start_paused = true)]
 async fn idle_limit_restarts_with_every_frame() {

@@ -2,17 +2,13 @@
 //! stack of tracking layers, reporting what nested bodies would report.
 #![allow(clippy::disallowed_types)]
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use palisade_body::{BodyLimits, CompletionBody, Joined, Settle, track};
 use palisade_core::classify::Outcome;
@@ -22,40 +18,6 @@ use proptest::prelude::*;
 
 mod support;
 use support::*;
-
-/// A body that yields a frame whenever it is polled after its next due time.
-struct Ticking {
-    gaps: VecDeque<Duration>,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Ticking {
-    fn new(gaps: impl IntoIterator<Item = u64>) -> Self {
-        let mut gaps: VecDeque<Duration> = gaps.into_iter().map(Duration::from_millis).collect();
-        let first = gaps.pop_front().unwrap_or_default();
-        Self {
-            gaps,
-            sleep: Box::pin(tokio::time::sleep(first)),
-        }
-    }
-}
-
-impl Body for Ticking {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        std::task::ready!(self.sleep.as_mut().poll(cx));
-        match self.gaps.pop_front() {
-            Some(gap) => {
-                let at = tokio::time::Instant::now() + gap;
-                self.sleep.as_mut().reset(at);
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b".")))))
-            }
-            None => Poll::Ready(None),
-        }
-    }
-}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -3,14 +3,17 @@
 #![allow(dead_code, unreachable_pub, clippy::disallowed_types)]
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use palisade_body::BodyEnd;
+use palisade_core::error::BoxError;
 
 /// What the hook heard, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,4 +122,38 @@ impl Body for ScriptBody {
 
 pub async fn next_frame<B: Body + Unpin>(body: &mut B) -> Option<Result<Frame<B::Data>, B::Error>> {
     std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+}
+
+/// A body that yields a frame whenever it is polled after its next due time.
+pub struct Ticking {
+    gaps: VecDeque<Duration>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Ticking {
+    pub fn new(gaps: impl IntoIterator<Item = u64>) -> Self {
+        let mut gaps: VecDeque<Duration> = gaps.into_iter().map(Duration::from_millis).collect();
+        let first = gaps.pop_front().unwrap_or_default();
+        Self {
+            gaps,
+            sleep: Box::pin(tokio::time::sleep(first)),
+        }
+    }
+}
+
+impl Body for Ticking {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        match self.gaps.pop_front() {
+            Some(gap) => {
+                let at = tokio::time::Instant::now() + gap;
+                self.sleep.as_mut().reset(at);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b".")))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
 }

@@ -232,14 +232,7 @@ impl GrpcClientBuilder {
             listeners,
             fallbacks,
         } = self;
-        for listener in &listeners {
-            breaker = breaker.listener(listener.clone());
-            attempt_timeout = attempt_timeout.listener(listener.clone());
-            total_timeout = total_timeout.listener(listener.clone());
-            retry = retry.listener(listener.clone());
-            bulkhead = bulkhead.listener(listener.clone());
-            balancer = balancer.listener(listener.clone());
-        }
+        super::knobs::hear_all!(&listeners; breaker, attempt_timeout, total_timeout, retry, bulkhead, balancer);
         let fallback = super::fallback::by_route(fallbacks, Grpc::default(), &listeners)?;
         let breaker = CircuitBreakerLayer::builder().config(breaker).grpc().build()?;
         let attempt_timeout = attempt_timeout.build()?;

@@ -272,14 +272,7 @@ impl<B: RequestBody> HttpClientBuilder<B> {
             listeners,
             fallbacks,
         } = self;
-        for listener in &listeners {
-            breaker = breaker.listener(listener.clone());
-            attempt_timeout = attempt_timeout.listener(listener.clone());
-            total_timeout = total_timeout.listener(listener.clone());
-            retry = retry.listener(listener.clone());
-            bulkhead = bulkhead.listener(listener.clone());
-            balancer = balancer.listener(listener.clone());
-        }
+        super::knobs::hear_all!(&listeners; breaker, attempt_timeout, total_timeout, retry, bulkhead, balancer);
         let breaker = CircuitBreakerLayer::builder().config(breaker).http().build()?;
         let attempt_timeout = attempt_timeout.build()?;
         // One tracked body per call, as in the gRPC preset: the breaker wraps

@@ -102,4 +102,14 @@ macro_rules! layer_knobs {
     };
 }
 
-pub(crate) use layer_knobs;
+/// Gives every listener to each of the builders named (each has a
+/// `listener` method): every layer of a preset hears every listener.
+macro_rules! hear_all {
+    ($listeners:expr; $($builder:ident),* $(,)?) => {
+        for listener in $listeners {
+            $($builder = $builder.listener(listener.clone());)*
+        }
+    };
+}
+
+pub(crate) use {hear_all, layer_knobs};
