@@ -87,6 +87,78 @@ pub fn format(timeout: Duration) -> HeaderValue {
     }
 }
 
+/// Time left from which [`wire_value`] sends whole milliseconds.
+pub const WHOLE_MILLIS_FROM: Duration = Duration::from_millis(100);
+
+/// The `grpc-timeout` value the layers send for `left` (what
+/// [`write_shorter`] writes): whole milliseconds, rounded down, once `left`
+/// is at least [`WHOLE_MILLIS_FROM`] (at most 1 % less than `left`), else
+/// [`format()`]'s finest unit. Rounded down either way, so a server is never
+/// granted more time than the client has left.
+///
+/// Why not always the finest unit: a value in microseconds is new on every
+/// call, so it cannot be reused. In whole milliseconds the calls of one
+/// millisecond share one value, which each thread keeps in a small cache:
+/// sending it costs a reference count, not a formatted, allocated header
+/// value, and HPACK finds it in the connection's header table instead of
+/// adding a new entry on both ends for every call. (Marking it sensitive,
+/// never indexed, was measured and costs more: the header's name then goes
+/// out as a literal on every call.)
+///
+/// ```
+/// use palisade_core::grpc_timeout::wire_value;
+/// use std::time::Duration;
+///
+/// assert_eq!(wire_value(Duration::from_micros(299_999)), "299m");
+/// assert_eq!(wire_value(Duration::from_secs(30)), "30000m");
+/// assert_eq!(wire_value(Duration::from_micros(99_999)), "99999000n");
+/// ```
+pub fn wire_value(left: Duration) -> HeaderValue {
+    // At least 100 ms: whole milliseconds, when they fit in eight digits.
+    match u64::try_from(left.as_millis()) {
+        Ok(millis) if left >= WHOLE_MILLIS_FROM && millis <= MAX_VALUE => cached_millis(millis),
+        _ => format(left),
+    }
+}
+
+/// How many millisecond values each thread keeps (direct-mapped by value).
+const CACHE_SLOTS: usize = 64;
+
+std::thread_local! {
+    static MILLIS_VALUES: std::cell::RefCell<[Option<(u64, HeaderValue)>; CACHE_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; CACHE_SLOTS]) };
+}
+
+/// `millis` as a `"<millis>m"` value, from this thread's cache
+/// when it is there.
+fn cached_millis(millis: u64) -> HeaderValue {
+    let make = || {
+        let mut buf = [0u8; MAX_DIGITS + 1];
+        let digits = write_digits(millis, &mut buf);
+        buf[digits] = b'm';
+        // Its first clone makes the bytes shared; later clones only count
+        // references.
+        HeaderValue::from_bytes(&buf[..=digits]).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+    };
+    let slot = (millis % CACHE_SLOTS as u64) as usize;
+    MILLIS_VALUES
+        .try_with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return make();
+            };
+            match &cache[slot] {
+                Some((key, value)) if *key == millis => value.clone(),
+                _ => {
+                    let value = make();
+                    cache[slot] = Some((millis, value.clone()));
+                    value
+                }
+            }
+        })
+        // The thread is being torn down: no cache.
+        .unwrap_or_else(|_| make())
+}
+
 /// Writes the wire format of `timeout` into `buf`, returning its length.
 fn write(timeout: Duration, buf: &mut [u8; MAX_DIGITS + 1]) -> usize {
     // In u64 (584 years of nanoseconds; longer ones are whole hours): a
@@ -106,7 +178,7 @@ fn write(timeout: Duration, buf: &mut [u8; MAX_DIGITS + 1]) -> usize {
     digits + 1
 }
 
-/// Writes `left` as the `grpc-timeout` of `headers`, unless the header
+/// Writes `left` (as [`wire_value`]) as the `grpc-timeout` of `headers`, unless the header
 /// already holds a timeout no longer than `left` (a caller's own, shorter
 /// `tonic::Request::set_timeout`, or a layer below that already wrote less);
 /// returns whether it wrote. A header that does not parse is replaced.
@@ -117,18 +189,18 @@ fn write(timeout: Duration, buf: &mut [u8; MAX_DIGITS + 1]) -> usize {
 ///
 /// let mut headers = http::HeaderMap::new();
 /// assert!(write_shorter(&mut headers, Duration::from_millis(700)));
-/// assert_eq!(headers[GRPC_TIMEOUT], "700000u");
+/// assert_eq!(headers[GRPC_TIMEOUT], "700m");
 /// // A longer time left never replaces a shorter timeout already there.
 /// assert!(!write_shorter(&mut headers, Duration::from_secs(1)));
 /// assert!(write_shorter(&mut headers, Duration::from_millis(300)));
-/// assert_eq!(headers[GRPC_TIMEOUT], "300000u");
+/// assert_eq!(headers[GRPC_TIMEOUT], "300m");
 /// ```
 pub fn write_shorter(headers: &mut HeaderMap, left: Duration) -> bool {
     let existing = headers.get(&GRPC_TIMEOUT_HEADER).and_then(parse_header);
     if existing.is_some_and(|existing| existing <= left) {
         return false;
     }
-    headers.insert(GRPC_TIMEOUT_HEADER, format(left));
+    headers.insert(GRPC_TIMEOUT_HEADER, wire_value(left));
     true
 }
 
@@ -239,6 +311,21 @@ mod tests {
         assert_eq!(format_millis(Duration::MAX), "99999999");
     }
 
+    #[test]
+    fn wire_value_sends_whole_millis_from_100ms_and_reuses_them() {
+        assert_eq!(wire_value(Duration::from_millis(100)), "100m");
+        assert_eq!(wire_value(Duration::from_micros(250_999)), "250m");
+        assert_eq!(wire_value(Duration::from_micros(99_999)), "99999000n");
+        // Beyond eight digits of milliseconds: the finest unit that fits.
+        assert_eq!(wire_value(Duration::from_secs(200_000)), "200000S");
+        // The same millisecond twice: the same bytes, shared, not copied.
+        let (a, b) = (
+            wire_value(Duration::from_millis(777)),
+            wire_value(Duration::from_millis(777)),
+        );
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+    }
+
     proptest! {
         #[test]
         fn format_never_grants_more_time_and_fits_eight_digits(secs in 0u64..=u64::MAX, nanos in 0u32..1_000_000_000) {
@@ -260,6 +347,26 @@ mod tests {
             // than one part in 100,000, is lost.
             let lost = d - parsed;
             prop_assert!(lost.as_nanos() * 100_000 <= d.as_nanos(), "lost {:?} of {:?}", lost, d);
+        }
+
+        #[test]
+        fn wire_value_never_grants_more_time_and_loses_at_most_one_percent(
+            secs in 0u64..=u64::MAX,
+            nanos in 0u32..1_000_000_000,
+            again in any::<bool>(),
+        ) {
+            let d = Duration::new(secs, nanos);
+            // Twice: the second may come from the thread's cache.
+            let value = if again { wire_value(d); wire_value(d) } else { wire_value(d) };
+            prop_assert!(value.as_bytes().len() <= MAX_DIGITS + 1);
+            let parsed = parse(value.as_bytes());
+            prop_assert!(parsed.is_some(), "{:?} did not parse", value);
+            let parsed = parsed.unwrap_or(Duration::MAX);
+            prop_assert!(parsed <= d);
+            if d.as_secs() < 99_999_999 * 3_600 {
+                let lost = d - parsed;
+                prop_assert!(lost.as_nanos() * 100 <= d.as_nanos(), "lost {:?} of {:?}", lost, d);
+            }
         }
 
         #[test]

@@ -363,7 +363,7 @@ fn stamp_grpc_timeout<B>(attempt: &mut http::Request<B>, deadline: Instant) {
     if !fresh {
         attempt
             .headers_mut()
-            .insert(grpc_timeout::GRPC_TIMEOUT_HEADER, grpc_timeout::format(left));
+            .insert(grpc_timeout::GRPC_TIMEOUT_HEADER, grpc_timeout::wire_value(left));
     }
 }
 

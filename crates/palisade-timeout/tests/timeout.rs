@@ -187,7 +187,7 @@ async fn parent_deadline_bounds_the_child_and_an_expired_one_is_never_sent() {
         "child limit is 400 ms"
     );
     assert_eq!(elapsed, Duration::from_millis(400));
-    assert_eq!(seen.lock()[0].0.as_ref().unwrap(), "400000u");
+    assert_eq!(seen.lock()[0].0.as_ref().unwrap(), "400m");
     assert_eq!(probe.calls(), 1);
 
     // At 1 s spent: never called.
@@ -325,7 +325,7 @@ async fn grpc_timeout_keeps_a_shorter_one_and_http_header_is_written() {
     req.headers_mut().insert("grpc-timeout", HeaderValue::from_static("9S"));
     call(&mut service, req).await.0.unwrap();
     let headers: Vec<_> = seen.lock().iter().map(|(h, _)| h.clone().unwrap()).collect();
-    assert_eq!(headers, ["100m", "300000u"]);
+    assert_eq!(headers, ["100m", "300m"]);
 
     // A hyper client: milliseconds in a header of the user's choice.
     let name = HeaderName::from_static("x-timeout-ms");
@@ -366,7 +366,7 @@ async fn the_deadline_of_the_request_being_handled_is_inherited() {
     assert_eq!(deadline_exceeded(&result.unwrap_err()).budget(), Some(secs(1)));
     assert_eq!(elapsed, secs(1));
     let first = seen.lock()[0].clone();
-    assert_eq!(first.0.unwrap(), "1000000u");
+    assert_eq!(first.0.unwrap(), "1000m");
     assert_eq!(
         first.1,
         Some(parent),
