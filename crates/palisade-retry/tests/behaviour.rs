@@ -886,3 +886,88 @@ async fn each_later_attempt_waits_its_own_delay() {
     assert_eq!(err.to_string(), "attempt 4 failed");
     assert_eq!(offsets(&log.lock(), start), vec![0, 100, 300, 600]);
 }
+
+/// A service that counts its clones and the `poll_ready`s each instance
+/// answered, and fails its first `fail_first` calls (over all instances).
+#[derive(Clone)]
+struct CountingClones {
+    clones: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+    fail_first: u32,
+    ready: bool,
+}
+
+impl CountingClones {
+    fn new(fail_first: u32) -> Self {
+        Self {
+            clones: Arc::new(AtomicU32::new(0)),
+            calls: Arc::new(AtomicU32::new(0)),
+            fail_first,
+            ready: false,
+        }
+    }
+}
+
+struct Counted(CountingClones);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.clones.fetch_add(1, Ordering::SeqCst);
+        // A clone starts unready, as a tower `Buffer`'s does.
+        Self(CountingClones {
+            ready: false,
+            ..self.0.clone()
+        })
+    }
+}
+
+impl Service<()> for Counted {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        // tower's contract: `call` only after `poll_ready` said ready.
+        assert!(std::mem::take(&mut self.0.ready), "called without poll_ready");
+        let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(if n <= self.0.fail_first {
+            Err(Retryable::yes(Fail(n)).into())
+        } else {
+            Ok(n)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_that_do_not_retry_clone_nothing_and_a_retry_goes_through_a_readied_clone() {
+    let layer = RetryLayer::builder()
+        .plain()
+        .retries(1)
+        .backoff(no_jitter(Backoff::constant(Duration::from_millis(10))))
+        .build()
+        .unwrap();
+    let inner = CountingClones::new(0);
+    let mut svc = layer.layer(Counted(inner.clone()));
+    for _ in 0..10 {
+        svc.ready().await.unwrap().call(()).await.unwrap();
+    }
+    // tower's `Retry` would have cloned the service ten times.
+    assert_eq!(
+        inner.clones.load(Ordering::SeqCst),
+        1,
+        "one template clone for ten calls"
+    );
+
+    let failing = CountingClones::new(1);
+    let mut svc = layer.layer(Counted(failing.clone()));
+    let answer = svc.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(answer, 2, "the retry answered");
+    // The template, and the retry's own service made from it (polled ready
+    // before its call, or the service's assertion would have failed it).
+    assert_eq!(failing.clones.load(Ordering::SeqCst), 2);
+}
