@@ -14,7 +14,11 @@
 //!   first server (total timeout, retry, bulkhead, breaker, attempt timeout);
 //! - `multi`: the multi-instance stack over an in-memory registry of the
 //!   three (total timeout, retry, bulkhead, balancer, and per peer a breaker
-//!   over an attempt timeout).
+//!   over an attempt timeout);
+//! - `preset`: `palisade::preset::GrpcClient` with its defaults over the same
+//!   registry (what a user of the preset gets: seed breaker per instance,
+//!   30 s attempt timeout, one retry to another instance, a bulkhead of
+//!   1,024, no total timeout).
 //!
 //! The clients are interleaved (every client at one concurrency, then the
 //! next concurrency) and the whole sweep runs `--rounds` times, so that a
@@ -200,6 +204,7 @@ enum Kind {
     Tower,
     Quickstart,
     Multi,
+    Preset,
     // One layer of the quickstart alone over one channel (not in the default
     // run: name them with `--clients`), to see what each costs.
     OnlyTimeout,
@@ -209,12 +214,13 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Bare,
         Kind::BalanceList,
         Kind::Tower,
         Kind::Quickstart,
         Kind::Multi,
+        Kind::Preset,
     ];
     const LAYERS: [Kind; 4] = [
         Kind::OnlyTimeout,
@@ -230,6 +236,7 @@ impl Kind {
             Kind::Tower => "tower",
             Kind::Quickstart => "quickstart",
             Kind::Multi => "multi",
+            Kind::Preset => "preset",
             Kind::OnlyTimeout => "timeout",
             Kind::OnlyBreaker => "breaker",
             Kind::OnlyBulkhead => "bulkhead",
@@ -247,7 +254,7 @@ impl Kind {
         match self {
             Kind::Bare | Kind::Quickstart => Kind::Bare,
             Kind::OnlyTimeout | Kind::OnlyBreaker | Kind::OnlyBulkhead | Kind::OnlyRetry => Kind::Bare,
-            Kind::BalanceList | Kind::Tower | Kind::Multi => Kind::BalanceList,
+            Kind::BalanceList | Kind::Tower | Kind::Multi | Kind::Preset => Kind::BalanceList,
         }
     }
 }
@@ -462,6 +469,7 @@ enum Client {
     Tower(TowerStack),
     Quickstart(EchoClient<QuickStack>),
     Multi(EchoClient<MultiStack>),
+    Preset(EchoClient<palisade::preset::GrpcClient>),
     Timeout(EchoClient<Timeout<Channel, Grpc>>),
     Breaker(EchoClient<CircuitBreaker<Channel, Grpc>>),
     Bulkhead(EchoClient<Bulkhead<Channel, Grpc>>),
@@ -474,6 +482,7 @@ impl Client {
             Client::Channel(client) => client.unary(request).await.is_ok(),
             Client::Quickstart(client) => client.unary(request).await.is_ok(),
             Client::Multi(client) => client.unary(request).await.is_ok(),
+            Client::Preset(client) => client.unary(request).await.is_ok(),
             Client::Timeout(client) => client.unary(request).await.is_ok(),
             Client::Breaker(client) => client.unary(request).await.is_ok(),
             Client::Bulkhead(client) => client.unary(request).await.is_ok(),
@@ -663,6 +672,11 @@ fn main() {
                     Kind::Tower => Client::Tower(tower_stack(&addrs).expect("tower stack")),
                     Kind::Quickstart => Client::Quickstart(quickstart(servers[0].channel()).expect("quickstart")),
                     Kind::Multi => Client::Multi(multi(&registry).expect("multi")),
+                    Kind::Preset => Client::Preset(EchoClient::new(
+                        palisade::preset::GrpcClient::builder(registry.clone(), SERVICE)
+                            .build()
+                            .expect("preset"),
+                    )),
                     Kind::OnlyTimeout => Client::Timeout(EchoClient::new(
                         TimeoutLayer::builder()
                             .grpc()
