@@ -14,9 +14,6 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-/// `S`'s `Clone::clone`.
-type CloneFn<S> = fn(&S) -> S;
-
 /// A clone of the inner service, made once, shared by the layer's clones
 /// and the futures of the calls that may retry.
 pub(crate) struct Template<S> {
@@ -24,7 +21,7 @@ pub(crate) struct Template<S> {
     // `Channel` is not `Sync`); it is locked only while a retry clones it.
     // With it, `S`'s `clone`, so that the response future needs no `Clone`
     // bound of its own.
-    service: OnceLock<(Mutex<S>, CloneFn<S>)>,
+    service: OnceLock<(Mutex<S>, fn(&S) -> S)>,
 }
 
 impl<S> Template<S> {
