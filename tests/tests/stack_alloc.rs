@@ -330,9 +330,8 @@ fn the_whole_stack_allocates_only_what_each_layer_needs() {
     within("attempt timeout", c.attempt_timeout, c.bare, 0);
     within("breaker", c.breaker, c.attempt_timeout, 0);
     within("bulkhead", c.bulkhead, c.breaker, 0);
-    // Attempt record (2), replay state (1), head copy (6), body box (1), slack 1.
-    // No service clone: later attempts clone the layer's template, made once.
-    within("retry", c.retry, c.bulkhead, 11);
+    // Attempt record (2), replay state (1), head copy (6), service clone (1), body box (1), slack 1.
+    within("retry", c.retry, c.bulkhead, 12);
     // Call options (1) and its copy in the kept head (1); the grpc-timeout
     // values are cached.
     within("total timeout", c.quickstart, c.retry, 2);

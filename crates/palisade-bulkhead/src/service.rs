@@ -107,7 +107,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline(always)]
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let cancelled = Classify::<S::Response, S::Error>::abandon_policy(&self.protocol).call_dropped();
         admit(&self.shared, &mut self.inner, request, self.protocol.clone(), cancelled)

@@ -21,7 +21,6 @@ use crate::config::CallPolicy;
 use crate::policy::{Predicate, RetryOn, RetryProtocol, circuit_open};
 use crate::pushback::Pushback;
 use crate::replay::{AttemptBody, KeepReplayBody};
-use crate::template::Later;
 
 /// tokio's timers fire on whole milliseconds and round a deadline up, so a
 /// sleep meant to end at `at` may end up to this much later. A backoff that
@@ -47,7 +46,7 @@ pin_project! {
     {
         #[pin]
         attempt: Attempt<S::Future>,
-        service: Later<S>,
+        service: Option<S>,
         kept: Option<P::Kept>,
         attempts: u32,
         max_attempts: u32,
@@ -141,7 +140,7 @@ where
     #[inline]
     pub(crate) fn new(
         future: S::Future,
-        service: Later<S>,
+        service: Option<S>,
         kept: Option<P::Kept>,
         policy: CallPolicy<P, R>,
         retries: u32,
@@ -167,7 +166,7 @@ where
         Self {
             attempt: Attempt::Expired,
             retry: RetryBox(None),
-            service: Later::None,
+            service: None,
             kept: None,
             policy,
             attempts: 0,
@@ -557,7 +556,7 @@ where
                 let last = retry.last.take();
                 return Poll::Ready(Some(self.stand(last)));
             }
-            let Some(service) = self.service.service() else {
+            let Some(service) = self.service.as_mut() else {
                 let last = retry.last.take();
                 return Poll::Ready(Some(self.stand(last)));
             };

@@ -83,13 +83,9 @@
 //! is `Bytes` and whose error converts into a boxed error): tonic users see
 //! no difference.
 //!
-//! In both paths the inner service must be `Clone`: later attempts go
-//! through a clone of a template, one clone of the inner service per layer
-//! made at its first call that may retry, cloned again only when a call
-//! retries. (tower's `Retry` takes the ready service with every call and
-//! leaves a clone in its place: a clone of the whole inner stack per call,
-//! which allocates for a tonic `Channel`; here a call that never retries
-//! clones nothing.) The protocol and the predicate must be
+//! In both paths the inner service must be `Clone` (tower's pattern: the
+//! response future drives the later attempts on the service that `call` was
+//! made on, a clone stays behind). The protocol and the predicate must be
 //! `Clone` too: each call takes a copy, as `tower::retry` copies its policy.
 //! The built-in ones are zero-sized or `Copy`; a closure predicate is `Clone`
 //! when what it captures is (keep large captured state behind an `Arc`).
@@ -103,8 +99,7 @@
 //! allocation made at the call's first retry and reused by its later ones.
 //! With no budget, throttle or listener the layer touches no atomic; with the
 //! default budget it makes one deposit and holds one reference count on the
-//! shared budget. A call that may retry holds one reference count on the
-//! layer's service template too (no clone of the inner service). Keeping the request for later attempts costs what the
+//! shared budget. Keeping the request for later attempts costs what the
 //! protocol needs: one `Req::clone` for [`Plain`](palisade_core::protocol::Plain);
 //! for [`Http`](palisade_core::protocol::Http) and
 //! [`Grpc`](palisade_core::protocol::Grpc), a copy of the request head, the
@@ -234,7 +229,6 @@ pub mod policy;
 pub mod pushback;
 pub mod replay;
 mod service;
-mod template;
 
 pub use body::RetryBody;
 pub use config::{MAX_REPLAY_CAP, MAX_RETRIES, RetryLayerBuilder, RouteRetry, default_backoff};

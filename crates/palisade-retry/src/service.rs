@@ -17,16 +17,13 @@ use crate::config::{CallPolicy, Config, RouteRetry, Settings, StateHandle};
 use crate::future::{ResponseFuture, emit};
 use crate::policy::{Predicate, RetryOn, RetryProtocol};
 use crate::replay::{AttemptBody, KeepReplayBody};
-use crate::template::{Later, Template, share};
 
 /// Retries failed calls to `S`; made by [`RetryLayer`](crate::RetryLayer).
 ///
-/// `S` must be `Clone`. Unlike `tower::retry`, which takes the ready
-/// service with every call and leaves a clone in its place, a call goes
-/// through the ready service itself; later attempts go through a clone of a
-/// template (one clone of the inner service per layer, made at the first
-/// call that may retry), made when the call first retries. A call that never
-/// retries clones nothing. `P` and `R` must be `Clone`: each call takes a copy, as
+/// `S` must be `Clone`: as in `tower::retry`, a call takes the service that
+/// was made ready and leaves a clone in its place, and the response future
+/// drives the later attempts on it. A call that may not be retried (0 retries)
+/// takes no clone. `P` and `R` must be `Clone`: each call takes a copy, as
 /// `tower::retry` copies its policy.
 ///
 /// The inner service receives the protocol's attempt type: `Req` itself for
@@ -54,8 +51,6 @@ use crate::template::{Later, Template, share};
 /// next call, as tower's readiness contract has it.
 pub struct Retry<S, P, R, A = KeepReplayBody> {
     inner: S,
-    /// What later attempts are sent through (shared by this layer's clones).
-    template: Arc<Template<S>>,
     shared: Arc<Config<P, R>>,
     attempt_body: PhantomData<fn() -> A>,
 }
@@ -64,7 +59,6 @@ impl<S, P, R, A> Retry<S, P, R, A> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Config<P, R>>) -> Self {
         Self {
             inner,
-            template: Arc::new(Template::empty()),
             shared,
             attempt_body: PhantomData,
         }
@@ -90,7 +84,6 @@ impl<S: Clone, P, R, A> Clone for Retry<S, P, R, A> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            template: self.template.clone(),
             shared: self.shared.clone(),
             attempt_body: PhantomData,
         }
@@ -192,14 +185,14 @@ where
             // and listeners (one reference count, none when the layer has
             // none of them).
             policy.state.0.clone_from(&settings.state.0);
-            // Later attempts go through a clone of the template, made at
-            // the first retry (see `template`).
-            let later = Later::Template(share(&self.template, &self.inner));
-            let future = self.inner.call(A::attempt(attempt));
-            return ResponseFuture::new(future, later, kept, policy, retries, deadline);
+            // tower's pattern: the ready service goes with the call, a clone stays.
+            let clone = self.inner.clone();
+            let mut ready = std::mem::replace(&mut self.inner, clone);
+            let future = ready.call(A::attempt(attempt));
+            return ResponseFuture::new(future, Some(ready), kept, policy, retries, deadline);
         }
         let future = self.inner.call(A::attempt(attempt));
-        ResponseFuture::new(future, Later::None, None, policy, 0, deadline)
+        ResponseFuture::new(future, None, None, policy, 0, deadline)
     }
 }
 
