@@ -202,7 +202,7 @@ where
 /// free, queues a clone of the (ready) service otherwise, or rejects.
 /// `cancelled` is what the call counts as if its future is dropped while the
 /// inner call runs.
-#[inline]
+#[inline(always)]
 pub(crate) fn admit<S, Req, P>(
     shared: &Arc<Limiter>,
     inner: &mut S,
