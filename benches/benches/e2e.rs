@@ -34,6 +34,8 @@
 //! E2E_QUICK=1 cargo bench -p palisade-benches --bench e2e      # the same
 //! cargo bench -p palisade-benches --bench e2e -- --secs 3 --warmup 1 --rounds 3 --callers 1,64 --clients bare,quickstart
 //! cargo bench -p palisade-benches --bench e2e -- --clients timeout,breaker,bulkhead,retry   # one layer at a time
+//! cargo bench -p palisade-benches --bench e2e -- --help       # these options
+//! cargo bench -p palisade-benches --bench e2e -- --threads 1   # one worker: the steadiest CPU per call
 //! cargo bench -p palisade-benches --bench e2e -- --list       # the clients' ids (`e2e/bare: benchmark`), as criterion lists
 //! cargo bench -p palisade-benches --bench e2e -- quickstart   # a criterion-style filter on the ids
 //! cargo bench -p palisade-benches -- --warm-up-time 1 --measurement-time 2   # every bench: here --warmup 1 --secs 2
@@ -160,6 +162,10 @@ fn opts() -> Opts {
             "--warm-up-time" => opts.warmup = secs(args.next()),
             "--measurement-time" => opts.run = secs(args.next()),
             "--list" => opts.list = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             option if CRITERION_VALUED.contains(&option) => {
                 args.next();
             }
@@ -173,6 +179,22 @@ fn opts() -> Opts {
     }
     opts
 }
+
+/// What `--help` prints.
+const USAGE: &str = "\
+e2e: closed-loop unary calls over tonic on loopback through each client; a table per concurrency.
+  --secs S          seconds per client per round (default 5; criterion's --measurement-time too)
+  --warmup S        warm-up seconds per client (default 1; criterion's --warm-up-time too)
+  --rounds N        sweeps over every client and concurrency (default 2)
+  --callers 1,16,64 concurrent callers
+  --clients a,b     bare, balance-list, tower, quickstart, multi, preset (default: all six);
+                    one layer over one channel: timeout, breaker, bulkhead, retry
+  --threads N       the runtime's worker threads (default: one per core; 1 is the steadiest
+                    reading of CPU per call)
+  --calls N         exactly N calls per caller instead of a time (for callgrind)
+  --quick           1 round, 0.3 s warm-up, 1 s per client (also E2E_QUICK=1)
+  --list            the clients' ids, as criterion lists them
+  WORD              only the clients whose id (e2e/<name>) contains WORD";
 
 /// Criterion's options that take a value this harness has no use for:
 /// skipped with their value, so the value is not read as a filter.
