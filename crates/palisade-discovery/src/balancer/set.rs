@@ -515,6 +515,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         let before = Category::of(slot.tracked, slot.readiness);
         let was_pickable = slot.pick_pos.is_some();
         let was_degraded = slot.tracked.is_degraded();
+        let was_open = matches!(slot.tracked, Tracked::Open { .. });
         slot.tracked = tracked;
         slot.readiness = readiness;
         slot.refused_policy = refused;
@@ -554,6 +555,15 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
                 let cell = slot.cell.clone();
                 self.probes.push(at, slot.probe_generation, cell);
             }
+        } else if let Some(at) = due
+            && !was_open
+            && matches!(tracked, Tracked::Open { .. })
+        {
+            // Opened with the very instant its earlier state was due at (a
+            // busy peer's recheck, say): its probe-queue entry stays live,
+            // but the open-probe queue has none yet (found by the
+            // `every_view_and_count_stays_true` property).
+            self.open_probes.push(at, slot.probe_generation, slot.cell.clone());
         }
         let slot = &self.peers[i];
         let pickable = slot.pick_pos.is_some();

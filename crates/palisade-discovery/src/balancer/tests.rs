@@ -125,6 +125,50 @@ proptest! {
     }
 }
 
+/// A peer that opens with the very instant its earlier state was due at
+/// (a busy peer's recheck) gets its entry in the open-probe queue too: its
+/// probe-queue entry stays the same, so only the state changed.
+#[test]
+fn a_peer_opening_at_its_earlier_due_instant_is_in_the_open_probe_queue() {
+    let inbox = Arc::new(Inbox::new(Arc::new(Waiters::default())));
+    let budget = Arc::new(EjectionBudget::new(None));
+    let mut set: PeerSet<u8, ()> = PeerSet::default();
+    let start = Instant::now();
+    let busy = Availability::Unavailable {
+        reason: Unavailable::Other,
+        retry_in: Duration::from_millis(1_000),
+    };
+    let joining = Joining {
+        service: (),
+        weight: 1,
+        cell: PeerCell::new(1, &inbox, &budget),
+        notifies: true,
+        availability: busy,
+        at: start,
+    };
+    set.insert(7, PeerId::new("p7"), joining, || {
+        Arc::new(PeerStats::new(LoadMetric::PendingRequests))
+    });
+    assert_eq!(set.next_open_due(), None);
+    // 400 ms later it opens for 600 ms: due at the same instant as before.
+    let now = start + Duration::from_millis(400);
+    let open = Availability::Unavailable {
+        reason: Unavailable::Open,
+        retry_in: Duration::from_millis(600),
+    };
+    let cell = set.cell_of(&7).expect("inserted");
+    let observed = Observed {
+        availability: Some((open, now)),
+        readiness: None,
+        refused_policy: false,
+        reported: true,
+        woken: false,
+    };
+    set.apply(cell.index(), observed, now);
+    assert_eq!(set.next_open_due(), Some(start + Duration::from_millis(1_000)));
+    set.check().expect("every view and count true");
+}
+
 /// The request path against the probe queue: random availability changes,
 /// clients that are not ready, peers that refuse early probes, time passing
 /// and calls, through a real balancer with the probe-now policy (and the
