@@ -203,10 +203,48 @@ pub(crate) struct Slot<K, S> {
 /// A position field of [`Slot`], naming which list it indexes.
 type PosOf<K, S> = fn(&mut Slot<K, S>) -> &mut Option<usize>;
 
+/// A pickable peer as the choice reads it: all that two choices compare,
+/// in one dense entry, so that the losing candidate costs this entry and its
+/// counters and not its slot (with thousands of peers every slot is a cache
+/// miss on the request path).
+pub(crate) struct Pick {
+    /// The peer's slot.
+    pub(crate) index: usize,
+    pub(crate) weight: u32,
+    pub(crate) degraded: bool,
+    pub(crate) stats: Arc<PeerStats>,
+}
+
+/// An entry of one of the set's lists: it names a slot.
+trait Member {
+    fn slot(&self) -> usize;
+    fn move_to(&mut self, slot: usize);
+}
+
+impl Member for usize {
+    fn slot(&self) -> usize {
+        *self
+    }
+
+    fn move_to(&mut self, slot: usize) {
+        *self = slot;
+    }
+}
+
+impl Member for Pick {
+    fn slot(&self) -> usize {
+        self.index
+    }
+
+    fn move_to(&mut self, slot: usize) {
+        self.index = slot;
+    }
+}
+
 pub(crate) struct PeerSet<K, S> {
     peers: Vec<Slot<K, S>>,
     index: HashMap<K, usize>,
-    pickable: Vec<usize>,
+    pickable: Vec<Pick>,
     not_ready: Vec<usize>,
     policy: Vec<usize>,
     /// Weight -> number of peers with it (the largest bounds weighted draws).
@@ -254,28 +292,52 @@ pub(crate) struct Joining<S> {
     pub(crate) at: Instant,
 }
 
-fn list_add<K, S>(list: &mut Vec<usize>, peers: &mut [Slot<K, S>], i: usize, pos: PosOf<K, S>) {
-    let p = pos(&mut peers[i]);
-    if p.is_none() {
-        *p = Some(list.len());
-        list.push(i);
+/// Adds peer `i` to `list` (the entry `entry` makes) unless it is in it.
+fn list_add<K, S, E: Member>(
+    list: &mut Vec<E>,
+    peers: &mut [Slot<K, S>],
+    i: usize,
+    pos: PosOf<K, S>,
+    entry: impl FnOnce(&Slot<K, S>) -> E,
+) {
+    if pos(&mut peers[i]).is_none() {
+        let e = entry(&peers[i]);
+        *pos(&mut peers[i]) = Some(list.len());
+        list.push(e);
     }
 }
 
-fn list_remove<K, S>(list: &mut Vec<usize>, peers: &mut [Slot<K, S>], i: usize, pos: PosOf<K, S>) {
+fn list_remove<K, S, E: Member>(list: &mut Vec<E>, peers: &mut [Slot<K, S>], i: usize, pos: PosOf<K, S>) {
     if let Some(p) = pos(&mut peers[i]).take() {
         list.swap_remove(p);
-        if let Some(&moved) = list.get(p) {
-            *pos(&mut peers[moved]) = Some(p);
+        if let Some(moved) = list.get(p) {
+            *pos(&mut peers[moved.slot()]) = Some(p);
         }
     }
 }
 
-fn list_set<K, S>(list: &mut Vec<usize>, peers: &mut [Slot<K, S>], i: usize, pos: PosOf<K, S>, member: bool) {
+fn list_set<K, S, E: Member>(
+    list: &mut Vec<E>,
+    peers: &mut [Slot<K, S>],
+    i: usize,
+    pos: PosOf<K, S>,
+    member: bool,
+    entry: impl FnOnce(&Slot<K, S>) -> E,
+) {
     if member {
-        list_add(list, peers, i, pos);
+        list_add(list, peers, i, pos, entry);
     } else {
         list_remove(list, peers, i, pos);
+    }
+}
+
+/// The dense entry of pickable peer `i`.
+fn pick_entry<K, S>(i: usize) -> impl FnOnce(&Slot<K, S>) -> Pick {
+    move |s| Pick {
+        index: i,
+        weight: s.weight,
+        degraded: s.tracked.is_degraded(),
+        stats: s.stats.clone(),
     }
 }
 
@@ -308,7 +370,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         self.index.get(key).map(|&i| self.peers[i].cell.clone())
     }
 
-    pub(crate) fn pickable(&self) -> &[usize] {
+    pub(crate) fn pickable(&self) -> &[Pick] {
         &self.pickable
     }
 
@@ -447,7 +509,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
         // Counted as available, then moved to what it answered; a new peer
         // reports `PeerAdded` only, no availability flip.
         self.counts.add(Category::Available);
-        list_add(&mut self.pickable, &mut self.peers, i, pick_pos);
+        list_add(&mut self.pickable, &mut self.peers, i, pick_pos, pick_entry(i));
         self.update(
             i,
             Tracked::from_availability(availability, at),
@@ -478,13 +540,13 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             self.index.insert(moved.key.clone(), i);
             moved.cell.set_index(i);
             if let Some(p) = moved.pick_pos {
-                self.pickable[p] = i;
+                self.pickable[p].move_to(i);
             }
             if let Some(p) = moved.not_ready_pos {
-                self.not_ready[p] = i;
+                self.not_ready[p].move_to(i);
             }
             if let Some(p) = moved.policy_pos {
-                self.policy[p] = i;
+                self.policy[p].move_to(i);
             }
         }
         self.deferred.push(Deferred::Removed(slot.id.clone()));
@@ -534,6 +596,7 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             i,
             pick_pos,
             available && readiness == Readiness::Ready,
+            pick_entry(i),
         );
         list_set(
             &mut self.not_ready,
@@ -541,9 +604,16 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
             i,
             not_ready_pos,
             available && readiness == Readiness::NotReady,
+            |_| i,
         );
-        list_set(&mut self.policy, &mut self.peers, i, policy_pos, in_policy);
+        list_set(&mut self.policy, &mut self.peers, i, policy_pos, in_policy, |_| i);
         let slot = &mut self.peers[i];
+        if let Some(p) = slot.pick_pos {
+            // Already in rotation: its entry follows the slot.
+            let entry = &mut self.pickable[p];
+            entry.weight = slot.weight;
+            entry.degraded = tracked.is_degraded();
+        }
         let due = tracked.due();
         if due != slot.probe_at {
             slot.probe_at = due;
@@ -633,8 +703,14 @@ impl<K: Hash + Eq + Clone, S> PeerSet<K, S> {
                 return Err(format!("peer {i} is indexed wrong"));
             }
             let pickable = s.tracked.takes_calls() && s.readiness == Readiness::Ready;
-            if s.pick_pos.is_some() != pickable || s.pick_pos.is_some_and(|p| self.pickable[p] != i) {
+            if s.pick_pos.is_some() != pickable || s.pick_pos.is_some_and(|p| self.pickable[p].index != i) {
                 return Err(format!("peer {i} pickable {pickable} but {:?}", s.pick_pos));
+            }
+            if let Some(p) = s.pick_pos {
+                let e = &self.pickable[p];
+                if e.weight != s.weight || e.degraded != s.tracked.is_degraded() || !Arc::ptr_eq(&e.stats, &s.stats) {
+                    return Err(format!("peer {i}'s pick entry disagrees with its slot"));
+                }
             }
             if s.not_ready_pos.is_some_and(|p| self.not_ready[p] != i)
                 || s.policy_pos.is_some_and(|p| self.policy[p] != i)

@@ -169,6 +169,62 @@ fn a_peer_opening_at_its_earlier_due_instant_is_in_the_open_probe_queue() {
     set.check().expect("every view and count true");
 }
 
+/// The everyday pick (equal weights, no attempt record) takes two distinct
+/// peers from one draw, and every ordered pair comes up: no peer is favoured
+/// by where it sits in the pickable list. Then a degraded peer loses to a
+/// healthy one whichever it was drawn as.
+#[test]
+fn the_uniform_pick_draws_every_pair_of_distinct_peers() {
+    let inbox = Arc::new(Inbox::new(Arc::new(Waiters::default())));
+    let budget = Arc::new(EjectionBudget::new(None));
+    let mut set: PeerSet<u8, ()> = PeerSet::default();
+    let start = Instant::now();
+    for k in 0..5u8 {
+        let joining = Joining {
+            service: (),
+            weight: 1,
+            cell: PeerCell::new(u64::from(k), &inbox, &budget),
+            notifies: true,
+            availability: Availability::Available,
+            at: start,
+        };
+        set.insert(k, PeerId::new(k.to_string()), joining, || {
+            Arc::new(PeerStats::new(LoadMetric::PendingRequests))
+        });
+    }
+    fastrand::seed(7);
+    let mut seen = [[0u32; 5]; 5];
+    for _ in 0..2_000 {
+        let (a, b) = super::choose::two(&set, None);
+        let b = b.expect("five pickable peers give two candidates");
+        assert_ne!(a, b, "two candidates are two peers");
+        seen[a][b] += 1;
+    }
+    for (a, row) in seen.iter().enumerate() {
+        for (b, &n) in row.iter().enumerate() {
+            if a != b {
+                // 100 expected per pair.
+                assert!(n > 50, "pair ({a}, {b}) drawn {n} times in 2,000");
+            }
+        }
+    }
+    let cell = set.cell_of(&3).expect("inserted");
+    let observed = Observed {
+        availability: Some((Availability::Degraded, start)),
+        readiness: None,
+        refused_policy: false,
+        reported: true,
+        woken: false,
+    };
+    set.apply(cell.index(), observed, start);
+    set.check().expect("every view and count true");
+    for _ in 0..500 {
+        let (a, b) = super::choose::two(&set, None);
+        assert_ne!(a, cell.index(), "a degraded peer never wins over a healthy one");
+        assert!(b.is_some());
+    }
+}
+
 /// The request path against the probe queue: random availability changes,
 /// clients that are not ready, peers that refuse early probes, time passing
 /// and calls, through a real balancer with the probe-now policy (and the
