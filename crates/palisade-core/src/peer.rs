@@ -78,7 +78,39 @@ impl From<SocketAddr> for PeerId {
 /// [`AttemptRecord::from_peers`] for an independent record.
 #[derive(Clone, Default)]
 pub struct AttemptRecord {
-    peers: Arc<Mutex<Vec<PeerId>>>,
+    peers: Arc<Mutex<Peers>>,
+}
+
+/// The peers of one record, oldest first: the first inline (most calls make
+/// one attempt, and recording it allocates nothing), the others in a vector
+/// that only a retry fills.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Peers {
+    first: Option<PeerId>,
+    /// Empty while `first` is `None`.
+    rest: Vec<PeerId>,
+}
+
+impl Peers {
+    fn push(&mut self, peer: PeerId) {
+        if self.first.is_none() {
+            self.first = Some(peer);
+        } else {
+            self.rest.push(peer);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &PeerId> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    fn last(&self) -> Option<&PeerId> {
+        self.rest.last().or(self.first.as_ref())
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
 }
 
 impl AttemptRecord {
@@ -90,7 +122,10 @@ impl AttemptRecord {
     /// A new record holding `peers`, shared with nobody.
     pub fn from_peers(peers: impl IntoIterator<Item = PeerId>) -> Self {
         Self {
-            peers: Arc::new(Mutex::new(peers.into_iter().collect())),
+            peers: Arc::new(Mutex::new(peers.into_iter().fold(Peers::default(), |mut all, peer| {
+                all.push(peer);
+                all
+            }))),
         }
     }
 
@@ -111,7 +146,7 @@ impl AttemptRecord {
 
     /// The peers used so far, oldest first.
     pub fn peers(&self) -> Vec<PeerId> {
-        self.peers.lock().clone()
+        self.peers.lock().iter().cloned().collect()
     }
 
     /// How many attempts recorded a peer.
@@ -121,7 +156,7 @@ impl AttemptRecord {
 
     /// Whether no attempt has recorded a peer yet.
     pub fn is_empty(&self) -> bool {
-        self.peers.lock().is_empty()
+        self.peers.lock().first.is_none()
     }
 
     /// The peer the latest attempt used.
@@ -137,7 +172,10 @@ impl AttemptRecord {
 
 impl fmt::Debug for AttemptRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AttemptRecord").field(&*self.peers.lock()).finish()
+        let peers = self.peers.lock();
+        f.debug_tuple("AttemptRecord")
+            .field(&peers.iter().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -516,6 +554,27 @@ mod tests {
         assert!(record.contains(&PeerId::from("127.0.0.1:80")));
         assert!(!record.contains(&PeerId::from("b:1")));
         assert_eq!(record.last(), Some(PeerId::from("127.0.0.1:80")));
+    }
+
+    /// The first peer is held inline and the others after it: order, last,
+    /// length, repeats and equality are the same on both sides of that seam.
+    #[test]
+    fn a_record_past_its_inline_peer_keeps_order_and_equality() {
+        let ids = ["a:1", "b:1", "a:1", "c:1"].map(PeerId::from);
+        let record = AttemptRecord::new();
+        assert_eq!(record.last(), None);
+        for id in &ids {
+            record.record(id.clone());
+            assert_eq!(record.last().as_ref(), Some(id));
+        }
+        record.record(PeerId::from("c:1"));
+        assert_eq!(record.peers(), ids, "a repeat of the last peer is not recorded");
+        assert_eq!(record.len(), 4);
+        assert!(!record.is_empty());
+        assert!(record.contains(&PeerId::from("b:1")));
+        assert_eq!(AttemptRecord::from_peers(ids.clone()), record);
+        assert_ne!(AttemptRecord::from_peers(ids[..3].to_vec()), record);
+        assert_eq!(format!("{record:?}"), format!("AttemptRecord({ids:?})"));
     }
 
     #[derive(Default)]

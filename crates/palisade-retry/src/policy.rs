@@ -300,8 +300,12 @@ fn hold_head<RB>(response: http::Response<RB>) -> http::response::Parts {
 /// (method, uri, headers, extensions) and a handle on its replay buffer.
 #[derive(Debug)]
 pub struct KeptRequest<B> {
+    /// Without the attempt record: each later attempt gets a handle on
+    /// `record` (kept apart so that the copy of the head does not box a
+    /// clone of it on every call, only on retries).
     head: http::Request<()>,
     body: ReplayBody<B>,
+    record: AttemptRecord,
     /// How many peers the attempt record held when the latest attempt was sent.
     recorded_at_send: usize,
 }
@@ -322,26 +326,23 @@ fn first_http_attempt<B: http_body::Body>(
         return (request.map(ReplayBody::once), None);
     }
     let (mut parts, body) = request.into_parts();
-    // A record the caller brought may hold peers already; a new one is empty
-    // (no lock taken on this path).
-    let recorded_at_send = match parts.extensions.attempt_record() {
-        Some(record) => record.len(),
-        None => {
-            parts.extensions.insert(AttemptRecord::default());
-            0
-        }
+    // A record the caller brought may hold peers already (and stays in the
+    // copy of the head); a new one is empty (no lock taken on this path).
+    let (record, recorded_at_send, brought) = match parts.extensions.attempt_record() {
+        Some(record) => (record.clone(), record.len(), true),
+        None => (AttemptRecord::default(), 0, false),
     };
     let body = ReplayBody::new(body, cap);
     let kept = body.replay().map(|replay| KeptRequest {
         head: http::Request::from_parts(parts.clone(), ()),
         body: replay,
+        record: record.clone(),
         recorded_at_send,
     });
+    if !brought {
+        parts.extensions.insert(record);
+    }
     (http::Request::from_parts(parts, body), kept)
-}
-
-fn recorded(kept_head: &http::Request<()>) -> usize {
-    kept_head.attempt_record().map_or(0, AttemptRecord::len)
 }
 
 /// How much longer than the time left a `grpc-timeout` already on an attempt
@@ -369,15 +370,16 @@ fn stamp_grpc_timeout<B>(attempt: &mut http::Request<B>, deadline: Instant) {
 
 fn next_http_attempt<B: http_body::Body>(kept: &KeptRequest<B>) -> Option<http::Request<ReplayBody<B>>> {
     let body = kept.body.replay()?;
-    Some(kept.head.clone().map(|()| body))
+    let mut attempt = kept.head.clone().map(|()| body);
+    attempt.extensions_mut().insert(kept.record.clone());
+    Some(attempt)
 }
 
 fn record_http_peer<B>(kept: &mut KeptRequest<B>, peer: PeerId) {
-    // The record is a shared handle: every attempt's copy of the head holds a
-    // clone of it, so a balancer's entries are already here; a peer equal to
-    // the last one is not recorded twice.
-    let record: &mut AttemptRecord = kept.head.attempt_record_mut();
-    record.record(peer);
+    // The record is a shared handle: every attempt holds a clone of it, so
+    // a balancer's entries are already here; a peer equal to the last one is
+    // not recorded twice.
+    kept.record.record(peer);
 }
 
 macro_rules! replayable_protocol {
@@ -435,11 +437,11 @@ macro_rules! replayable_protocol {
             }
 
             fn note_sent(&self, kept: &mut Self::Kept) {
-                kept.recorded_at_send = recorded(&kept.head);
+                kept.recorded_at_send = kept.record.len();
             }
 
             fn switched_peer(&self, kept: &Self::Kept) -> bool {
-                recorded(&kept.head) > kept.recorded_at_send
+                kept.record.len() > kept.recorded_at_send
             }
 
             fn commit(&self, kept: &Self::Kept) {
