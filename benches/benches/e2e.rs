@@ -188,7 +188,8 @@ e2e: closed-loop unary calls over tonic on loopback through each client; a table
   --rounds N        sweeps over every client and concurrency (default 2)
   --callers 1,16,64 concurrent callers
   --clients a,b     bare, balance-list, tower, quickstart, multi, preset (default: all six);
-                    one layer over one channel: timeout, breaker, bulkhead, retry
+                    one layer over one channel: timeout, timeout-silent (no grpc-timeout sent),
+                    breaker, bulkhead, retry; preset-silent (the preset sending no grpc-timeout)
   --threads N       the runtime's worker threads (default: one per core; 1 is the steadiest
                     reading of CPU per call)
   --calls N         exactly N calls per caller instead of a time (for callgrind)
@@ -230,6 +231,11 @@ enum Kind {
     // One layer of the quickstart alone over one channel (not in the default
     // run: name them with `--clients`), to see what each costs.
     OnlyTimeout,
+    /// The same attempt timeout, writing no `grpc-timeout`: what the header
+    /// costs (the in-process servers arm a timer of their own for it).
+    OnlyTimeoutSilent,
+    /// The preset, its attempt timeout writing no `grpc-timeout`.
+    PresetSilent,
     OnlyBreaker,
     OnlyBulkhead,
     OnlyRetry,
@@ -244,8 +250,10 @@ impl Kind {
         Kind::Multi,
         Kind::Preset,
     ];
-    const LAYERS: [Kind; 4] = [
+    const LAYERS: [Kind; 6] = [
         Kind::OnlyTimeout,
+        Kind::OnlyTimeoutSilent,
+        Kind::PresetSilent,
         Kind::OnlyBreaker,
         Kind::OnlyBulkhead,
         Kind::OnlyRetry,
@@ -260,6 +268,8 @@ impl Kind {
             Kind::Multi => "multi",
             Kind::Preset => "preset",
             Kind::OnlyTimeout => "timeout",
+            Kind::OnlyTimeoutSilent => "timeout-silent",
+            Kind::PresetSilent => "preset-silent",
             Kind::OnlyBreaker => "breaker",
             Kind::OnlyBulkhead => "bulkhead",
             Kind::OnlyRetry => "retry",
@@ -275,8 +285,10 @@ impl Kind {
     fn baseline(self) -> Kind {
         match self {
             Kind::Bare | Kind::Quickstart => Kind::Bare,
-            Kind::OnlyTimeout | Kind::OnlyBreaker | Kind::OnlyBulkhead | Kind::OnlyRetry => Kind::Bare,
-            Kind::BalanceList | Kind::Tower | Kind::Multi | Kind::Preset => Kind::BalanceList,
+            Kind::OnlyTimeout | Kind::OnlyTimeoutSilent | Kind::OnlyBreaker | Kind::OnlyBulkhead | Kind::OnlyRetry => {
+                Kind::Bare
+            }
+            Kind::BalanceList | Kind::Tower | Kind::Multi | Kind::Preset | Kind::PresetSilent => Kind::BalanceList,
         }
     }
 }
@@ -703,6 +715,21 @@ fn main() {
                         TimeoutLayer::builder()
                             .grpc()
                             .timeout(Some(Duration::from_millis(300)))
+                            .build()
+                            .expect("timeout")
+                            .layer(servers[0].channel()),
+                    )),
+                    Kind::PresetSilent => Client::Preset(EchoClient::new(
+                        palisade::preset::GrpcClient::builder(registry.clone(), SERVICE)
+                            .attempt_timeout_layer(|t| t.propagate_grpc_timeout(false))
+                            .build()
+                            .expect("preset"),
+                    )),
+                    Kind::OnlyTimeoutSilent => Client::Timeout(EchoClient::new(
+                        TimeoutLayer::builder()
+                            .grpc()
+                            .timeout(Some(Duration::from_millis(300)))
+                            .propagate_grpc_timeout(false)
                             .build()
                             .expect("timeout")
                             .layer(servers[0].channel()),
