@@ -331,7 +331,9 @@ impl<P, R, A> RetryLayerBuilder<P, R, A> {
     /// [`RetryPredicate`](palisade_core::retry::RetryPredicate), such as a
     /// closure `Fn(&View, &Result<Res, BoxError>) -> RetryDecision`; the view
     /// is the request for [`Plain`](palisade_core::protocol::Plain) and the request's head
-    /// `http::Request<()>` for [`Http`](palisade_core::protocol::Http) and [`Grpc`](palisade_core::protocol::Grpc)).
+    /// `http::Request<()>` for [`Http`](palisade_core::protocol::Http) and [`Grpc`](palisade_core::protocol::Grpc),
+    /// with the extensions the caller sent: the peer an attempt used is named
+    /// on its response, see [`KeptRequest`](crate::policy::KeptRequest)).
     pub fn predicate<F>(self, predicate: F) -> RetryLayerBuilder<P, Replace<F>, A> {
         self.predicate_with(Replace(predicate))
     }

@@ -297,7 +297,14 @@ fn hold_head<RB>(response: http::Response<RB>) -> http::response::Parts {
 }
 
 /// What [`Http`] and [`Grpc`] keep of a request between attempts: its head
-/// (method, uri, headers, extensions) and a handle on its replay buffer.
+/// (method, uri, headers, extensions), a handle on its replay buffer and the
+/// call's [`AttemptRecord`].
+///
+/// The head's extensions are the request's as the caller sent them: the
+/// attempt record the layer adds (when the caller brought none) travels on
+/// the attempts, not in the head, so a predicate's view does not hold it. A
+/// balancer below names the peer each attempt went to on its response (a
+/// [`PeerId`] in the response's extensions).
 #[derive(Debug)]
 pub struct KeptRequest<B> {
     /// Without the attempt record: each later attempt gets a handle on
@@ -311,7 +318,8 @@ pub struct KeptRequest<B> {
 }
 
 impl<B> KeptRequest<B> {
-    /// The request's head, as predicates see it.
+    /// The request's head, as predicates see it (without the layer's own
+    /// attempt record: see [`KeptRequest`]).
     pub fn head(&self) -> &http::Request<()> {
         &self.head
     }

@@ -4,7 +4,8 @@
 //! loaded first. The everyday pick (equal weights, no attempt record)
 //! takes both positions from one 64-bit draw, and the comparison reads the
 //! pickable list's dense entries and the two peers' counters, never the
-//! slots: only the winner's slot is touched.
+//! slots: the choice touches only the winner's (the caller offers the call
+//! to the other candidate if the winner cannot take it).
 //!
 //! A retry avoids the peers of earlier attempts: from a drawn position the
 //! choice walks forward past peers in the attempt record. At most
@@ -22,7 +23,8 @@ use tokio::time::Instant;
 use super::set::{PeerSet, Pick};
 
 /// A uniform position below `n` from 32 random bits (multiply and shift: no
-/// division, a bias of at most `n / 2^32`, nothing for a load balancer).
+/// division, a bias of at most `n / 2^32`, nothing for a load balancer; past
+/// 2^32 positions only 2^32 of them can come up, a fleet no balancer has).
 fn below(bits: u32, n: usize) -> usize {
     ((u128::from(bits) * n as u128) >> 32) as usize
 }

@@ -204,9 +204,10 @@ pub(crate) struct Slot<K, S> {
 type PosOf<K, S> = fn(&mut Slot<K, S>) -> &mut Option<usize>;
 
 /// A pickable peer as the choice reads it: all that two choices compare,
-/// in one dense entry, so that the losing candidate costs this entry and its
-/// counters and not its slot (with thousands of peers every slot is a cache
-/// miss on the request path).
+/// in one dense entry, so that on a first attempt the losing candidate costs
+/// this entry and its counters and not its slot (with thousands of peers
+/// every slot is a cache miss on the request path; a retry's walk past the
+/// peers of its record reads their ids in the slots).
 pub(crate) struct Pick {
     /// The peer's slot.
     pub(crate) index: usize,
