@@ -407,6 +407,26 @@ type TowerStack = tower::retry::Retry<
     >,
 >;
 
+/// The preset with its defaults over `registry`; `grpc_timeout` off makes
+/// its attempt timeout send no `grpc-timeout`.
+fn preset(registry: &InMemoryRegistry, grpc_timeout: bool) -> palisade::preset::GrpcClient {
+    palisade::preset::GrpcClient::builder(registry.clone(), SERVICE)
+        .attempt_timeout_layer(|t| t.propagate_grpc_timeout(grpc_timeout))
+        .build()
+        .expect("preset")
+}
+
+/// The quickstart's attempt timeout alone over `channel`.
+fn attempt_timeout(channel: Channel, grpc_timeout: bool) -> Timeout<Channel, Grpc> {
+    TimeoutLayer::builder()
+        .grpc()
+        .timeout(Some(Duration::from_millis(300)))
+        .propagate_grpc_timeout(grpc_timeout)
+        .build()
+        .expect("timeout")
+        .layer(channel)
+}
+
 fn tower_stack(addrs: &[String]) -> Result<TowerStack, BoxError> {
     let services = addrs
         .iter()
@@ -706,34 +726,12 @@ fn main() {
                     Kind::Tower => Client::Tower(tower_stack(&addrs).expect("tower stack")),
                     Kind::Quickstart => Client::Quickstart(quickstart(servers[0].channel()).expect("quickstart")),
                     Kind::Multi => Client::Multi(multi(&registry).expect("multi")),
-                    Kind::Preset => Client::Preset(EchoClient::new(
-                        palisade::preset::GrpcClient::builder(registry.clone(), SERVICE)
-                            .build()
-                            .expect("preset"),
-                    )),
-                    Kind::OnlyTimeout => Client::Timeout(EchoClient::new(
-                        TimeoutLayer::builder()
-                            .grpc()
-                            .timeout(Some(Duration::from_millis(300)))
-                            .build()
-                            .expect("timeout")
-                            .layer(servers[0].channel()),
-                    )),
-                    Kind::PresetSilent => Client::Preset(EchoClient::new(
-                        palisade::preset::GrpcClient::builder(registry.clone(), SERVICE)
-                            .attempt_timeout_layer(|t| t.propagate_grpc_timeout(false))
-                            .build()
-                            .expect("preset"),
-                    )),
-                    Kind::OnlyTimeoutSilent => Client::Timeout(EchoClient::new(
-                        TimeoutLayer::builder()
-                            .grpc()
-                            .timeout(Some(Duration::from_millis(300)))
-                            .propagate_grpc_timeout(false)
-                            .build()
-                            .expect("timeout")
-                            .layer(servers[0].channel()),
-                    )),
+                    Kind::Preset => Client::Preset(EchoClient::new(preset(&registry, true))),
+                    Kind::PresetSilent => Client::Preset(EchoClient::new(preset(&registry, false))),
+                    Kind::OnlyTimeout => Client::Timeout(EchoClient::new(attempt_timeout(servers[0].channel(), true))),
+                    Kind::OnlyTimeoutSilent => {
+                        Client::Timeout(EchoClient::new(attempt_timeout(servers[0].channel(), false)))
+                    }
                     Kind::OnlyBreaker => Client::Breaker(EchoClient::new(
                         CircuitBreakerLayer::new(CircuitBreakerConfig::builder().build().expect("breaker"))
                             .protocol(Grpc::default())

@@ -125,30 +125,63 @@ proptest! {
     }
 }
 
+/// An empty peer set with what its peers' cells need.
+struct Fixture {
+    inbox: Arc<Inbox>,
+    budget: Arc<EjectionBudget>,
+    set: PeerSet<u8, ()>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            inbox: Arc::new(Inbox::new(Arc::new(Waiters::default()))),
+            budget: Arc::new(EjectionBudget::new(None)),
+            set: PeerSet::default(),
+        }
+    }
+
+    /// Adds peer `key` (weight 1, reporting its changes), answering
+    /// `availability` at `at`.
+    fn add(&mut self, key: u8, availability: Availability, at: Instant) {
+        let joining = Joining {
+            service: (),
+            weight: 1,
+            cell: PeerCell::new(u64::from(key), &self.inbox, &self.budget),
+            notifies: true,
+            availability,
+            at,
+        };
+        self.set.insert(key, PeerId::new(format!("p{key}")), joining, || {
+            Arc::new(PeerStats::new(LoadMetric::PendingRequests))
+        });
+    }
+}
+
+/// A reported change to `availability` at `at`.
+fn reported(availability: Availability, at: Instant) -> Observed {
+    Observed {
+        availability: Some((availability, at)),
+        readiness: None,
+        refused_policy: false,
+        reported: true,
+        woken: false,
+    }
+}
+
 /// A peer that opens with the very instant its earlier state was due at
 /// (a busy peer's recheck) gets its entry in the open-probe queue too: its
 /// probe-queue entry stays the same, so only the state changed.
 #[test]
 fn a_peer_opening_at_its_earlier_due_instant_is_in_the_open_probe_queue() {
-    let inbox = Arc::new(Inbox::new(Arc::new(Waiters::default())));
-    let budget = Arc::new(EjectionBudget::new(None));
-    let mut set: PeerSet<u8, ()> = PeerSet::default();
+    let mut fixture = Fixture::new();
     let start = Instant::now();
     let busy = Availability::Unavailable {
         reason: Unavailable::Other,
         retry_in: Duration::from_millis(1_000),
     };
-    let joining = Joining {
-        service: (),
-        weight: 1,
-        cell: PeerCell::new(1, &inbox, &budget),
-        notifies: true,
-        availability: busy,
-        at: start,
-    };
-    set.insert(7, PeerId::new("p7"), joining, || {
-        Arc::new(PeerStats::new(LoadMetric::PendingRequests))
-    });
+    fixture.add(7, busy, start);
+    let set = &mut fixture.set;
     assert_eq!(set.next_open_due(), None);
     // 400 ms later it opens for 600 ms: due at the same instant as before.
     let now = start + Duration::from_millis(400);
@@ -157,14 +190,7 @@ fn a_peer_opening_at_its_earlier_due_instant_is_in_the_open_probe_queue() {
         retry_in: Duration::from_millis(600),
     };
     let cell = set.cell_of(&7).expect("inserted");
-    let observed = Observed {
-        availability: Some((open, now)),
-        readiness: None,
-        refused_policy: false,
-        reported: true,
-        woken: false,
-    };
-    set.apply(cell.index(), observed, now);
+    set.apply(cell.index(), reported(open, now), now);
     assert_eq!(set.next_open_due(), Some(start + Duration::from_millis(1_000)));
     set.check().expect("every view and count true");
 }
@@ -175,27 +201,16 @@ fn a_peer_opening_at_its_earlier_due_instant_is_in_the_open_probe_queue() {
 /// healthy one whichever it was drawn as.
 #[test]
 fn the_uniform_pick_draws_every_pair_of_distinct_peers() {
-    let inbox = Arc::new(Inbox::new(Arc::new(Waiters::default())));
-    let budget = Arc::new(EjectionBudget::new(None));
-    let mut set: PeerSet<u8, ()> = PeerSet::default();
+    let mut fixture = Fixture::new();
     let start = Instant::now();
     for k in 0..5u8 {
-        let joining = Joining {
-            service: (),
-            weight: 1,
-            cell: PeerCell::new(u64::from(k), &inbox, &budget),
-            notifies: true,
-            availability: Availability::Available,
-            at: start,
-        };
-        set.insert(k, PeerId::new(k.to_string()), joining, || {
-            Arc::new(PeerStats::new(LoadMetric::PendingRequests))
-        });
+        fixture.add(k, Availability::Available, start);
     }
+    let set = &mut fixture.set;
     fastrand::seed(7);
     let mut seen = [[0u32; 5]; 5];
     for _ in 0..2_000 {
-        let (a, b) = super::choose::two(&set, None);
+        let (a, b) = super::choose::two(set, None);
         let b = b.expect("five pickable peers give two candidates");
         assert_ne!(a, b, "two candidates are two peers");
         seen[a][b] += 1;
@@ -209,17 +224,10 @@ fn the_uniform_pick_draws_every_pair_of_distinct_peers() {
         }
     }
     let cell = set.cell_of(&3).expect("inserted");
-    let observed = Observed {
-        availability: Some((Availability::Degraded, start)),
-        readiness: None,
-        refused_policy: false,
-        reported: true,
-        woken: false,
-    };
-    set.apply(cell.index(), observed, start);
+    set.apply(cell.index(), reported(Availability::Degraded, start), start);
     set.check().expect("every view and count true");
     for _ in 0..500 {
-        let (a, b) = super::choose::two(&set, None);
+        let (a, b) = super::choose::two(set, None);
         assert_ne!(a, cell.index(), "a degraded peer never wins over a healthy one");
         assert!(b.is_some());
     }
