@@ -36,10 +36,13 @@ pin_project! {
         hook: HookSlot<H>,
         timers: Option<Box<Timers>>,
         ended: bool,
-        // The inner body said it had not ended right after the latest frame:
-        // until the next poll, `is_end_stream` answers `false` without asking
-        // again (allowed: `false` is only a hint), so that nested bodies ask
-        // the bottom one once per frame, not once per layer above it.
+        // The inner body said it had not ended at the latest look (when it
+        // was wrapped, or right after the latest frame): until the next
+        // poll, `is_end_stream` answers `false` without asking again
+        // (allowed: `false` is only a hint), so that the layers joining the
+        // body at the response head, and nested bodies, ask the bottom one
+        // once per frame, not once per layer (an h2 body takes its
+        // connection's lock to answer).
         not_ended_yet: bool,
     }
 }
@@ -78,6 +81,7 @@ impl<B: Body, H: OnEnd> CompletionBody<B, H> {
         if body.inner.is_end_stream() {
             end_projected(&mut body.ended, &mut body.hook, &mut body.timers, BodyEnd::Eos(None));
         } else {
+            body.not_ended_yet = true;
             body.timers = Timers::new(limits);
         }
         body

@@ -109,6 +109,53 @@ async fn a_body_ended_before_the_join_reports_its_end_to_the_new_hook_at_once() 
     assert_eq!(second.heard(), [Heard::Eos(None)]);
 }
 
+/// A body that counts how often it is asked whether it ended.
+struct Asked<B> {
+    inner: B,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<B: Body + Unpin> Body for Asked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.is_end_stream()
+    }
+}
+
+#[tokio::test]
+async fn the_layers_joining_at_the_head_ask_the_bottom_body_once() {
+    // An h2 body takes its connection's lock to say whether it ended: the
+    // wrap and every join at the response head (three layers, and whoever
+    // reads the body next) ask it once between them.
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inner = Asked {
+        inner: ScriptBody::new([Step::Data("x"), Step::Trailers("0")]),
+        asked: asked.clone(),
+    };
+    let logs = [Log::default(), Log::default(), Log::default()];
+    let mut body = CompletionBody::new(inner, logs[0].hook())
+        .join(logs[1].hook(), BodyLimits::NONE)
+        .join(logs[2].hook(), BodyLimits::NONE);
+    assert!(!body.is_end_stream());
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Reading it still finds its end, reported once to each hook.
+    while next_frame(&mut body).await.is_some() {}
+    assert!(body.is_end_stream());
+    for log in &logs {
+        assert_eq!(log.heard(), [Heard::Eos(Some("0".into()))]);
+    }
+}
+
 #[tokio::test]
 async fn trailers_reach_every_layer_once_through_one_body() {
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -288,11 +288,17 @@ impl Throttle {
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some(t.saturating_sub(1000)));
     }
 
+    /// Whether the bucket is full (a success would add nothing).
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        self.tokens.load(Ordering::Relaxed) >= self.max
+    }
+
     /// A success refills `token_ratio` tokens, up to the maximum.
     #[inline]
     pub fn on_success(&self) {
         let (max, ratio) = (self.max, self.ratio);
-        if self.tokens.load(Ordering::Relaxed) >= max {
+        if self.is_full() {
             return;
         }
         let _ = self.tokens.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| {

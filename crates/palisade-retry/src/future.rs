@@ -285,10 +285,13 @@ where
         let decision = policy.predicate.decide(protocol, protocol.view(kept), &result);
         if decision == RetryDecision::DoNotRetry {
             if let Some(throttle) = policy.state.throttle()
+                && !throttle.is_full()
                 && protocol.is_success(&result)
             {
                 // Only a real success refills: not an HTTP 500 or a
-                // trailers-only gRPC error that is not retried.
+                // trailers-only gRPC error that is not retried. A full
+                // bucket (the steady state) is not worth reading the
+                // response for.
                 throttle.on_success();
             }
             // Committed: the request body need not be kept for a replay.

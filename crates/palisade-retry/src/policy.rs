@@ -48,7 +48,7 @@ use tokio::time::Instant;
 
 use crate::body::RetryBody;
 use crate::pushback::{self, Pushback};
-use crate::replay::ReplayBody;
+use crate::replay::{ReplayBody, ReplaySource};
 
 /// The number of attempts a call took, put in the extensions of the final
 /// http response by [`Http`] and [`Grpc`] when the call was retried (more
@@ -311,7 +311,7 @@ pub struct KeptRequest<B> {
     /// `record` (kept apart so that the copy of the head does not box a
     /// clone of it on every call, only on retries).
     head: http::Request<()>,
-    body: ReplayBody<B>,
+    body: ReplaySource<B>,
     record: AttemptRecord,
     /// How many peers the attempt record held when the latest attempt was sent.
     recorded_at_send: usize,
@@ -341,9 +341,9 @@ fn first_http_attempt<B: http_body::Body>(
         None => (AttemptRecord::default(), 0, false),
     };
     let body = ReplayBody::new(body, cap);
-    let kept = body.replay().map(|replay| KeptRequest {
+    let kept = body.source().map(|source| KeptRequest {
         head: http::Request::from_parts(parts.clone(), ()),
-        body: replay,
+        body: source,
         record: record.clone(),
         recorded_at_send,
     });
@@ -650,6 +650,20 @@ mod tests {
     use palisade_core::error::{DeadlineExceeded, NoAvailablePeers};
     use palisade_core::retry::Retryable;
     use std::time::Duration;
+
+    #[test]
+    fn the_kept_request_holds_a_handle_on_the_body_not_a_body() {
+        // The kept request lives in every call's future, which each layer
+        // above moves: it holds the head, the record and a handle on the
+        // body's shared state, not a body with room for the read state.
+        let kept = std::mem::size_of::<KeptRequest<http_body_util::Full<bytes::Bytes>>>();
+        let head = std::mem::size_of::<http::Request<()>>();
+        assert!(
+            kept <= head + 64,
+            "{kept} bytes: {head} of head and {} more",
+            kept - head
+        );
+    }
 
     fn response(status: u16, grpc_status: Option<&str>) -> Result<http::Response<()>, BoxError> {
         let mut builder = http::Response::builder().status(status);

@@ -225,25 +225,21 @@ impl<B: Body> ReplayBody<B> {
     /// body cannot be replayed (it outgrew its cap, its read failed, or it
     /// was made with [`once`](Self::once)).
     pub fn replay(&self) -> Option<Self> {
+        self.source().and_then(|source| source.replay())
+    }
+
+    /// What the retry keeps between attempts to make their bodies: the
+    /// shared state and what a replay needs to know, not a body of its own
+    /// (which would carry room for the whole read state in every call's
+    /// future). `None` when the body cannot be replayed.
+    pub(crate) fn source(&self) -> Option<ReplaySource<B>> {
         match &self.kind {
-            Kind::Passthrough(_) => None,
-            Kind::Replay(r) => {
-                if !r.is_replayable() {
-                    return None;
-                }
-                Some(Self {
-                    kind: Kind::Replay(Replay {
-                        shared: r.shared.clone(),
-                        state: None,
-                        replayed: 0,
-                        trailers_sent: false,
-                        sent: 0,
-                        hint: r.hint,
-                        empty: r.empty,
-                        lost_here: false,
-                    }),
-                })
-            }
+            Kind::Replay(r) if r.is_replayable() => Some(ReplaySource {
+                shared: r.shared.clone(),
+                hint: r.hint,
+                empty: r.empty,
+            }),
+            _ => None,
         }
     }
 
@@ -267,9 +263,50 @@ impl<B: Body> ReplayBody<B> {
     }
 }
 
+/// Makes the bodies of a call's later attempts ([`ReplayBody::source`]):
+/// what [`ReplayBody::replay`] does, kept apart from any body.
+pub(crate) struct ReplaySource<B> {
+    shared: Arc<CallBody<B>>,
+    hint: SizeHint,
+    empty: bool,
+}
+
+impl<B> ReplaySource<B> {
+    /// The next attempt's body; `None` once the body cannot be replayed.
+    pub(crate) fn replay(&self) -> Option<ReplayBody<B>> {
+        self.is_replayable().then(|| ReplayBody {
+            kind: Kind::Replay(Replay {
+                shared: self.shared.clone(),
+                state: None,
+                replayed: 0,
+                trailers_sent: false,
+                sent: 0,
+                hint: self.hint,
+                empty: self.empty,
+                lost_here: false,
+            }),
+        })
+    }
+
+    pub(crate) fn is_replayable(&self) -> bool {
+        self.shared.is_replayable()
+    }
+
+    /// As [`ReplayBody::commit`].
+    pub(crate) fn commit(&self) {
+        self.shared.committed.store(true, Ordering::Release);
+    }
+}
+
+impl<B> CallBody<B> {
+    fn is_replayable(&self) -> bool {
+        !self.capped.load(Ordering::Acquire) && !self.committed.load(Ordering::Acquire)
+    }
+}
+
 impl<B> Replay<B> {
     fn is_replayable(&self) -> bool {
-        !self.shared.capped.load(Ordering::Acquire) && !self.shared.committed.load(Ordering::Acquire)
+        self.shared.is_replayable()
     }
 
     /// Whether this attempt can no longer send the whole body.
@@ -451,6 +488,14 @@ where
                 }
             },
         }
+    }
+}
+
+impl<B> fmt::Debug for ReplaySource<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplaySource")
+            .field("replayable", &self.is_replayable())
+            .finish_non_exhaustive()
     }
 }
 
