@@ -109,7 +109,11 @@ impl<B, H: OnEnd> CompletionBody<B, H> {
     /// new one counts from now) and the shorter idle limit apply, and the
     /// [`TimedOut`](palisade_core::error::TimedOut) error names the limit
     /// that fired. A body that has already ended reports
-    /// [`BodyEnd::Eos`] (without trailers) to `hook` at once.
+    /// [`BodyEnd::Eos`] (without trailers) to `hook` at once. The inner body
+    /// is asked whether it ended only if it was polled since it last said
+    /// it had not (when wrapped, or after a frame): joins at the response
+    /// head cost no question to an h2 body, whose answer takes its
+    /// connection's lock.
     pub fn join<H2: OnEnd>(self, hook: H2, limits: BodyLimits) -> CompletionBody<B, (H, H2)>
     where
         B: Body,
