@@ -16,9 +16,12 @@ pin_project! {
     /// ends: at end of stream (with the trailers, if any), on an error, or
     /// when it is dropped before its end.
     ///
-    /// Frames, [`size_hint`](Body::size_hint) and
-    /// [`is_end_stream`](Body::is_end_stream) pass through unchanged and
-    /// uncopied. Errors are boxed into [`BoxError`] (the inner error is
+    /// Frames and [`size_hint`](Body::size_hint) pass through unchanged and
+    /// uncopied, and so does [`is_end_stream`](Body::is_end_stream), with one
+    /// exception: once the inner body said it had not ended (when wrapped,
+    /// or after a frame), the adapter answers `false` until its next poll
+    /// without asking again (`false` is only a hint; an h2 body takes its
+    /// connection's lock to answer, and every layer above would ask). Errors are boxed into [`BoxError`] (the inner error is
     /// still there to downcast), because the optional [`BodyLimits`] add
     /// their own [`TimedOut`](palisade_core::error::TimedOut) error.
     ///

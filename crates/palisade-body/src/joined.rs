@@ -26,8 +26,9 @@ use crate::track::{Settle, SettleOnEnd, TrackResponse};
 /// compile: the lowest tracking layer of a stack speaks `P` itself.
 ///
 /// The hooks hear what they would hear nested: the inner one first, then
-/// this one; a body already at its end when joined reports
-/// [`Eos`](crate::BodyEnd::Eos) at once to the new hook; trailers, an error
+/// this one; a body whose end was already seen (when it was wrapped, or at
+/// its latest poll) reports [`Eos`](crate::BodyEnd::Eos) at once to the new
+/// hook, and one that ended since is found at its next poll; trailers, an error
 /// or a drop before the end reach every hook once. The one difference is a
 /// time limit: the joined body's limits merge with the inner's (the earlier
 /// total deadline, the shorter idle limit), and when one fires every hook
