@@ -21,9 +21,11 @@ pin_project! {
     /// exception: once the inner body said it had not ended (when wrapped,
     /// or after a frame), the adapter answers `false` until its next poll
     /// without asking again (`false` is only a hint; an h2 body takes its
-    /// connection's lock to answer, and every layer above would ask). Errors are boxed into [`BoxError`] (the inner error is
-    /// still there to downcast), because the optional [`BodyLimits`] add
-    /// their own [`TimedOut`](palisade_core::error::TimedOut) error.
+    /// connection's lock to answer, and every layer above would ask).
+    ///
+    /// Errors are boxed into [`BoxError`] (the inner error is still there to
+    /// downcast), because the optional [`BodyLimits`] add their own
+    /// [`TimedOut`](palisade_core::error::TimedOut) error.
     ///
     /// The end is reported as early as it is known: a body that is already at
     /// its end when wrapped is reported at once, and a data frame after which
