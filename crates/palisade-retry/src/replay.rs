@@ -258,7 +258,7 @@ impl<B: Body> ReplayBody<B> {
     /// made. Idempotent; does nothing on a body made with [`once`](Self::once).
     pub fn commit(&self) {
         if let Kind::Replay(r) = &self.kind {
-            r.shared.committed.store(true, Ordering::Release);
+            r.shared.commit();
         }
     }
 }
@@ -294,13 +294,17 @@ impl<B> ReplaySource<B> {
 
     /// As [`ReplayBody::commit`].
     pub(crate) fn commit(&self) {
-        self.shared.committed.store(true, Ordering::Release);
+        self.shared.commit();
     }
 }
 
 impl<B> CallBody<B> {
     fn is_replayable(&self) -> bool {
         !self.capped.load(Ordering::Acquire) && !self.committed.load(Ordering::Acquire)
+    }
+
+    fn commit(&self) {
+        self.committed.store(true, Ordering::Release);
     }
 }
 
